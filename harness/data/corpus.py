@@ -1,0 +1,168 @@
+"""Evaluation and calibration text.
+
+The default corpus needs no download: CPython's documentation topics (``pydoc_data.topics``, shipped
+with every Python), real human-written English about the language. Topics are split
+deterministically into evaluation and calibration documents by a SHA-256 of the topic name, so the
+split does not depend on dict order or Python version beyond the topics themselves.
+
+Other sources: a local ``.txt`` file (documents separated by blank lines), a local ``.jsonl`` file
+(one object per line with a ``"text"`` field), or ``wikitext2`` through ``datasets`` when the hub
+is reachable (test split for evaluation, train split for calibration).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from harness.errors import HarnessError, OfflineError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CORPUS = "pydoc-topics"
+CALIBRATION_PERCENT = 20  # share of documents that go to calibration
+DOC_SEPARATOR = "\n\n"
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """Documents for evaluation (perplexity, prompts) and calibration (scorers, pruning)."""
+
+    name: str
+    eval_docs: tuple[str, ...]
+    calib_docs: tuple[str, ...]
+
+
+def _is_calibration(key: str) -> bool:
+    return int(hashlib.sha256(key.encode()).hexdigest(), 16) % 100 < CALIBRATION_PERCENT
+
+
+def _split(name: str, docs: list[tuple[str, str]]) -> Corpus:
+    """Split (key, text) pairs by the hash of their key; a text seen before is dropped, so no
+    document is in both halves (some pydoc topics share one text)."""
+    seen: set[str] = set()
+    docs = [(k, t) for k, t in docs if t.strip() and not (t in seen or seen.add(t))]
+    if not docs:
+        raise HarnessError(f"corpus {name!r} holds no text")
+    calib = tuple(t for k, t in docs if _is_calibration(k))
+    evals = tuple(t for k, t in docs if not _is_calibration(k))
+    if not evals or not calib:  # a one-document file: use it for both rather than fail
+        evals = evals or calib
+        calib = calib or evals
+    return Corpus(name=name, eval_docs=evals, calib_docs=calib)
+
+
+def _pydoc_topics() -> Corpus:
+    from pydoc_data.topics import topics
+
+    return _split(DEFAULT_CORPUS, [(k, topics[k]) for k in sorted(topics)])
+
+
+def _local_file(path: Path) -> Corpus:
+    if not path.is_file():
+        raise HarnessError(f"corpus file {path} does not exist (give a .txt or .jsonl file, 'wikitext2' or '{DEFAULT_CORPUS}')")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        docs = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                docs.append((f"{n}", json.loads(line)["text"]))
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise HarnessError(f"{path}:{n}: expected a JSON object with a \"text\" field") from None
+    else:
+        docs = [(f"{n}", p) for n, p in enumerate(re.split(r"\n\s*\n", text))]
+    if not any(t.strip() for _, t in docs):
+        raise HarnessError(f"corpus file {path} is empty")
+    return _split(path.name, docs)
+
+
+def _wikitext2() -> Corpus:
+    try:
+        import datasets
+
+        ds = datasets.load_dataset("wikitext", "wikitext-2-raw-v1")
+    except Exception as err:  # noqa: BLE001 - datasets raises many kinds when offline
+        raise OfflineError(
+            f"wikitext2 needs the Hugging Face hub ({type(err).__name__}); "
+            f"use the offline corpus '{DEFAULT_CORPUS}' or --corpus PATH"
+        ) from None
+    return Corpus(
+        name="wikitext2",
+        eval_docs=("".join(ds["test"]["text"]),),
+        calib_docs=("".join(ds["train"]["text"]),),
+    )
+
+
+def load_corpus(spec: str | Path | None = None) -> Corpus:
+    """Load a corpus.
+
+    Args:
+        spec: None or ``"pydoc-topics"`` (default, offline), ``"wikitext2"``, or a path to a
+            ``.txt`` / ``.jsonl`` file.
+
+    Raises:
+        HarnessError: missing or empty file, or bad JSONL.
+        OfflineError: wikitext2 without hub access.
+    """
+    if spec is None or str(spec) == DEFAULT_CORPUS:
+        return _pydoc_topics()
+    if str(spec) in ("wikitext2", "wikitext-2"):
+        return _wikitext2()
+    return _local_file(Path(spec))
+
+
+def token_stream(tokenizer, docs: tuple[str, ...] | list[str]) -> torch.Tensor:
+    """Tokenize the documents joined by blank lines, without special tokens. Returns (N,) int64."""
+    ids = tokenizer(DOC_SEPARATOR.join(docs), add_special_tokens=False)["input_ids"]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def token_windows(tokenizer, docs: tuple[str, ...] | list[str], length: int, count: int,
+                  corpus_name: str = "corpus") -> torch.Tensor:
+    """The first ``count`` non-overlapping windows of ``length`` tokens of the document stream.
+
+    Returns:
+        LongTensor (count, length).
+
+    Raises:
+        HarnessError: when length or count is below 1 or the corpus is too short.
+    """
+    if length < 2 or count < 1:
+        raise HarnessError(f"need a window length >= 2 and at least one window (got length={length}, count={count})")
+    stream = token_stream(tokenizer, docs)
+    need = length * count
+    if stream.numel() < need:
+        raise HarnessError(
+            f"{need} tokens asked for, but {corpus_name} has only {stream.numel()} tokens "
+            f"with this tokenizer; ask for at most {stream.numel() // length * length}"
+        )
+    return stream[:need].view(count, length)
+
+
+def generation_prompts(corpus: Corpus, n: int = 8, words: int = 10) -> list[str]:
+    """The opening words of the first paragraph of the first ``n`` evaluation documents.
+
+    Headings (a line followed by a line of ``*``, ``=`` or ``-``) and paragraphs shorter than
+    ``words`` words or holding grammar rules (``::=``) are skipped.
+    """
+    prompts = []
+    for doc in corpus.eval_docs:
+        paragraphs = [p.strip() for p in re.split(r"\n\s*\n", doc) if p.strip()]
+        body = next((p for p in paragraphs
+                     if not re.search(r"^[*=\-]{3,}\s*$", p, re.M) and "::=" not in p and len(p.split()) >= words), None)
+        if body is None:
+            continue
+        opening = " ".join(body.split()[:words])
+        if opening:
+            prompts.append(opening)
+        if len(prompts) == n:
+            break
+    return prompts

@@ -1,0 +1,40 @@
+"""Fail fast, before any test runs, on a model that cannot be loaded on this machine."""
+
+from __future__ import annotations
+
+import os
+
+from harness.errors import HarnessError, OfflineError
+from harness.models.specs import ModelSpec
+
+
+def preflight(name_or_path: str | os.PathLike) -> ModelSpec:
+    """Check that ``name_or_path`` can be loaded here, without loading it (no weights are read).
+
+    Returns:
+        Its :class:`ModelSpec`.
+
+    Raises:
+        UnknownNameError: an unknown name (with a suggestion).
+        OfflineError: a hub model, not in the local hub cache, on a machine that cannot reach the hub.
+        HarnessError: a path that is not a model directory; a gated model without a token.
+    """
+    from harness.models.hub import _offline_message, hub_reachable, hub_token, in_local_cache
+    from harness.models.loading import resolve_spec
+
+    spec = resolve_spec(name_or_path)
+    if spec.source != "hub":
+        return spec
+    hub_id = spec.hub_id or spec.name
+    if in_local_cache(hub_id):
+        return spec
+    if not hub_reachable():
+        raise OfflineError(_offline_message(f"model {spec.name!r} ({hub_id})"))
+    if spec.gated and hub_token() is None:
+        raise HarnessError(gated_message(spec.name, hub_id))
+    return spec
+
+
+def gated_message(name: str, hub_id: str) -> str:
+    return (f"model {name!r} ({hub_id}) is gated on the Hugging Face hub: set HF_TOKEN (or HUGGINGFACE_TOKEN, "
+            "or a line HF_TOKEN=... in ./.env) to a token whose account has accepted its licence")

@@ -1,0 +1,260 @@
+"""SQLite results store (stdlib ``sqlite3``, WAL mode) at ``<results-dir>/results.sqlite``.
+
+Every record is committed as soon as it is measured, so a run killed midway keeps everything it
+measured, and several processes (pytest-xdist workers) can write at once: each write is one short
+transaction and writers wait on the database lock (``busy_timeout``) instead of failing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sqlite3
+import time
+import uuid
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from harness.errors import HarnessError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    git_commit TEXT,
+    device TEXT,
+    dtype TEXT,
+    torch TEXT,
+    transformers TEXT,
+    lm_eval TEXT,
+    python TEXT,
+    hostname TEXT,
+    command TEXT,
+    extra TEXT
+);
+CREATE TABLE IF NOT EXISTS records (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
+    test_id TEXT NOT NULL,
+    suite TEXT NOT NULL,
+    model TEXT NOT NULL,
+    method TEXT,
+    perturbation TEXT,
+    seed INTEGER,
+    metric TEXT NOT NULL,
+    value REAL,
+    clean_value REAL,
+    bound REAL,
+    passed INTEGER,
+    seconds REAL,
+    created_at TEXT NOT NULL,
+    dtype TEXT,
+    higher_is_better INTEGER,
+    collapsed INTEGER NOT NULL DEFAULT 0,
+    extra TEXT
+);
+CREATE INDEX IF NOT EXISTS records_run ON records(run_id);
+CREATE INDEX IF NOT EXISTS records_suite ON records(suite, model, metric);
+"""
+
+RECORD_COLUMNS = (
+    "run_id", "test_id", "suite", "model", "method", "perturbation", "seed", "metric", "value",
+    "clean_value", "bound", "passed", "seconds", "created_at", "dtype", "higher_is_better",
+    "collapsed", "extra",
+)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _real(x: float | None) -> float | None:
+    """SQLite stores inf but not NaN; NaN is stored as NULL (and ``collapsed`` says why)."""
+    if x is None:
+        return None
+    x = float(x)
+    return None if math.isnan(x) else x
+
+
+def _json(obj: Any) -> str | None:
+    if obj is None:
+        return None
+    if isinstance(obj, str):
+        return obj
+    return json.dumps(obj, sort_keys=True, default=str)
+
+
+class ResultStore:
+    """Runs and records in one SQLite file.
+
+    Args:
+        path: the database file, or a results directory (then ``results.sqlite`` inside it).
+        create: create the file and schema when missing; with False a missing store is an error.
+
+    Raises:
+        HarnessError: when ``create`` is False and there is no store at ``path``, or when the
+            store was written by a newer schema version.
+    """
+
+    def __init__(self, path: str | Path, create: bool = True) -> None:
+        path = Path(path)
+        if path.suffix != ".sqlite":
+            path = path / "results.sqlite"
+        if not path.exists() and not create:
+            raise HarnessError(f"no results store at {path} (run the suites first, or pass --results-dir)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._conn = sqlite3.connect(path, timeout=60.0, isolation_level=None)
+        self._conn.execute("PRAGMA busy_timeout = 60000")
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        self._conn.execute("PRAGMA synchronous = NORMAL")
+        self._write_script(_SCHEMA)
+        self._check_schema()
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def _write(self, sql: str, params: tuple | Mapping = ()) -> sqlite3.Cursor:
+        for attempt in range(20):
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    cur = self._conn.execute(sql, params)
+                    self._conn.execute("COMMIT")
+                    return cur
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as err:  # "database is locked" beyond busy_timeout
+                if "locked" not in str(err) or attempt == 19:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def _write_script(self, script: str) -> None:
+        for stmt in filter(str.strip, script.split(";")):
+            self._write(stmt)
+
+    def _check_schema(self) -> None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None:
+            self._write("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) > SCHEMA_VERSION:
+            raise HarnessError(
+                f"{self.path} has schema version {row[0]}; this harness reads up to {SCHEMA_VERSION}"
+            )
+
+    def start_run(self, info: Mapping[str, Any], run_id: str | None = None) -> str:
+        """Insert a row into ``runs`` and return its id.
+
+        Args:
+            info: columns of ``runs`` (see :func:`harness.records.collect_run_info`); unknown keys
+                go to ``extra`` as JSON.
+            run_id: an id to use (an existing id is reused, so xdist workers share one run).
+        """
+        run_id = run_id or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
+        cols = ("git_commit", "device", "dtype", "torch", "transformers", "lm_eval", "python",
+                "hostname", "command")
+        extra = {k: v for k, v in info.items() if k not in cols}
+        self._write(
+            f"INSERT OR IGNORE INTO runs (run_id, started_at, {', '.join(cols)}, extra) "
+            f"VALUES (?, ?, {', '.join('?' * len(cols))}, ?)",
+            (run_id, _now(), *(info.get(c) for c in cols), _json(extra) if extra else None),
+        )
+        return run_id
+
+    def finish_run(self, run_id: str) -> None:
+        """Stamp ``finished_at`` on a run (an interrupted run keeps it NULL)."""
+        self._write("UPDATE runs SET finished_at = ? WHERE run_id = ?", (_now(), run_id))
+
+    def record(
+        self,
+        *,
+        run_id: str,
+        test_id: str,
+        suite: str,
+        model: str,
+        metric: str,
+        value: float | None,
+        method: str | None = None,
+        perturbation: Mapping | str | None = None,
+        seed: int | None = None,
+        clean_value: float | None = None,
+        bound: float | None = None,
+        passed: bool | None = None,
+        seconds: float | None = None,
+        dtype: str | None = None,
+        higher_is_better: bool | None = None,
+        collapsed: bool = False,
+        extra: Mapping | None = None,
+    ) -> int:
+        """Commit one measured value and return its row id.
+
+        A record with a ``bound`` and ``passed`` is a *claim*; without them it is a measurement.
+        A non-finite ``value`` should come with ``collapsed=True``.
+        """
+        row = (
+            run_id, test_id, suite, model, method, _json(perturbation), seed, metric, _real(value),
+            _real(clean_value), _real(bound), None if passed is None else int(bool(passed)),
+            seconds, _now(), dtype, None if higher_is_better is None else int(higher_is_better),
+            int(bool(collapsed)), _json(extra),
+        )
+        cur = self._write(
+            f"INSERT INTO records ({', '.join(RECORD_COLUMNS)}) VALUES ({', '.join('?' * len(row))})", row
+        )
+        return int(cur.lastrowid)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def runs(self):
+        """All runs as a pandas DataFrame, oldest first."""
+        import pandas as pd
+
+        return pd.read_sql_query("SELECT * FROM runs ORDER BY started_at", self._conn)
+
+    def records(self, run_id: str | None = None, suite: str | None = None):
+        """Records as a pandas DataFrame (``perturbation`` and ``extra`` stay JSON text)."""
+        import pandas as pd
+
+        where, params = [], []
+        if run_id is not None:
+            where.append("run_id = ?")
+            params.append(run_id)
+        if suite is not None:
+            where.append("suite = ?")
+            params.append(suite)
+        sql = "SELECT * FROM records" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id"
+        return pd.read_sql_query(sql, self._conn, params=params)
+
+    def latest_run_id(self) -> str | None:
+        row = self._conn.execute("SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1").fetchone()
+        return row[0] if row else None
+
+    def export(self, path: str | Path, run_id: str | None = None) -> Path:
+        """Write records to ``.csv`` or ``.parquet`` (chosen by the suffix) and return the path."""
+        path = Path(path)
+        df = self.records(run_id)
+        if path.suffix == ".csv":
+            df.to_csv(path, index=False)
+        elif path.suffix == ".parquet":
+            df.to_parquet(path, index=False)
+        else:
+            raise HarnessError(f"cannot export to {path.name!r}: use a .csv or .parquet file name")
+        return path
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> ResultStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

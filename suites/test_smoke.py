@@ -1,0 +1,23 @@
+"""Walking skeleton: clean perplexity of each selected model, recorded and checked against a bound.
+
+Records (suite ``smoke``): ``perplexity`` (with ``extra`` = windows, window length, tokens,
+corpus), ``seconds`` of the evaluation, and the claim ``clean_perplexity_max``.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def test_clean_perplexity(lm, eval_windows, clean, recorder, esa, timer):
+    from harness.metrics import evaluate
+
+    with timer() as t:
+        result = evaluate(lm.model, eval_windows)
+    assert result.perplexity == clean.result.perplexity, "evaluation is not deterministic"
+    extra = {"windows": eval_windows.shape[0], "window": eval_windows.shape[1], "tokens": result.n_tokens,
+             "corpus": esa.options.corpus or "pydoc-topics"}
+    recorder.record("perplexity", result.perplexity, extra=extra)
+    recorder.record("seconds", t.seconds, extra=extra)
+    assert math.isfinite(result.perplexity) and not result.collapsed
+    recorder.claim("clean_perplexity_max", result.perplexity, extra=extra)

@@ -1,0 +1,53 @@
+"""Perplexity equals a direct transformers computation; KL / top-1 / collapse behave."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from harness.data import load_corpus, token_windows
+from harness.metrics import evaluate, make_reference
+from harness.models import load_model
+
+
+@pytest.fixture(scope="module", params=["tiny-llama", "tiny-gpt-neox"])
+def tiny(request):
+    loaded = load_model(request.param)
+    windows = token_windows(loaded.tokenizer, load_corpus().eval_docs, 48, 5)
+    return loaded, windows
+
+
+def test_perplexity_equals_transformers_loss(tiny):
+    loaded, windows = tiny
+    with torch.no_grad():
+        losses = [loaded.model(input_ids=w[None], labels=w[None]).loss.double() for w in windows]
+    expected = math.exp(float(torch.stack(losses).mean()))
+    result = evaluate(loaded.model, windows, batch_size=2)
+    assert result.perplexity == pytest.approx(expected, rel=1e-5)
+    assert result.n_tokens == 5 * 47 and not result.collapsed
+
+
+def test_clean_model_against_itself(tiny):
+    loaded, windows = tiny
+    ref = make_reference(loaded.model, windows)
+    result = evaluate(loaded.model, windows, ref)
+    assert result.kl == pytest.approx(0.0, abs=1e-6)
+    assert result.top1 == 1.0
+
+
+def test_non_finite_weights_are_a_collapse_not_a_crash(tiny):
+    loaded, windows = tiny
+    ref = make_reference(loaded.model, windows)
+    weight = loaded.arch and next(p for n, p in loaded.model.named_parameters() if n.endswith("weight") and p.dim() == 2)
+    saved = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight.fill_(math.inf)
+        result = evaluate(loaded.model, windows, ref)
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
+    assert result.collapsed and result.perplexity == math.inf and result.kl == math.inf
+    assert 0.0 <= result.top1 <= 1.0
