@@ -1,0 +1,189 @@
+"""``load_model``: one entry point for every source (registry name, local directory, GGUF package,
+tiny random model, hub id), returning the model ready for analysis (eval mode, no gradients)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.errors import HarnessError, UnknownNameError
+from harness.models.archmap import ArchMap, arch_map, family_of_model_type
+from harness.models.device import dtype_name, resolve_device, resolve_dtype
+from harness.models.specs import MODELS, ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    """A loaded model with everything an analysis needs to address it.
+
+    Attributes:
+        name: the registry name, the hub id or the local path it was loaded from.
+        spec: its :class:`ModelSpec` (synthesised for a local directory or an unregistered hub id).
+        model: the transformers causal LM, in eval mode, every parameter ``requires_grad=False``.
+        tokenizer: its tokenizer.
+        family: architecture family (a key of ``ARCH_MAPS``).
+        arch: the family's :class:`ArchMap`.
+        device: device of the input embeddings (the first device when sharded by ``device_map``).
+        dtype: dtype of the floating-point parameters.
+    """
+
+    name: str
+    spec: ModelSpec
+    model: Any
+    tokenizer: Any
+    family: str
+    arch: ArchMap
+    device: torch.device
+    dtype: torch.dtype
+
+    def __repr__(self) -> str:
+        params = sum(p.numel() for p in self.model.parameters())
+        return (f"LoadedModel(name={self.name!r}, family={self.family!r}, source={self.spec.source!r}, "
+                f"device={str(self.device)!r}, dtype={dtype_name(self.dtype)!r}, params={params:,})")
+
+
+def resolve_spec(name_or_path: str | os.PathLike) -> ModelSpec:
+    """The :class:`ModelSpec` for a registry name, a registered hub id, a local directory or a hub id.
+
+    Raises:
+        UnknownNameError: an unknown name (with the closest registered one).
+        HarnessError: a path that is not a model directory.
+    """
+    name = os.fspath(name_or_path)
+    if name in MODELS:
+        return MODELS.get(name)
+    for _, spec in MODELS.items():
+        if spec.hub_id == name and spec.source == "hub":
+            return spec
+    path = Path(name).expanduser()
+    if path.exists() or name.startswith((".", "/", "~")):
+        return _local_spec(path)
+    if name.count("/") == 1 and all(name.split("/")):
+        return ModelSpec(name, family="", source="hub", hub_id=name)  # family known after loading the config
+    raise UnknownNameError(MODELS.unknown_message(name) + "; or give a local model directory or a hub id owner/name")
+
+
+def _local_spec(path: Path) -> ModelSpec:
+    config = path / "config.json"
+    if not path.is_dir() or not config.is_file():
+        raise HarnessError(f"{path} is not a model directory: expected a directory with config.json and weights")
+    try:
+        model_type = json.loads(config.read_text()).get("model_type", "")
+    except ValueError as err:
+        raise HarnessError(f"{config} is not valid JSON: {err}") from None
+    return ModelSpec(str(path), family_of_model_type(model_type), "local")
+
+
+def load_model(
+    name_or_path: str | os.PathLike,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype | None = None,
+    device_map: str | dict | None = None,
+    load_in_8bit: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+) -> LoadedModel:
+    """Load a model for analysis.
+
+    Args:
+        name_or_path: a registry name (``smollm2-135m``, ``tiny-llama``, ``gpt-neo-125m``), a local
+            directory of a transformers model, or a hub id (``owner/name``).
+        device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
+        dtype: fp32/fp16/bf16 (or float32/float16/bfloat16); default: the spec's ``default_dtype``.
+        device_map: passed to ``from_pretrained`` (``"auto"`` shards a model larger than one GPU);
+            ``device`` is then not applied.
+        load_in_8bit: load linear weights in 8 bits with bitsandbytes; CUDA only.
+        cache_dir: root of the harness cache (default ``$ESA_CACHE_DIR`` or ``~/.cache/esa-harness``).
+
+    Returns:
+        A :class:`LoadedModel`, in eval mode with ``requires_grad_(False)`` on every parameter.
+
+    Raises:
+        HarnessError: an unknown name, bad device or dtype, missing CUDA, a gated model without a
+            token, or a hub model on a machine that cannot reach the hub (``OfflineError``).
+    """
+    spec = resolve_spec(name_or_path)
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype if dtype is not None else spec.default_dtype)
+    quantization = _eight_bit(spec, torch_device) if load_in_8bit else None
+    if quantization is not None and device_map is None:
+        device_map = {"": torch_device.index or 0}
+    if device_map is not None and spec.source == "tiny":
+        raise HarnessError(f"device_map does not apply to the tiny model {spec.name!r}: use device= instead")
+    start = time.perf_counter()
+    kwargs = {"dtype": torch_dtype, "device_map": device_map, "quantization_config": quantization}
+    if spec.source == "tiny":
+        from harness.models.tiny import build_tiny, byte_tokenizer
+
+        model, tokenizer = build_tiny(spec.family).to(torch_dtype), byte_tokenizer()
+    elif spec.source == "gguf-package":
+        from harness.models.gguf import ensure_converted
+
+        model, tokenizer = _from_directory(ensure_converted(spec, cache_dir), **kwargs)
+    elif spec.source == "local":
+        model, tokenizer = _from_directory(Path(spec.name), **kwargs)
+    else:
+        from harness.models.hub import load_from_hub
+
+        model, tokenizer = load_from_hub(spec.hub_id or spec.name, name=spec.name, gated=spec.gated, **kwargs)
+    if not spec.family:
+        spec = ModelSpec(spec.name, family_of_model_type(model.config.model_type), "hub", hub_id=spec.hub_id)
+    if device_map is None:
+        model = model.to(torch_device)
+    model.eval()
+    model.requires_grad_(False)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    loaded = LoadedModel(
+        name=spec.name, spec=spec, model=model, tokenizer=tokenizer, family=spec.family, arch=arch_map(model),
+        device=model.get_input_embeddings().weight.device, dtype=_float_dtype(model, torch_dtype),
+    )
+    log.info("loaded %s in %.1f s", loaded, time.perf_counter() - start)
+    return loaded
+
+
+def _from_directory(path: Path, *, dtype: torch.dtype, device_map: Any, quantization_config: Any) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise HarnessError(f"cannot load a model from {path}: {first}") from None
+    return model, tokenizer
+
+
+def _eight_bit(spec: ModelSpec, device: torch.device) -> Any:
+    if device.type != "cuda":
+        raise HarnessError("load_in_8bit needs a CUDA device (bitsandbytes): use --device cuda, or drop 8-bit loading")
+    if spec.source == "tiny":
+        raise HarnessError(f"load_in_8bit does not apply to the tiny model {spec.name!r}")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise HarnessError("load_in_8bit needs the bitsandbytes package: pip install bitsandbytes") from None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def _float_dtype(model: Any, default: torch.dtype) -> torch.dtype:
+    for param in model.parameters():
+        if param.dtype.is_floating_point:
+            return param.dtype
+    return default
