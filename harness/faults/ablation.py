@@ -1,0 +1,158 @@
+"""Weight ablation: replace a layer, a component, rows, columns, or single elements.
+
+Replacement values:
+
+- ``zero``: 0.
+- ``mean``: the mean of the whole parameter the elements belong to.
+- ``random``: draws from N(mean, std) of that parameter (needs a generator).
+
+The statistics are taken once, before this ablation edits anything.
+
+Integer (int8-code) parameters get the values rounded and clamped to their range. Only the
+replaced elements are saved (a whole component costs a copy of that component).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from harness.errors import HarnessError
+from harness.faults.base import PERTURBATIONS, Perturbation, save_block
+from harness.faults.sites import FaultSite, Region, Target, as_regions, find_tensor, region_index
+
+MODES = ("zero", "mean", "random")
+
+
+@PERTURBATIONS.register("ablation")
+class Ablation(Perturbation):
+    """Replace the targets' weights in place; restore writes the saved elements back.
+
+    Args:
+        model: the model to edit in place.
+        targets: parameter names, Regions (rows/cols), ComponentRefs (fused rows respected),
+            FaultSites (single elements; their bits are ignored), or a sequence mixing these.
+        mode: ``"zero"``, ``"mean"`` or ``"random"``.
+        generator: the seeded source for ``"random"``.
+
+    Raises:
+        HarnessError: unknown mode, ``random`` without a generator, no targets, bad targets.
+    """
+
+    kind = "ablation"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        targets: Target | FaultSite | Sequence[Target | FaultSite],
+        mode: str = "zero",
+        *,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(model)
+        if mode not in MODES:
+            raise HarnessError(f"unknown ablation mode {mode!r}; allowed: {', '.join(MODES)}")
+        if mode == "random" and generator is None:
+            raise HarnessError("ablation mode 'random' needs a generator")
+        if targets is None:
+            raise HarnessError("ablation needs targets: parameter names, Regions, ComponentRefs or FaultSites")
+        if isinstance(targets, (str, Region, FaultSite)) or hasattr(targets, "param"):
+            targets = [targets]
+        sites = [t for t in targets if isinstance(t, FaultSite)]
+        others = [t for t in targets if not isinstance(t, FaultSite)]
+        self.regions = as_regions(model, others) if others else []
+        self.elements: dict[str, list[tuple[int, ...]]] = {}
+        for site in sites:
+            shape = tuple(find_tensor(model, site.param).shape)
+            if len(site.index) != len(shape) or any(not 0 <= i < n for i, n in zip(site.index, shape, strict=False)):
+                raise HarnessError(f"index {site.index} out of range for {site.param} of shape {shape}")
+            self.elements.setdefault(site.param, []).append(site.index)
+        if not self.regions and not self.elements:
+            raise HarnessError("ablation needs at least one target")
+        self.mode, self.generator = mode, generator
+
+    def _blocks(self) -> list[tuple[torch.Tensor, tuple]]:
+        blocks = []
+        for region in self.regions:
+            t = find_tensor(self.model, region.param)
+            blocks.append((t, region_index(region, t.device)))
+        for param, indices in self.elements.items():
+            t = find_tensor(self.model, param)
+            idx = torch.tensor(indices, dtype=torch.int64, device=t.device)  # (k, ndim)
+            blocks.append((t, tuple(idx.unbind(dim=1)) if t.dim() else (Ellipsis,)))
+        return blocks
+
+    def _stats(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        w = t.detach().float()  # (temporary float copy of one parameter)
+        std = w.std(correction=0) if w.numel() > 1 else torch.zeros((), device=t.device)
+        return w.mean(), std
+
+    def _values(self, t: torch.Tensor, shape: torch.Size, stats: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        if self.mode == "zero":
+            return torch.zeros(shape, dtype=t.dtype, device=t.device)
+        mean, std = stats
+        if self.mode == "mean":
+            new = mean.expand(shape)
+        else:
+            g = self.generator
+            new = torch.randn(shape, generator=g, device=g.device).to(t.device) * std + mean
+        if not t.dtype.is_floating_point:
+            info = torch.iinfo(t.dtype)
+            new = new.round().clamp(info.min, info.max)
+        return new.to(t.dtype)
+
+    def _apply(self) -> None:
+        blocks = self._blocks()
+        stats = {}  # per parameter, taken before this ablation edits anything
+        if self.mode != "zero":
+            for t, _ in blocks:
+                if id(t) not in stats:
+                    stats[id(t)] = self._stats(t)
+        for t, index in blocks:
+            old, undo = save_block(t, index)
+            self._push(undo)
+            t.detach()[index] = self._values(t, old.shape, stats.get(id(t)))
+
+    def describe(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"kind": self.kind, "mode": self.mode}
+        d["targets"] = [r.to_dict() for r in self.regions] if len(self.regions) <= 16 else len(self.regions)
+        d["elements"] = sum(len(v) for v in self.elements.values())
+        return d
+
+
+def ablate(
+    model: nn.Module,
+    targets: Target | FaultSite | Sequence[Target | FaultSite],
+    mode: str = "zero",
+    *,
+    generator: torch.Generator | None = None,
+) -> Ablation:
+    """Weight ablation as a context manager (see ``Ablation``)."""
+    return Ablation(model, targets, mode, generator=generator)
+
+
+def ablate_layer(
+    model: nn.Module,
+    layers: Any,
+    components: Any = None,
+    mode: str = "zero",
+    *,
+    generator: torch.Generator | None = None,
+) -> Ablation:
+    """Ablate whole layers or some of their components, found by the architecture map.
+
+    Args:
+        layers: as ``harness.models.archmap.select`` takes them (``3``, ``"0-5"``, ``[3, 4]``).
+        components: canonical component names or groups (None: every component of the layers).
+
+    Raises:
+        HarnessError: unknown layer or component (from the architecture map).
+    """
+    from harness.models.archmap import select
+
+    if isinstance(layers, int):
+        layers = [layers]
+    return Ablation(model, select(model, layers=layers, components=components), mode, generator=generator)

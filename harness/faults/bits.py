@@ -1,0 +1,330 @@
+"""Stored-bit layouts, named bit classes, and XOR flips on integer views of stored tensors.
+
+Every flip works on the bits a tensor actually stores: a float32 tensor is viewed as int32, float16
+and bfloat16 as int16, int8 codes as themselves, and the requested bits are XORed in. Bit 0 is the
+least significant bit. Flipping the same bit twice restores the element exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from harness.errors import HarnessError
+from harness.registry import Registry
+
+
+@dataclass(frozen=True)
+class BitLayout:
+    """Where the sign, exponent and mantissa bits of one dtype sit (bit 0 = LSB).
+
+    For integer dtypes ``mantissa`` holds the value bits below the sign bit (all bits if unsigned)
+    and ``exponent`` is empty.
+    """
+
+    dtype: torch.dtype
+    int_dtype: torch.dtype  # same-width integer type the stored bits are viewed as
+    width: int
+    sign: int | None
+    exponent: tuple[int, ...]  # LSB..MSB
+    mantissa: tuple[int, ...]  # LSB..MSB
+
+
+def _float(dtype: torch.dtype, int_dtype: torch.dtype, width: int, n_exp: int) -> BitLayout:
+    n_mant = width - 1 - n_exp
+    return BitLayout(
+        dtype, int_dtype, width, width - 1, tuple(range(n_mant, width - 1)), tuple(range(n_mant))
+    )
+
+
+def _int(dtype: torch.dtype, width: int, signed: bool) -> BitLayout:
+    value_bits = width - 1 if signed else width
+    return BitLayout(dtype, dtype, width, width - 1 if signed else None, (), tuple(range(value_bits)))
+
+
+LAYOUTS: dict[torch.dtype, BitLayout] = {
+    torch.float32: _float(torch.float32, torch.int32, 32, 8),
+    torch.float16: _float(torch.float16, torch.int16, 16, 5),
+    torch.bfloat16: _float(torch.bfloat16, torch.int16, 16, 8),
+    torch.float64: _float(torch.float64, torch.int64, 64, 11),
+    torch.int8: _int(torch.int8, 8, True),
+    torch.uint8: _int(torch.uint8, 8, False),
+    torch.int16: _int(torch.int16, 16, True),
+    torch.int32: _int(torch.int32, 32, True),
+    torch.int64: _int(torch.int64, 64, True),
+}
+for _name, _n_exp in (("float8_e4m3fn", 4), ("float8_e5m2", 5)):
+    if hasattr(torch, _name):
+        LAYOUTS[getattr(torch, _name)] = _float(getattr(torch, _name), torch.int8, 8, _n_exp)
+
+# torch's quantized dtypes store their integer codes (int_repr) with these layouts
+_QUANTIZED_CODES = {torch.qint8: torch.int8, torch.quint8: torch.uint8, torch.qint32: torch.int32}
+
+
+def layout(dtype: torch.dtype) -> BitLayout:
+    """The bit layout of ``dtype`` (torch quantized dtypes: the layout of their integer codes).
+
+    Raises:
+        HarnessError: for a dtype without a supported layout.
+    """
+    dtype = _QUANTIZED_CODES.get(dtype, dtype)
+    try:
+        return LAYOUTS[dtype]
+    except KeyError:
+        known = ", ".join(str(d) for d in LAYOUTS)
+        raise HarnessError(f"no bit layout for {dtype}; supported: {known}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Named bit classes
+
+BIT_CLASSES: Registry[Callable[[BitLayout], tuple[int, ...]]] = Registry("bit class")
+
+
+def _need(bits: tuple[int, ...], what: str, lay: BitLayout) -> tuple[int, ...]:
+    if not bits:
+        raise HarnessError(f"{lay.dtype} has no {what} bits")
+    return bits
+
+
+@BIT_CLASSES.register("sign")
+def _sign(lay: BitLayout) -> tuple[int, ...]:
+    return _need(() if lay.sign is None else (lay.sign,), "sign", lay)
+
+
+@BIT_CLASSES.register("exp_msb")
+def _exp_msb(lay: BitLayout) -> tuple[int, ...]:
+    return _need(lay.exponent, "exponent", lay)[-1:]
+
+
+@BIT_CLASSES.register("exponent")
+def _exponent(lay: BitLayout) -> tuple[int, ...]:
+    return _need(lay.exponent, "exponent", lay)
+
+
+@BIT_CLASSES.register("mantissa_msb")
+def _mantissa_msb(lay: BitLayout) -> tuple[int, ...]:
+    return _need(lay.mantissa, "mantissa", lay)[-1:]
+
+
+@BIT_CLASSES.register("mantissa_lsb")
+def _mantissa_lsb(lay: BitLayout) -> tuple[int, ...]:
+    return _need(lay.mantissa, "mantissa", lay)[:1]
+
+
+@BIT_CLASSES.register("mantissa")
+def _mantissa(lay: BitLayout) -> tuple[int, ...]:
+    return _need(lay.mantissa, "mantissa", lay)
+
+
+@BIT_CLASSES.register("any")
+def _any(lay: BitLayout) -> tuple[int, ...]:
+    return tuple(range(lay.width))
+
+
+def bit_class(name: str, dtype: torch.dtype) -> tuple[int, ...]:
+    """Bit positions of the named class for ``dtype`` (int8: ``mantissa`` = the 7 value bits).
+
+    Raises:
+        UnknownNameError: unknown class name.
+        HarnessError: a class the dtype does not have (``exponent`` of int8).
+    """
+    fn = BIT_CLASSES.get(name)
+    lay = layout(dtype)
+    try:
+        return fn(lay)
+    except HarnessError:
+        defined = [n for n, f in BIT_CLASSES.items() if _defined(f, lay)]
+        raise HarnessError(
+            f"bit class {name!r} is not defined for {lay.dtype}; defined: {', '.join(defined)}"
+        ) from None
+
+
+def _defined(fn: Callable[[BitLayout], tuple[int, ...]], lay: BitLayout) -> bool:
+    try:
+        fn(lay)
+    except HarnessError:
+        return False
+    return True
+
+
+BitSpec = str | int | Sequence[int]
+
+
+def resolve_bits(spec: BitSpec, dtype: torch.dtype) -> tuple[int, ...]:
+    """Bit positions for a class name, one bit, or a list of bits, checked against ``dtype``."""
+    if isinstance(spec, str):
+        return bit_class(spec, dtype)
+    bits = (int(spec),) if isinstance(spec, int) else tuple(int(b) for b in spec)
+    if not bits:
+        raise HarnessError("no bits given; pass a bit class name, a bit position or a list of them")
+    check_bits(bits, dtype)
+    return bits
+
+
+def check_bits(bits: Sequence[int] | torch.Tensor, dtype: torch.dtype) -> None:
+    """Raise unless every bit is a valid position for ``dtype``.
+
+    Raises:
+        HarnessError: ``bit 40 out of range for torch.float16 (0-15)``.
+    """
+    lay = layout(dtype)
+    if isinstance(bits, torch.Tensor):
+        bad = bits[(bits < 0) | (bits >= lay.width)]
+        bad_bits = bad[:1].tolist()
+    else:
+        bad_bits = [b for b in bits if not 0 <= b < lay.width][:1]
+    if bad_bits:
+        raise HarnessError(f"bit {bad_bits[0]} out of range for {dtype} (0-{lay.width - 1})")
+
+
+# ---------------------------------------------------------------------------------------------
+# XOR masks
+
+
+def combine_flips(flat: torch.Tensor, bits: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge (element, bit) flips into one XOR mask per element.
+
+    A flip listed twice cancels (XOR semantics); elements whose flips all cancel are dropped.
+
+    Args:
+        flat: (k,) int64 flat element indices.
+        bits: (k,) int64 bit positions, each in [0, width).
+        width: bits per element.
+
+    Returns:
+        (elems, masks): (m,) sorted unique element indices and (m,) int64 masks, already in the
+        signed range of a ``width``-bit integer (bit width-1 gives a negative mask).
+    """
+    key = flat.to(torch.int64) * width + bits.to(torch.int64)  # (k,)
+    uniq, counts = torch.unique(key, return_counts=True)
+    uniq = uniq[counts % 2 == 1]
+    elem, bit = uniq // width, uniq % width
+    elems, inverse = torch.unique(elem, return_inverse=True)
+    # bits of one element are distinct now, so summing powers of two is OR (int64 wraps at bit 63)
+    masks = torch.zeros(len(elems), dtype=torch.int64, device=flat.device)
+    masks.scatter_add_(0, inverse, torch.ones_like(bit).bitwise_left_shift(bit))
+    if width < 64:
+        masks = torch.where(masks >= 1 << (width - 1), masks - (1 << width), masks)
+    return elems, masks
+
+
+def _pairs(numel: int, flat_indices: Any, bits: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(element, bit) pairs from flat indices and per-index bits (int, ints, or tuples of ints)."""
+    flat = torch.as_tensor(flat_indices, dtype=torch.int64).reshape(-1).cpu()
+    if isinstance(bits, int):
+        per = [(bits,)] * len(flat)
+    else:
+        bits = list(bits.tolist() if isinstance(bits, torch.Tensor) else bits)
+        if len(bits) != len(flat):
+            raise HarnessError(
+                f"got {len(bits)} bit entries for {len(flat)} indices; pass one int for all "
+                "indices or one int/tuple per index"
+            )
+        per = [(b,) if isinstance(b, int) else tuple(b) for b in bits]
+    bad = flat[(flat < 0) | (flat >= numel)]
+    if len(bad):
+        raise HarnessError(f"flat index {int(bad[0])} out of range for a tensor of {numel} elements")
+    counts = torch.tensor([len(p) for p in per], dtype=torch.int64)
+    flat = flat.repeat_interleave(counts)
+    bit = torch.tensor([b for p in per for b in p], dtype=torch.int64)
+    return flat, bit
+
+
+def flip_tensor_bits(t: torch.Tensor, flat_indices: Any, bits: Any) -> torch.Tensor:
+    """Return a copy of ``t`` with stored bits flipped; ``t`` itself is not changed.
+
+    Args:
+        t: a float, integer, or torch-quantized (qint8/quint8) tensor.
+        flat_indices: int or sequence of flat (row-major) element indices; repeats allowed.
+        bits: one bit for every index, or one int/tuple of ints per index. Each (index, bit) is
+            flipped in turn, so a pair listed twice cancels.
+
+    Returns:
+        A new tensor of the same dtype and shape (a new quantized tensor with the same
+        quantization parameters for a quantized ``t``).
+
+    Raises:
+        HarnessError: a bit outside the dtype's width or an index out of range.
+    """
+    if t.is_quantized:
+        from harness.faults.quant import requantize  # quant imports bits
+
+        codes = flip_tensor_bits(t.int_repr(), flat_indices, bits)
+        return requantize(t, codes)
+    lay = layout(t.dtype)
+    flat, bit = _pairs(t.numel(), flat_indices, bits)
+    check_bits(bit, t.dtype)
+    elems, masks = combine_flips(flat, bit, lay.width)
+    out = t.clone(memory_format=torch.contiguous_format)
+    codes = out.view(lay.int_dtype).view(-1)  # (numel,), shares out's storage
+    dev = t.device
+    elems, masks = elems.to(dev), masks.to(device=dev, dtype=lay.int_dtype)
+    codes[elems] = codes[elems] ^ masks
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Stored tensors a flip can address
+
+
+class TensorStore:
+    """The stored bits of one parameter or buffer, read and written through its integer view."""
+
+    def __init__(self, name: str, tensor: torch.Tensor) -> None:
+        self.name = name
+        self.tensor = tensor
+        self.layout = layout(tensor.dtype)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.tensor.shape
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.tensor.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.tensor.device
+
+    def _locate(self, elems: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+        codes = self.tensor.detach().view(self.layout.int_dtype)  # shares the tensor's storage
+        if codes.is_contiguous():
+            return codes.view(-1), (elems,)
+        return codes, torch.unravel_index(elems, tuple(self.shape))
+
+    def read(self, elems: torch.Tensor) -> torch.Tensor:
+        """Stored codes (int view) of the given flat elements, a copy. ``elems`` on ``device``."""
+        codes, index = self._locate(elems)
+        return codes[index].clone()
+
+    def write(self, elems: torch.Tensor, values: torch.Tensor) -> None:
+        """Store integer codes at the given flat elements (distinct), bit for bit."""
+        codes, index = self._locate(elems)
+        codes[index] = values
+
+
+def stored_bits(model: nn.Module, name: str) -> TensorStore:
+    """The stored tensor called ``name``: a parameter or buffer, or the packed weight of a torch
+    quantized Linear (``<module>.weight``).
+
+    Raises:
+        HarnessError: unknown name or a dtype without a bit layout.
+    """
+    from harness.faults.quant import PackedWeightStore, is_packed_quantized
+    from harness.faults.sites import find_tensor
+
+    prefix, _, attr = name.rpartition(".")
+    if attr == "weight":
+        try:
+            module = model.get_submodule(prefix) if prefix else model
+        except AttributeError:
+            module = None
+        if module is not None and is_packed_quantized(module):
+            return PackedWeightStore(name, module)
+    return TensorStore(name, find_tensor(model, name))
