@@ -5,10 +5,12 @@ PY      := $(VENV)/bin/python
 PYTEST  := $(VENV)/bin/pytest
 MODEL   ?= smollm2-135m
 DEPTH   ?= quick
+DEVICE  ?= auto
+BASELINE ?=
 # What CI runs: unit tests, every suite on the default model and the tiny families, benchmarks once.
 TEST_ARGS ?= tests suites benchmarks --model smollm2-135m --benchmark-disable
 
-.PHONY: setup test lint analysis report clean
+.PHONY: setup test lint analysis report baseline clean
 
 setup:
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,10 +34,14 @@ lint:
 
 # The integrated analysis: every suite on one model at a chosen depth, then the report.
 analysis:
-	$(PYTEST) suites --model $(MODEL) --preset $(DEPTH) --report
+	$(PYTEST) suites --model $(MODEL) --preset $(DEPTH) --device $(DEVICE) --report $(if $(BASELINE),--baseline $(BASELINE))
 
 report:
 	$(PY) -m reports results
+
+# Export the latest run's claims and metrics as a baseline file to commit.
+baseline:
+	$(PY) -m reports export-baseline results -o baselines/$(MODEL).json
 
 clean:
 	rm -rf results .pytest_cache .benchmarks .hypothesis

@@ -1,0 +1,96 @@
+"""``python -m reports``: build a report, export a baseline, or check a run against a baseline.
+
+    python -m reports RESULTS_DIR [--run RUN_ID] [--baseline FILE] [--out DIR]
+    python -m reports export-baseline RESULTS_DIR [--run RUN_ID] -o FILE
+    python -m reports compare RESULTS_DIR --baseline FILE [--run RUN_ID]   (exit 1 when regressed)
+    python -m reports demo DIR            (a synthetic store with three runs, then its report)
+
+User mistakes (missing store, unknown run, bad baseline) print one line on stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from harness.errors import HarnessError
+
+COMMANDS = ("export-baseline", "compare", "demo")
+
+
+def _parser(command: str | None) -> argparse.ArgumentParser:
+    if command == "export-baseline":
+        p = argparse.ArgumentParser(prog="python -m reports export-baseline",
+                                    description="Write the baseline file (JSON) of a run.")
+        p.add_argument("results_dir")
+        p.add_argument("--run", default=None, help="run id (default: the latest run with records)")
+        p.add_argument("-o", "--output", required=True, help="baseline file to write (.json)")
+    elif command == "compare":
+        p = argparse.ArgumentParser(prog="python -m reports compare",
+                                    description="Compare a run with a baseline; exit 1 when anything regressed.")
+        p.add_argument("results_dir")
+        p.add_argument("--baseline", required=True, help="baseline file from export-baseline")
+        p.add_argument("--run", default=None, help="run id (default: the latest run with records)")
+    elif command == "demo":
+        p = argparse.ArgumentParser(prog="python -m reports demo",
+                                    description="Write a synthetic store with three runs and build its report.")
+        p.add_argument("results_dir")
+    else:
+        p = argparse.ArgumentParser(prog="python -m reports",
+                                    description="Build <results-dir>/report/<run_id>/ (tables, figures, "
+                                                "analysis_report.md, index.html) from the results store. "
+                                                f"Other commands: {', '.join(COMMANDS)} (see --help of each).")
+        p.add_argument("results_dir", help="the results directory (holds results.sqlite)")
+        p.add_argument("--run", default=None, help="run id (default: the latest run with records)")
+        p.add_argument("--baseline", default=None,
+                       help="compare with this baseline file (default: the previous run in the store)")
+        p.add_argument("--out", default=None, help="parent directory of the report (default: RESULTS_DIR/report)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv.pop(0) if argv and argv[0] in COMMANDS else None
+    args = _parser(command).parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if command == "export-baseline":
+            from reports.regression import export_baseline
+
+            print(export_baseline(args.results_dir, args.output, args.run))
+        elif command == "compare":
+            from reports.load import load_run
+            from reports.regression import load_baseline
+
+            base = load_baseline(args.baseline)
+            data = load_run(args.results_dir, args.run)
+            for w in base.compatibility(data.run, data.models):
+                print(w, file=sys.stderr)
+            cmp = base.compare(data.records)
+            bad = cmp[cmp["status"].isin(["regressed", "changed"])]
+            for r in bad.itertuples():
+                print(f"{r.status.upper()}: {r.suite} {r.model} {r.name} {r.method or ''} "
+                      f"{r.value_base:.4g} -> {r.value:.4g}".replace("  ", " "))
+            print(f"{len(bad)} regressed of {int(cmp['status'].isin(['ok', 'improved', 'regressed', 'changed']).sum())}"
+                  f" compared against {base.source}")
+            return 1 if len(bad) else 0
+        elif command == "demo":
+            from reports.build import build_report
+            from reports.synthetic import build_store
+
+            build_store(args.results_dir, runs=2)
+            build_store(args.results_dir, runs=1, worsen={"wanda_50_ppl_ratio_max": 1.5})
+            print(build_report(args.results_dir))
+        else:
+            from reports.build import build_report
+
+            print(build_report(args.results_dir, args.run, args.baseline, args.out))
+    except HarnessError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

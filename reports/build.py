@@ -1,0 +1,174 @@
+"""Build ``<results-dir>/report/<run_id>/`` from the store, atomically (temp dir, then rename)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from reports import figures, html, markdown, tables, trend
+from reports.load import RunData, load_run, pget
+from reports.regression import RUN_FIELDS, Baseline, aggregate, env_differences, load_baseline, load_tolerances
+
+log = logging.getLogger(__name__)
+
+_TOKEN = re.compile(r"(hf_[A-Za-z0-9]{8,}|(?i:token)=\S+)")
+
+
+@dataclass
+class Report:
+    """Everything the Markdown and HTML writers show."""
+
+    data: RunData
+    run_info: dict
+    claims: pd.DataFrame
+    summaries: dict[str, pd.DataFrame]
+    collapse: pd.DataFrame
+    sensitive_layers: pd.DataFrame
+    super_weights: pd.DataFrame
+    outputs: pd.DataFrame
+    trend: pd.DataFrame
+    comparison: pd.DataFrame | None = None
+    baseline_label: str = ""
+    tolerance_note: str = ""
+    warnings: list[str] = field(default_factory=list)
+    highlights: list[str] = field(default_factory=list)
+    figures: list[figures.Figure] = field(default_factory=list)
+
+
+def _clean_run_info(run: dict) -> dict:
+    out = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in run.items()}
+    if out.get("command"):
+        out["command"] = _TOKEN.sub("<redacted>", str(out["command"]))
+    return out
+
+
+def _baseline_for(data: RunData, baseline) -> Baseline | None:
+    if isinstance(baseline, Baseline):
+        return baseline
+    if baseline is not None:
+        return load_baseline(baseline)
+    prev = data.previous_run_id()
+    if prev is None:
+        return None
+    info = data.run_info(prev)
+    recs = data.history[data.history["run_id"] == prev]
+    return Baseline(aggregate(recs), {f: info.get(f) for f in RUN_FIELDS}, sorted(recs["model"].unique()),
+                    f"previous run {prev}", load_tolerances())
+
+
+def _highlights(r: Report) -> list[str]:
+    out = []
+    recs = r.data.records
+    for model, g in r.super_weights.groupby("model"):
+        top = g.iloc[0]
+        out.append(f"Top super weight of {model} ({top['method']}): {top['module']}[{tables.fmt(top['row'])}, "
+                   f"{tables.fmt(top['col'])}] = {tables.fmt(top['value'])}, score {tables.fmt(top['score'])}; "
+                   f"{len(g)} super weights in {g['layer'].nunique()} layers.")
+    sw = recs[(recs["suite"] == "super_weights") & (recs["metric"] == "ppl_ratio") & ~recs["is_claim"]]
+    if not sw.empty:
+        sw = sw.assign(target=pget(sw, "target").fillna(sw["method"]))
+        for (model, target), g in sw.groupby(["model", "target"]):
+            out.append(f"Zeroing {target} weights in {model} multiplies perplexity by "
+                       f"{g['value'].max():.5g}.")
+    layers = r.sensitive_layers.groupby("model").head(1) if not r.sensitive_layers.empty else []
+    for row in getattr(layers, "itertuples", lambda: [])():
+        out.append(f"Most sensitive layer of {row.model}: layer {row.layer} ({row._4}, {row.metric} "
+                   f"{tables.fmt(row.value)} after '{row.method}' ablation).")
+    if not r.collapse.empty:
+        worst = r.collapse.sort_values("collapse_rate", ascending=False).groupby("suite").head(1)
+        for c in worst.itertuples():
+            out.append(f"Highest collapse rate in {c.suite} ({c.model}, {c.series}, x={tables.fmt(c.x)}): "
+                       f"{c.collapsed}/{c.trials} = {c.collapse_rate:.0%} (95% CI {c.collapse_low:.0%}–"
+                       f"{c.collapse_high:.0%}).")
+    for c in r.claims[r.claims["result"] == "FAIL"].itertuples():
+        out.append(f"Claim failed: {c.claim} ({c.suite}, {c.model}): {tables.fmt(c.value)}, "
+                   f"bound {c.op} {tables.fmt(c.bound)}.")
+    return out
+
+
+def collect(data: RunData, baseline=None) -> Report:
+    """Compute every table of the report (no files written)."""
+    hist = trend.claim_history(data)
+    r = Report(data=data, run_info=_clean_run_info(data.run), claims=tables.claims_table(data.records),
+               summaries=tables.suite_summaries(data.records), collapse=tables.collapse_rates(data.records),
+               sensitive_layers=tables.sensitive_layers(data.records),
+               super_weights=tables.super_weight_table(data.super_weights),
+               outputs=tables.output_comparisons(data.records), trend=trend.trend_table(hist))
+    base = _baseline_for(data, baseline)
+    if base is not None:
+        r.comparison = base.compare(data.records)
+        r.baseline_label = base.source
+        r.warnings += base.compatibility(r.run_info, data.models)
+        t = base.tolerances.default
+        r.tolerance_note = (f"A change in the worse direction beyond max(abs, rel x |baseline|) is a regression "
+                            f"(default abs {t.abs:g}, rel {t.rel:.0%}; per metric in reports/tolerances.toml); "
+                            f"metrics without a direction are compared two-sided ('changed').")
+    else:
+        prev = [rid for rid in data.runs["run_id"] if rid != data.run_id]
+        if prev:  # earlier runs of other models: still say what differs
+            r.warnings += [w for w in env_differences(r.run_info, data.run_info(prev[-1]), "this run",
+                                                      f"run {prev[-1]}")]
+    r.highlights = _highlights(r)
+    r._history = hist
+    return r
+
+
+def _write(r: Report, out: Path) -> None:
+    (out / "tables").mkdir(parents=True)
+    r.figures = figures.draw_all(r.data, out) + trend.trend_figure(r.data, r._history, out)
+    named = {"claims": r.claims, "collapse_rates": r.collapse, "sensitive_layers": r.sensitive_layers,
+             "super_weights": r.super_weights, "trend": r.trend, "output_comparison": r.outputs}
+    if r.comparison is not None:
+        named["regression"] = r.comparison
+    named.update({f"summary_{suite}": df for suite, df in r.summaries.items()})
+    for name, df in named.items():
+        if name == "claims" or not df.empty:
+            df.to_csv(out / "tables" / f"{name}.csv", index=False)
+            (out / "tables" / f"{name}.md").write_text(markdown.to_markdown(df))
+    (out / "analysis_report.md").write_text(markdown.analysis_report(r))
+    (out / "summary.md").write_text(markdown.summary(r))
+    (out / "index.html").write_text(html.page(r, out))
+
+
+def build_report(results_dir: str | Path, run_id: str | None = None, baseline=None,
+                 out_dir: str | Path | None = None) -> Path:
+    """Build the report of a run and return its directory.
+
+    Args:
+        results_dir: the results directory (holds ``results.sqlite``).
+        run_id: the run (default: the latest run with records).
+        baseline: a :class:`Baseline`, a baseline file path, or None for the previous run in the store.
+        out_dir: parent of the report directory (default ``<results-dir>/report``).
+
+    Raises:
+        HarnessError: missing/empty store, unknown run id, unreadable baseline.
+    """
+    data = load_run(results_dir, run_id)
+    report = collect(data, baseline)
+    parent = Path(out_dir) if out_dir else data.results_dir / "report"
+    parent.mkdir(parents=True, exist_ok=True)
+    final = parent / figures.slug(data.run_id)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=parent))
+    try:
+        _write(report, tmp)
+        tmp.chmod(0o755)
+        old = None
+        if final.exists():
+            old = parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+            final.rename(old)
+        tmp.rename(final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("report of run %s written to %s", data.run_id, final)
+    return final

@@ -1,0 +1,146 @@
+"""Markdown: tables, ``analysis_report.md`` and the short ``summary.md`` (for a CI job summary)."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from reports.tables import fmt
+
+if TYPE_CHECKING:
+    from reports.build import Report
+
+
+def present(df: pd.DataFrame) -> pd.DataFrame:
+    """Every cell as display text (numbers via :func:`reports.tables.fmt`)."""
+    return df.map(fmt) if not df.empty else df
+
+
+def to_markdown(df: pd.DataFrame, max_rows: int | None = None) -> str:
+    """A GitHub-flavoured Markdown table (pipes and newlines in cells escaped)."""
+    if df.empty:
+        return "_(none)_\n"
+    shown = present(df if max_rows is None else df.head(max_rows))
+
+    def cell(x) -> str:
+        return str(x).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("<", "&lt;")
+
+    lines = ["| " + " | ".join(cell(c) for c in shown.columns) + " |",
+             "| " + " | ".join("---" for _ in shown.columns) + " |"]
+    lines += ["| " + " | ".join(cell(x) for x in row) + " |" for row in shown.itertuples(index=False)]
+    if max_rows is not None and len(df) > max_rows:
+        lines.append(f"\n_({len(df) - max_rows} more rows in the CSV)_")
+    return "\n".join(lines) + "\n"
+
+
+def _header(r: Report) -> list[str]:
+    run = r.run_info
+    out = [f"# ESA analysis report: {', '.join(r.data.models)}", "",
+           f"Run `{r.data.run_id}`, started {run.get('started_at') or '?'}"
+           + (f", finished {run['finished_at']}" if run.get("finished_at") else " (not finished)") + ".", "",
+           "| commit | device | dtype | torch | transformers | lm_eval | python |",
+           "| --- | --- | --- | --- | --- | --- | --- |",
+           "| " + " | ".join(fmt(run.get(k)) or "-" for k in
+                            ("git_commit", "device", "dtype", "torch", "transformers", "lm_eval", "python")) + " |",
+           ""]
+    return out
+
+
+def _findings(r: Report) -> list[str]:
+    c = r.claims
+    n_fail = int((c["result"] == "FAIL").sum()) if not c.empty else 0
+    out = ["## Summary", "",
+           f"- Suites: {', '.join(sorted(r.data.records['suite'].unique()))}; {len(r.data.records)} records.",
+           f"- Claims: {len(c)} checked, {len(c) - n_fail} passed, **{n_fail} failed**."]
+    if r.comparison is None:
+        out.append("- Regression: no earlier run of these models in this store and no baseline given.")
+    else:
+        cmp = r.comparison
+        claims = cmp[cmp["kind"] == "claim"]["status"].value_counts()
+        counts = cmp[cmp["kind"] != "claim"]["status"].value_counts()
+        out.append(f"- Regression against {r.baseline_label}: **{claims.get('regressed', 0) + claims.get('changed', 0)}"
+                   f" claims regressed** ({claims.get('improved', 0)} improved, {claims.get('ok', 0)} within "
+                   f"tolerance); measurements: {counts.get('regressed', 0)} regressed, {counts.get('changed', 0)} "
+                   f"changed (no direction), {counts.get('improved', 0)} improved, {counts.get('ok', 0)} within "
+                   f"tolerance, {counts.get('new', 0)} new, {counts.get('missing', 0)} missing.")
+    for w in r.warnings:
+        out.append(f"- **{w}**")
+    for line in r.highlights:
+        out.append(f"- {line}")
+    return [*out, ""]
+
+
+def _failed_and_regressed(r: Report) -> list[str]:
+    out = ["## Failed claims", ""]
+    c = r.claims
+    out.append(to_markdown(c[c["result"] == "FAIL"]) if not c.empty else "_(no claims in this run)_\n")
+    if r.comparison is not None:
+        bad = r.comparison[r.comparison["status"].isin(["regressed", "changed"])]
+        out += [f"## Regressions against {r.baseline_label}", "", to_markdown(_regression_view(bad), 40)]
+    return out
+
+
+def _pct(x) -> str:
+    return "" if x is None or pd.isna(x) or abs(x) == float("inf") else f"{x:+.1%}"
+
+
+def _regression_view(df: pd.DataFrame) -> pd.DataFrame:
+    if df.empty:
+        return df
+    out = df[["status", "suite", "model", "name", "method", "perturbation", "value_base", "value", "rel"]].rename(
+        columns={"name": "claim / metric", "value_base": "baseline", "rel": "change"})
+    return out.assign(change=out["change"].map(_pct), perturbation=out["perturbation"].map(short_json))
+
+
+def short_json(text, limit: int = 90) -> str:
+    """A perturbation for display: without per-trial site lists, cut at ``limit`` characters."""
+    if not isinstance(text, str) or not text:
+        return ""
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        obj = None
+    if isinstance(obj, dict):
+        obj.pop("sites", None)
+        text = json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def collapse_view(df: pd.DataFrame) -> pd.DataFrame:
+    """Collapse rates as percentages with their Wilson 95% interval."""
+    if df.empty:
+        return df
+    return pd.DataFrame({"suite": df["suite"], "model": df["model"], "series": df["series"], "x": df["x"],
+                         "collapsed": [f"{k}/{n}" for k, n in zip(df["collapsed"], df["trials"], strict=True)],
+                         "rate": df["collapse_rate"].map(lambda v: f"{v:.0%}"),
+                         "95% CI": [f"{lo:.0%}–{hi:.0%}"
+                                    for lo, hi in zip(df["collapse_low"], df["collapse_high"], strict=True)]})
+
+
+def analysis_report(r: Report) -> str:
+    out = _header(r) + _findings(r) + _failed_and_regressed(r)
+    if not r.super_weights.empty:
+        out += ["## Super weights", "", to_markdown(r.super_weights.drop(columns=["source"]), 30)]
+    if not r.sensitive_layers.empty:
+        out += ["## Most sensitive layers (ablation)", "", to_markdown(r.sensitive_layers)]
+    if not r.collapse.empty:
+        out += ["## Collapse rates (Wilson 95% interval)", "", to_markdown(collapse_view(r.collapse), 40)]
+    out += ["## All claims", "", to_markdown(r.claims)]
+    if not r.trend.empty:
+        out += ["## Claims across runs (`!` = failed)", "", to_markdown(r.trend, 60)]
+    if not r.outputs.empty:
+        out += ["## Generated text, clean vs perturbed", "", to_markdown(r.outputs, 10)]
+    if r.figures:
+        out += ["## Figures", ""]
+        out += [f"### {f.title}\n\n![{f.title}]({f.path})\n\n{f.caption}\n" for f in r.figures]
+    out += ["## Per-suite summaries", ""]
+    for suite, df in r.summaries.items():
+        out += [f"### {suite}", "", to_markdown(df)]
+    return "\n".join(out)
+
+
+def summary(r: Report) -> str:
+    """The short version: header, findings, failed claims and regressions (no figures)."""
+    return "\n".join(_header(r) + _findings(r) + _failed_and_regressed(r))

@@ -1,0 +1,213 @@
+"""Tables of a run (pandas): claims, per-suite summaries, sweeps with collapse rates, sensitive layers,
+super weights and generated-text comparisons. Each returns an empty frame when its data is absent."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from reports.load import claim_direction, direction_of, pget, xget
+from reports.stats import wilson
+
+# suite -> (x key of the perturbation, fallbacks, series keys, x-axis label); see docs/RECORDS.md
+SWEEPS = {
+    "robustness": ("level", (), ("method", "target"), "noise std (relative to each weight's std)"),
+    "bitflip": ("n_flips", ("level",), ("bit_class", "method", "dtype"), "bits flipped"),
+    "attack": ("n_flips", ("level",), ("method",), "bits flipped by the attack"),
+    "adversarial": ("level", (), ("method",), "input perturbation strength"),
+    "targeted": ("fraction", ("level",), ("method", "action"), "fraction of weights perturbed"),
+    "pruning": ("sparsity", ("level",), ("method", "granularity"), "sparsity"),
+    "selective": ("sparsity", ("level",), ("method", "component"), "sparsity of the selected weights"),
+}
+SWEEPS["selective_pruning"] = SWEEPS["selective"]  # the suite name the plugin derives from the file name
+PRIMARY_METRICS = ("ppl_ratio", "perplexity", "kl", "top1", "accuracy")
+
+
+def fmt(x) -> str:
+    """A number for a table cell: 4 significant digits, ``inf``, empty for missing."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return ""
+    if isinstance(x, bool):
+        return str(x)
+    if isinstance(x, (int, float)):
+        if isinstance(x, float) and math.isinf(x):
+            return "inf" if x > 0 else "-inf"
+        return f"{x:.4g}" if isinstance(x, float) else str(x)
+    return str(x)
+
+
+def claims_table(records: pd.DataFrame) -> pd.DataFrame:
+    """Every claim (bound not NULL): suite, model, claim, metric, value, bound, result, test."""
+    c = records[records["is_claim"]]
+    cols = ["suite", "model", "claim", "metric", "value", "op", "bound", "result", "test_id"]
+    if c.empty:
+        return pd.DataFrame(columns=cols)
+    ops = [{True: ">=", False: "<=", None: "vs"}[claim_direction(m, v, b, p, x, higher_is_better=h)]
+           for m, v, b, p, x, h in zip(c["metric"], c["value"], c["bound"], c["passed"], c["xtra"],
+                                       c["higher_is_better"], strict=True)]
+    value = [math.inf if (pd.isna(v) and col) else v for v, col in zip(c["value"], c["collapsed"], strict=False)]
+    out = pd.DataFrame({"suite": c["suite"], "model": c["model"], "claim": c["claim"], "metric": c["metric"],
+                        "value": value, "op": ops, "bound": c["bound"],
+                        "result": ["pass" if p == 1 else "FAIL" for p in c["passed"]],
+                        "test_id": c["test_id"]})
+    if (out["metric"] == out["claim"]).all():  # the plugin stores the claim name as the metric
+        out = out.drop(columns="metric")
+    return out.sort_values(["result", "suite", "claim"], ascending=[True, True, True]).reset_index(drop=True)
+
+
+def suite_summaries(records: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Per suite: one row per (model, method, metric) with counts and the spread of the values."""
+    out = {}
+    for suite, g in records.groupby("suite", sort=True):
+        rows = []
+        for (model, method, metric), h in g.groupby(["model", g["method"].fillna("-"), "metric"], sort=True):
+            v = h["value"].where(~h["collapsed"] | h["value"].notna(), math.inf)
+            d = direction_of(metric, h["higher_is_better"].iloc[0])
+            rows.append({"model": model, "method": method, "metric": metric,
+                         "better": {True: "higher", False: "lower", None: "?"}[d],
+                         "records": len(h), "conditions": h["perturbation"].fillna("").nunique(),
+                         "collapsed": int(h["collapsed"].sum()), "claims": int(h["is_claim"].sum()),
+                         "min": v.min(), "median": v.median(), "max": v.max()})
+        out[suite] = pd.DataFrame(rows)
+    return out
+
+
+def primary_metric(records: pd.DataFrame) -> str | None:
+    present = set(records["metric"])
+    return next((m for m in PRIMARY_METRICS if m in present), None)
+
+
+def sweep(records: pd.DataFrame, suite: str) -> tuple[pd.DataFrame, str | None, str]:
+    """Per (model, series, x): trials, median/IQR of the primary metric, collapse rate + Wilson 95%.
+
+    Returns:
+        (frame, metric, x label); the frame is empty when the suite has no swept records.
+    """
+    xkey, fallbacks, series_keys, xlabel = SWEEPS[suite]
+    g = records[(records["suite"] == suite) & ~records["is_claim"]]
+    if g.empty:
+        return pd.DataFrame(), None, xlabel
+    x = pd.to_numeric(pget(g, xkey, *fallbacks), errors="coerce")
+    g = g.assign(x=x)[x.notna()]
+    metric = primary_metric(g)
+    if metric is None:
+        return pd.DataFrame(), None, xlabel
+    g = g[g["metric"] == metric]
+    parts = []
+    for k in series_keys:
+        col = g["method"] if k == "method" else pget(g, k)
+        parts.append(col.fillna("").astype(str))
+    series = [" / ".join(p for p in ps if p) or suite for ps in zip(*parts, strict=True)] if parts else suite
+    g = g.assign(series=series)
+    finite = g["value"].where(~g["collapsed"] & np.isfinite(g["value"].fillna(np.nan)))
+    g = g.assign(finite=finite, ci_low=pd.to_numeric(xget(g, "ci_low"), errors="coerce"),
+                 ci_high=pd.to_numeric(xget(g, "ci_high"), errors="coerce"), collapsed=g["collapsed"].astype(int))
+    grouped = g.groupby(["model", "series", "x"], sort=True)
+    df = grouped.agg(trials=("value", "size"), median=("finite", "median"), collapsed=("collapsed", "sum"),
+                     clean_value=("clean_value", "first"), ci_low=("ci_low", "first"),
+                     ci_high=("ci_high", "first"))
+    df["q25"] = grouped["finite"].quantile(0.25)
+    df["q75"] = grouped["finite"].quantile(0.75)
+    own_ci = (df["trials"] == 1) & df["ci_low"].notna() & df["ci_high"].notna()
+    df.loc[own_ci, "q25"] = df.loc[own_ci, "ci_low"]
+    df.loc[own_ci, "q75"] = df.loc[own_ci, "ci_high"]
+    df["collapse_rate"] = df["collapsed"] / df["trials"]
+    ci = [wilson(int(k), int(n)) for k, n in zip(df["collapsed"], df["trials"], strict=False)]
+    df["collapse_low"] = [c[0] for c in ci]
+    df["collapse_high"] = [c[1] for c in ci]
+    df = df.drop(columns=["ci_low", "ci_high"]).reset_index()
+    return df, metric, xlabel
+
+
+def collapse_rates(records: pd.DataFrame) -> pd.DataFrame:
+    """Collapse rates with Wilson 95% intervals for every swept condition that had a collapse."""
+    frames = []
+    for suite in SWEEPS:
+        df, _metric, _ = sweep(records, suite)
+        if df.empty:
+            continue
+        frames.append(df.assign(suite=suite)[df["collapsed"] > 0])
+    if not frames:
+        return pd.DataFrame()
+    out = pd.concat(frames, ignore_index=True)
+    return out[["suite", "model", "series", "x", "trials", "collapsed", "collapse_rate", "collapse_low",
+                "collapse_high"]].reset_index(drop=True)
+
+
+def ablation_grid(records: pd.DataFrame) -> pd.DataFrame:
+    """Ablation records of the primary metric: model, method, layer, component, value (mean of trials)."""
+    g = records[(records["suite"] == "ablation") & ~records["is_claim"]]
+    if g.empty:
+        return pd.DataFrame()
+    metric = primary_metric(g)
+    g = g[g["metric"] == metric]
+    g = g.assign(layer=pd.to_numeric(pget(g, "layer"), errors="coerce"), component=pget(g, "component"))
+    g = g[g["layer"].notna() & g["component"].notna()]
+    if g.empty:
+        return pd.DataFrame()
+    v = g["value"].where(g["value"].notna() | ~g["collapsed"], math.inf)
+    g = g.assign(value=v, method=g["method"].fillna("ablation"), metric=metric)
+    return (g.groupby(["model", "method", "metric", "layer", "component"], as_index=False)["value"].mean())
+
+
+def sensitive_layers(records: pd.DataFrame, top: int = 5) -> pd.DataFrame:
+    """Per model, the layers whose ablation hurt most (max over components), most sensitive first."""
+    grid = ablation_grid(records)
+    if grid.empty:
+        return grid
+    rows = []
+    for (model, method, metric), g in grid.groupby(["model", "method", "metric"]):
+        d = direction_of(metric)
+        worst = g.sort_values("value", ascending=bool(d)).groupby("layer").head(1)
+        worst = worst.sort_values("value", ascending=bool(d)).head(top)
+        for _, r in worst.iterrows():
+            rows.append({"model": model, "method": method, "layer": int(r["layer"]),
+                         "worst component": r["component"], "metric": metric, "value": r["value"]})
+    return pd.DataFrame(rows)
+
+
+def jaccard_pairs(records: pd.DataFrame) -> pd.DataFrame:
+    """``jaccard`` records as model, method_a, method_b, value."""
+    g = records[records["metric"] == "jaccard"]
+    if g.empty:
+        return pd.DataFrame()
+    a, b = xget(g, "method_a"), xget(g, "method_b")
+    split = g["method"].fillna("").str.split("|")
+    a = a.where(a.notna(), split.str[0])
+    b = b.where(b.notna(), split.str[1])
+    out = pd.DataFrame({"model": g["model"], "method_a": a, "method_b": b, "value": g["value"]}).dropna()
+    return out.groupby(["model", "method_a", "method_b"], as_index=False)["value"].mean()
+
+
+def timings(records: pd.DataFrame) -> pd.DataFrame:
+    """``seconds`` records by (model, suite, method): mean and count."""
+    g = records[(records["metric"] == "seconds") & records["method"].notna()]
+    if g.empty:
+        return pd.DataFrame()
+    return g.groupby(["model", "suite", "method"], as_index=False).agg(seconds=("value", "mean"),
+                                                                        n=("value", "size"))
+
+
+def output_comparisons(records: pd.DataFrame) -> pd.DataFrame:
+    """Records carrying generated text (``extra.clean_output`` and ``extra.perturbed_output``)."""
+    if records.empty:
+        return pd.DataFrame()
+    clean, pert = xget(records, "clean_output"), xget(records, "perturbed_output")
+    mask = clean.notna() & pert.notna()
+    if not mask.any():
+        return pd.DataFrame()
+    g = records[mask]
+    out = pd.DataFrame({"suite": g["suite"], "model": g["model"], "method": g["method"],
+                        "perturbation": g["perturbation"], "prompt": xget(g, "prompt"),
+                        "clean output": clean[mask], "perturbed output": pert[mask]})
+    return out.drop_duplicates(subset=["suite", "model", "method", "perturbation"]).reset_index(drop=True)
+
+
+def super_weight_table(sw: pd.DataFrame, top: int = 10) -> pd.DataFrame:
+    """The highest-scoring super weights per model and method."""
+    if sw.empty:
+        return sw
+    return (sw.sort_values("score", ascending=False).groupby(["model", "method"], dropna=False).head(top)
+            .sort_values(["model", "method", "score"], ascending=[True, True, False]).reset_index(drop=True))
