@@ -23,7 +23,7 @@ import json
 import logging
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -382,7 +382,7 @@ class Baseline:
             })
         run = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in self.run.items()}
         return {"schema_version": BASELINE_SCHEMA_VERSION, "kind": BASELINE_KIND,
-                "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
                 "source": self.source, "run": run, "models": self.models, "rows": rows}
 
 

@@ -33,7 +33,7 @@ def test_windows_are_the_stream_prefix():
 
 
 def test_too_many_tokens_is_a_clear_error():
-    with pytest.raises(HarnessError, match="asked for, but .* has only"):
+    with pytest.raises(HarnessError, match=r"asked for, but .* has only"):
         token_windows(_CharTokenizer(), ("short text",), 8, 4)
 
 

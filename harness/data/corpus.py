@@ -66,7 +66,9 @@ def _pydoc_topics() -> Corpus:
 
 def _local_file(path: Path) -> Corpus:
     if not path.is_file():
-        raise HarnessError(f"corpus file {path} does not exist (give a .txt or .jsonl file, 'wikitext2' or '{DEFAULT_CORPUS}')")
+        raise HarnessError(
+            f"corpus file {path} does not exist (give a .txt or .jsonl file, 'wikitext2' or '{DEFAULT_CORPUS}')"
+        )
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".jsonl":
         docs = []
@@ -89,7 +91,7 @@ def _wikitext2() -> Corpus:
         import datasets
 
         ds = datasets.load_dataset("wikitext", "wikitext-2-raw-v1")
-    except Exception as err:  # noqa: BLE001 - datasets raises many kinds when offline
+    except Exception as err:
         raise OfflineError(
             f"wikitext2 needs the Hugging Face hub ({type(err).__name__}); "
             f"use the offline corpus '{DEFAULT_CORPUS}' or --corpus PATH"
@@ -136,7 +138,9 @@ def token_windows(tokenizer, docs: tuple[str, ...] | list[str], length: int, cou
         HarnessError: when length or count is below 1 or the corpus is too short.
     """
     if length < 2 or count < 1:
-        raise HarnessError(f"need a window length >= 2 and at least one window (got length={length}, count={count})")
+        raise HarnessError(
+            f"need a window length >= 2 and at least one window (got length={length}, count={count})"
+        )
     stream = token_stream(tokenizer, docs)
     need = length * count
     if stream.numel() < need:
@@ -145,6 +149,11 @@ def token_windows(tokenizer, docs: tuple[str, ...] | list[str], length: int, cou
             f"with this tokenizer; ask for at most {stream.numel() // length * length}"
         )
     return stream[:need].view(count, length)
+
+
+def _is_prose(paragraph: str, words: int) -> bool:
+    heading = re.search(r"^[*=\-]{3,}\s*$", paragraph, re.M)
+    return not heading and "::=" not in paragraph and len(paragraph.split()) >= words
 
 
 def generation_prompts(corpus: Corpus, n: int = 8, words: int = 10) -> list[str]:
@@ -156,8 +165,7 @@ def generation_prompts(corpus: Corpus, n: int = 8, words: int = 10) -> list[str]
     prompts = []
     for doc in corpus.eval_docs:
         paragraphs = [p.strip() for p in re.split(r"\n\s*\n", doc) if p.strip()]
-        body = next((p for p in paragraphs
-                     if not re.search(r"^[*=\-]{3,}\s*$", p, re.M) and "::=" not in p and len(p.split()) >= words), None)
+        body = next((p for p in paragraphs if _is_prose(p, words)), None)
         if body is None:
             continue
         opening = " ".join(body.split()[:words])

@@ -13,7 +13,7 @@ from harness.metrics.registry import METRICS, Metric, direction, metric
 _LAZY = {"EvalResult": "perplexity", "Reference": "perplexity", "evaluate": "perplexity",
          "make_reference": "perplexity"}
 
-__all__ = ["METRICS", "Metric", "direction", "metric", *_LAZY]
+__all__ = ["METRICS", "EvalResult", "Metric", "Reference", "direction", "evaluate", "make_reference", "metric"]
 
 
 def __getattr__(name: str) -> Any:

@@ -14,7 +14,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +74,7 @@ RECORD_COLUMNS = (
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def _real(x: float | None) -> float | None:
@@ -160,7 +160,7 @@ class ResultStore:
                 go to ``extra`` as JSON.
             run_id: an id to use (an existing id is reused, so xdist workers share one run).
         """
-        run_id = run_id or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
+        run_id = run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
         cols = ("git_commit", "device", "dtype", "torch", "transformers", "lm_eval", "python",
                 "hostname", "command")
         extra = {k: v for k, v in info.items() if k not in cols}
