@@ -1,0 +1,135 @@
+"""What the gradient-based scorers share: the calibration loss, turning gradients on for the selected
+parameters only (and off again in ``finally``), and per-component fp32 sums of a function of the
+gradient that never keep a second gradient-sized buffer.
+
+Loss convention: mean next-token NLL over every predicted token of the calibration windows (each
+window on its own, as :mod:`harness.metrics.perplexity` scores them). Summed over batches with
+:func:`batch_nll` (``reduction="sum"`` divided by the total token count), the accumulated gradient
+is exactly the gradient of that mean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.models.archmap import ComponentRef
+from harness.scoring.base import Cost, ref_rows, ref_shape
+
+
+def batch_nll(model: nn.Module, batch: torch.Tensor, denominator: int) -> torch.Tensor:
+    """Sum of next-token NLL over ``batch`` (B, T) divided by ``denominator`` (a 0-d float32 tensor)."""
+    logits = model(input_ids=batch, use_cache=False).logits  # (B, T, V)
+    # targets shifted left, the last position ignored: no copy of the logits (as transformers does)
+    targets = F.pad(batch[:, 1:], (0, 1), value=-100).reshape(-1)  # (B*T,)
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets, ignore_index=-100, reduction="sum")
+    return nll / denominator
+
+
+def predicted_tokens(windows: torch.Tensor) -> int:
+    return windows.shape[0] * (windows.shape[1] - 1)
+
+
+def unique_params(model: nn.Module, refs: Sequence[ComponentRef]) -> dict[str, nn.Parameter]:
+    """Parameter name -> parameter for the refs (a fused matrix appears once)."""
+    return {ref.param: model.get_parameter(ref.param) for ref in refs}
+
+
+@contextmanager
+def grad_on(model: nn.Module, params: Sequence[nn.Parameter]) -> Iterator[None]:
+    """Gradients for ``params`` only, inside the block.
+
+    Every other parameter gets ``requires_grad=False`` for the duration; on exit (even on error) each
+    parameter's ``requires_grad`` and ``.grad`` are put back as they were.
+    """
+    chosen = {id(p) for p in params}
+    saved = [(p, p.requires_grad, p.grad) for p in model.parameters()]
+    try:
+        for p, _, _ in saved:
+            p.grad = None
+            p.requires_grad_(id(p) in chosen)
+        with torch.enable_grad():
+            yield
+    finally:
+        for p, flag, grad in saved:
+            p.requires_grad_(flag)
+            p.grad = grad
+
+
+class GradSums:
+    """fp32 sums of ``transform(grad)`` per component, fed by post-accumulate-grad hooks.
+
+    Each hook adds the selected rows of the fresh gradient into the component's sum and drops
+    ``param.grad``, so beyond the model only the sums (one buffer the size of the selected rows) and
+    one matrix's transient gradient exist at any time.
+
+    Args:
+        model: the model.
+        refs: the components to sum over (fused rows are cut out of the full gradient).
+        transform: applied to each float32 gradient before summing (identity, square, ...).
+    """
+
+    def __init__(self, model: nn.Module, refs: Sequence[ComponentRef],
+                 transform: Callable[[torch.Tensor], torch.Tensor] = lambda g: g) -> None:
+        self.refs = list(refs)
+        self.transform = transform
+        self.sums: dict[ComponentRef, torch.Tensor] = {}
+        self._by_param: dict[str, list[tuple[ComponentRef, torch.Tensor | None]]] = {}
+        for ref in self.refs:
+            param = model.get_parameter(ref.param)
+            self.sums[ref] = torch.zeros(ref_shape(model, ref), dtype=torch.float32, device=param.device)
+            self._by_param.setdefault(ref.param, []).append((ref, ref_rows(ref, param.device)))
+        self._params = unique_params(model, self.refs)
+        self._handles: list = []
+
+    def __enter__(self) -> GradSums:
+        for name, param in self._params.items():
+            self._handles.append(param.register_post_accumulate_grad_hook(self._hook(name)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _hook(self, name: str) -> Callable[[torch.Tensor], None]:
+        def hook(param: torch.Tensor) -> None:
+            grad = param.grad
+            param.grad = None
+            if grad is None:
+                return
+            for ref, rows in self._by_param[name]:
+                g = grad if rows is None else grad[rows]
+                self.sums[ref].add_(self.transform(g.float()))
+
+        return hook
+
+
+def gradient_sums(model: nn.Module, refs: Sequence[ComponentRef], windows: torch.Tensor, batch_size: int, *,
+                  transform: Callable[[torch.Tensor], torch.Tensor] = lambda g: g,
+                  per_window: bool = False) -> tuple[dict[ComponentRef, torch.Tensor], Cost]:
+    """Sums of ``transform(∂L/∂w)`` over the calibration batches.
+
+    With ``per_window=False`` the batches' gradients add up to the gradient of the mean NLL over all
+    windows. With ``per_window=True`` each window is its own backward pass of its own mean NLL and
+    ``transform`` is applied per window (the empirical Fisher: sum of squared per-window gradients).
+
+    Cost: one forward and one backward pass over the windows.
+    """
+    params = list(unique_params(model, refs).values())
+    cost = Cost()
+    with grad_on(model, params), GradSums(model, refs, transform) as sums:
+        if per_window:
+            batches = [windows[i:i + 1] for i in range(windows.shape[0])]
+            denominators = [predicted_tokens(b) for b in batches]
+        else:
+            batches = [windows[i:i + batch_size] for i in range(0, windows.shape[0], batch_size)]
+            denominators = [predicted_tokens(windows)] * len(batches)
+        for batch, denominator in zip(batches, denominators, strict=True):
+            batch_nll(model, batch, denominator).backward()
+            cost += Cost(forward=1, backward=1, tokens=batch.numel())
+    return sums.sums, cost
