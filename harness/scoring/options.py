@@ -1,0 +1,82 @@
+"""pytest options of the super-weights, compare-sensitivity and targeted-perturbation suites (added to
+the plugin's "esa" group).
+
+They reach tests as ``esa.options.extra["<name>"]`` (``method``, ``methods``, ``targeted_methods``,
+``fractions``). A value left at None means "the preset's" (see each help text and the constants below).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from harness.errors import HarnessError
+
+DEFAULT_METHOD = ("activation",)  # super_weights suite
+# compare suite. hessian (double backward) is the one method too slow for the quick preset on two CPU
+# cores; the quick preset also runs integrated with few steps (see suites/test_compare_sensitivity.py).
+QUICK_METHODS = ("magnitude", "z_score", "wanda", "gradient", "integrated", "activation")
+FULL_METHODS = ("magnitude", "z_score", "wanda", "gradient", "taylor", "fisher", "hessian", "integrated",
+                "activation")
+# targeted suite: methods whose ranking is perturbed (plus the seeded random control).
+QUICK_TARGETED = ("magnitude", "wanda")
+FULL_TARGETED = ("magnitude", "wanda", "gradient", "taylor")
+QUICK_FRACTIONS = (1e-6, 1e-4)
+FULL_FRACTIONS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)  # 0.0001% .. 1% of the scored weights
+
+
+def _checked(convert):
+    """Turn a HarnessError of ``convert`` into argparse's one-line usage error."""
+
+    def parse(text: str):
+        try:
+            return convert(text)
+        except HarnessError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    parse.__name__ = convert.__name__
+    return parse
+
+
+def methods(text: str) -> tuple[str, ...]:
+    """A comma list of scorer names, each checked against ``SCORERS`` (unknown -> the known ones)."""
+    from harness.scoring import SCORERS
+
+    items = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    if not items:
+        raise HarnessError(f"expected a comma list of scorer names, got {text!r}")
+    for name in items:
+        SCORERS.get(name)  # raises UnknownNameError listing the known names
+    return items
+
+
+def fractions(text: str) -> tuple[float, ...]:
+    """A comma list of fractions in (0, 1] (``1e-6,1e-4``)."""
+    out = []
+    for t in (t.strip() for t in text.split(",") if t.strip()):
+        try:
+            x = float(t)
+        except ValueError:
+            raise HarnessError(f"a fraction must be a number in (0, 1], got {t!r}") from None
+        if not (math.isfinite(x) and 0 < x <= 1):
+            raise HarnessError(f"a fraction must be in (0, 1], got {t!r}")
+        out.append(x)
+    if not out:
+        raise HarnessError(f"expected a comma list of fractions, got {text!r}")
+    return tuple(sorted(set(out)))
+
+
+def add_options(group) -> None:
+    group.addoption("--method", dest="esa_method", type=_checked(methods), default=None,
+                    help="super_weights suite: scorer name or comma list "
+                         f"(default: {','.join(DEFAULT_METHOD)})")
+    group.addoption("--methods", dest="esa_methods", type=_checked(methods), default=None,
+                    help=f"compare suite: scorers to compare (default quick: {','.join(QUICK_METHODS)}; "
+                         f"full: {','.join(FULL_METHODS)})")
+    group.addoption("--targeted-methods", dest="esa_targeted_methods", type=_checked(methods), default=None,
+                    help=f"targeted suite: scorers whose top weights are perturbed, against random "
+                         f"(default quick: {','.join(QUICK_TARGETED)}; full: {','.join(FULL_TARGETED)})")
+    group.addoption("--fractions", dest="esa_fractions", type=_checked(fractions), default=None,
+                    help="targeted suite: shares of the scored weights perturbed "
+                         f"(default quick: {','.join(map(str, QUICK_FRACTIONS))}; "
+                         f"full: {','.join(map(str, FULL_FRACTIONS))})")

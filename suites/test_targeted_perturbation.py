@@ -1,0 +1,199 @@
+"""Targeted perturbation: perturb the top x% of weights by a scorer's ranking, against the same number
+of seeded random weights.
+
+Tests (per model):
+
+- ``test_targeted[<method>-<action>]`` (``--targeted-methods``, plus ``random``): for each fraction x
+  (``--fractions``; quick 1e-6 and 1e-4, full 1e-6 .. 1e-2, i.e. 0.0001% .. 1%) perturb
+  n = max(1, round(x · N)) weights, N = the decoder blocks' linear weights, and evaluate. Ranked
+  methods run once per fraction (their sites are fixed; noise is seeded); ``random`` runs
+  ``esa.trials(quick=2, full=5)`` seeded trials per fraction, drawn uniformly over the same matrices.
+- ``test_ranked_beats_random[<action>]``: at each fraction, the ranked method's ratio and the random
+  control's largest ratio, as the claims ``<method>_<action>_<x>_ppl_ratio_min`` and
+  ``random_<action>_<x>_ppl_ratio_max``, stated where ``suites/bounds/targeted_perturbation.toml``
+  has a bound (recorded only elsewhere).
+
+Actions:
+  ``zero``     set the weights to 0;
+  ``noise``    w + ε·|w| with ε ~ N(0, 1) seeded (relative Gaussian noise, level 1);
+  ``bitflip``  flip the lowest exponent bit of each stored weight (|w| doubled or halved); the
+               exponent MSB would make every weight huge and collapse ranked and random alike.
+
+Scores: calibration scorers use the first ``CALIB_WINDOWS`` calibration windows in quick (all in
+full). ``activation`` ranks only the few weights its spike scan finds, so it is not a default method
+(fractions above its count would have no ranking). Evaluation: the first ``QUICK_WINDOWS`` eval
+windows in quick (512 tokens at the default --window), all in full; ratios are against the clean
+model on the same windows.
+
+Records (suite ``targeted``; docs/RECORDS.md): per trial ``ppl_ratio`` (+ ``kl``), method = scorer
+or ``random``, perturbation ``{kind: targeted, fraction, action, count}``, extra ``{trial, trial_seed}``;
+``seconds`` of scoring per method. The records carry ``suite="targeted"``, the name the report reads.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+
+import pytest
+import torch
+
+from harness.faults import FaultSite, ablate, flip_bits, layout, uniform_sites
+from harness.faults.campaign import clean_baseline, run_trial
+from harness.models.archmap import select
+from harness.scoring import score
+from harness.scoring.options import FULL_FRACTIONS, FULL_TARGETED, QUICK_FRACTIONS, QUICK_TARGETED
+
+SUITE = "targeted_perturbation"
+RECORD_SUITE = "targeted"  # the suite name docs/RECORDS.md and the report use
+ACTIONS = ("zero", "noise", "bitflip")
+QUICK_WINDOWS = 2
+CALIB_WINDOWS = {"quick": 2, "full": None}
+RANDOM_TRIALS = {"quick": 2, "full": 5}
+NOISE_LEVEL = 1.0  # relative: eps * |w|
+
+
+def _methods(config) -> tuple[str, ...]:
+    return config.getoption("esa_targeted_methods") or (
+        FULL_TARGETED if config.getoption("esa_preset") == "full" else QUICK_TARGETED)
+
+
+def _fractions(esa) -> tuple[float, ...]:
+    return esa.options.extra.get("fractions") or esa.pick(quick=QUICK_FRACTIONS, full=FULL_FRACTIONS)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "action" not in metafunc.fixturenames:
+        return
+    if "method" in metafunc.fixturenames:
+        cells = [(m, a) for m in (*_methods(metafunc.config), "random") for a in ACTIONS]
+        metafunc.parametrize(("method", "action"), cells, ids=[f"{m}-{a}" for m, a in cells])
+    else:
+        metafunc.parametrize("action", ACTIONS, ids=list(ACTIONS))
+
+
+@contextmanager
+def _relative_noise(model, sites: list[FaultSite], level: float, generator: torch.Generator):
+    """w += level * eps * |w| at each site (eps ~ N(0, 1) drawn in site order); restored in ``finally``."""
+    saved = []
+    try:
+        with torch.no_grad():
+            eps = torch.randn(len(sites), generator=generator)
+            by_param: dict[str, list[int]] = {}
+            for i, s in enumerate(sites):
+                by_param.setdefault(s.param, []).append(i)
+            for param, which in by_param.items():
+                w = model.get_parameter(param)
+                index = tuple(torch.tensor([sites[i].index for i in which], device=w.device).unbind(1))
+                old = w[index].clone()
+                saved.append((w, index, old))
+                e = eps[which].to(w.device, torch.float32)
+                w[index] = (old.float() + level * e * old.float().abs()).to(w.dtype)
+        yield
+    finally:
+        with torch.no_grad():
+            for w, index, old in reversed(saved):
+                w[index] = old
+
+
+def _perturbation(lm, sites: list[FaultSite], action: str, generator: torch.Generator):
+    if action == "zero":
+        return ablate(lm.model, sites, "zero")
+    if action == "noise":
+        return _relative_noise(lm.model, sites, NOISE_LEVEL, generator)
+    lowest_exponent = layout(lm.dtype).exponent[0]
+    return flip_bits(lm.model, [FaultSite(s.param, s.index, (lowest_exponent,)) for s in sites])
+
+
+def _setup(esa, lm, eval_windows):
+    """(windows, clean baseline on them, linear refs, their size), cached per model."""
+    windows = eval_windows[: esa.pick(quick=QUICK_WINDOWS, full=None)]
+
+    def make():
+        refs = select(lm.model, components="linear")
+        total = sum(lm.model.get_parameter(r.param).numel() if r.rows is None
+                    else len(r.rows) * lm.model.get_parameter(r.param)[0].numel() for r in refs)
+        return clean_baseline(lm.model, windows), refs, total
+
+    clean, refs, total = esa.cached((lm.name, SUITE, "setup", tuple(windows.shape), esa.options.corpus), make)
+    return windows, clean, refs, total
+
+
+def _count(fraction: float, total: int) -> int:
+    return max(1, min(total, round(fraction * total)))
+
+
+def _ranked(esa, lm, calib_windows, method: str, n: int):
+    """(the ``n`` top sites of ``method``, best first; scoring seconds), cached per model and method."""
+
+    def make():
+        start = time.perf_counter()
+        found = score(lm, method, windows=calib_windows[: esa.pick(**CALIB_WINDOWS)])
+        sites = [FaultSite(s.site.param, s.site.index) for s in found.top_k(min(n, found.numel()))]
+        return sites, time.perf_counter() - start  # scoring plus the top-k pass
+
+    return esa.cached((lm.name, SUITE, "ranked", method, n), make)
+
+
+def _curve(esa, lm, eval_windows, calib_windows, method: str, action: str) -> dict:
+    """fraction -> list of trial dicts (ratio, kl, collapsed, count, trial, trial_seed), cached."""
+
+    def make():
+        windows, clean, refs, total = _setup(esa, lm, eval_windows)
+        fractions = _fractions(esa)
+        out: dict = {"clean": clean, "points": {}}
+        if method != "random":
+            sites, seconds = _ranked(esa, lm, calib_windows, method, _count(max(fractions), total))
+            out["seconds"] = seconds
+        trials = esa.trials(lm.name, **RANDOM_TRIALS) if method == "random" else 1
+        for fraction in fractions:
+            n = _count(fraction, total)
+            points = []
+            for trial in range(trials):
+                trial_seed = esa.options.seed * 100_003 + trial
+                g = torch.Generator().manual_seed(trial_seed)
+                if method == "random":
+                    picks = [FaultSite(s.param, s.index) for s in uniform_sites(lm.model, refs, n, generator=g)]
+                else:
+                    picks = sites[:n]
+                t = run_trial(lm.model, windows, clean, _perturbation(lm, picks, action, g))
+                points.append({"ratio": t.ratio, "kl": t.result.kl, "collapsed": t.collapsed, "count": len(picks),
+                               "trial": trial, "trial_seed": trial_seed})
+            out["points"][fraction] = points
+        return out
+
+    return esa.cached((lm.name, SUITE, "curve", method, action, _fractions(esa), esa.options.seed), make)
+
+
+def test_targeted(lm, eval_windows, calib_windows, esa, recorder, method, action):
+    curve = _curve(esa, lm, eval_windows, calib_windows, method, action)
+    clean = curve["clean"]
+    for fraction, points in curve["points"].items():
+        for p in points:
+            pert = {"kind": "targeted", "fraction": fraction, "action": action, "count": p["count"]}
+            columns = dict(suite=RECORD_SUITE, method=method, collapsed=p["collapsed"], perturbation=pert,
+                           extra={"trial": p["trial"], "trial_seed": p["trial_seed"]})
+            recorder.record("ppl_ratio", p["ratio"], clean_value=clean.result.perplexity, **columns)
+            recorder.record("kl", p["kl"], **columns)
+            assert p["ratio"] > 0 and not math.isnan(p["ratio"])
+    if "seconds" in curve and action == ACTIONS[0]:
+        recorder.record("seconds", curve["seconds"], suite=RECORD_SUITE, method=method,
+                        perturbation={"kind": "score"})
+
+
+def test_ranked_beats_random(lm, eval_windows, calib_windows, esa, recorder, request, action):
+    random_curve = _curve(esa, lm, eval_windows, calib_windows, "random", action)
+    for method in _methods(request.config):
+        curve = _curve(esa, lm, eval_windows, calib_windows, method, action)
+        for fraction, points in curve["points"].items():
+            ranked = points[0]["ratio"]
+            random_max = max(p["ratio"] for p in random_curve["points"][fraction])
+            pert = {"kind": "targeted", "fraction": fraction, "action": action, "count": points[0]["count"]}
+            extra = {"random_max": random_max}
+            recorder.claim(f"{method}_{action}_{fraction:g}_ppl_ratio_min", ranked, suite=RECORD_SUITE,
+                           method=method, perturbation=pert, extra=extra)
+    for fraction, points in random_curve["points"].items():
+        pert = {"kind": "targeted", "fraction": fraction, "action": action, "count": points[0]["count"]}
+        recorder.claim(f"random_{action}_{fraction:g}_ppl_ratio_max", max(p["ratio"] for p in points),
+                       suite=RECORD_SUITE, method="random", perturbation=pert, extra={"trials": len(points)})
