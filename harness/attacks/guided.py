@@ -1,0 +1,136 @@
+"""``guided``: flip exponent bits of the detected super weights and of their neighbours.
+
+Super weights come from the activation-spike detector (``harness.scoring`` method ``activation``,
+Yu et al. 2024) unless given. The flip order is: the strongest super weight, then its
+``neighbours`` largest-magnitude neighbours (the other weights of the same down-projection input
+channel, which read the same massive activation), then the next super weight and its neighbours;
+when the list is spent and budget is left, further neighbours round-robin.
+
+Bit per target (``bit``):
+
+- ``exp_msb`` (default): the exponent MSB. A weight with ``|w| < 2`` grows by 2^128 (fp32/bf16) or
+  2^16 (fp16); one with ``|w| >= 2`` shrinks to about 0, which is what zeroing a super weight does.
+- ``shrink``: the highest set exponent bit, so every target shrinks to about 0 (what survives a
+  clamp-to-range defense).
+
+For int8 codes both modes flip bit 7 (the two's-complement sign bit): a code of +-127 becomes -+1
+(about 0) and a small code moves by 128 steps.
+
+Cost per flip: one forward pass of the evaluation windows; detection adds a forward pass of one
+attack window per detection round.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from harness.attacks.base import AttackSession, attack
+from harness.errors import HarnessError
+from harness.faults import FaultSite, layout
+
+log = logging.getLogger(__name__)
+
+BIT_MODES = ("exp_msb", "shrink")
+
+
+def detect_super_weights(model: Any, windows: torch.Tensor, count: int = 4,
+                         max_rounds: int = 4) -> tuple[list[FaultSite], str]:
+    """Up to ``count`` super weights by down-projection activation spikes on ``windows``.
+
+    Where no spike passes the detector's thresholds (tiny random models), the ``count``
+    largest-magnitude weights of the down projections stand in (the usual super-weight candidates).
+
+    Returns:
+        (sites, source): source is ``activation`` or ``magnitude`` (the fallback).
+
+    Cost: one forward pass of ``windows`` per detection round (at most ``max_rounds``).
+    """
+    from harness.faults import top_magnitude_sites
+    from harness.models.archmap import select
+    from harness.scoring import score
+
+    found = score(model, "activation", windows=windows, max_rounds=max_rounds)
+    sites = [s.site for s in found.top_k(min(count, found.numel()))]
+    if sites:
+        return sites, "activation"
+    module = model if isinstance(model, torch.nn.Module) else model.model
+    log.warning("guided: no activation spike found; using the %d largest-magnitude down-projection weights", count)
+    refs = select(module, components="mlp_down")
+    return [s.with_bits(()) for s in top_magnitude_sites(module, refs, count)], "magnitude"
+
+
+def guided_bit(value_codes: torch.Tensor, dtype: torch.dtype, mode: str) -> int:
+    """The bit to flip at one element (``value_codes``: its stored code, a 0-d int tensor)."""
+    lay = layout(dtype)
+    if dtype == torch.int8:
+        return lay.width - 1
+    if mode == "exp_msb":
+        return lay.exponent[-1]
+    code = int(value_codes) & ((1 << lay.width) - 1)
+    set_bits = [b for b in lay.exponent if code >> b & 1]
+    return set_bits[-1] if set_bits else lay.exponent[-1]
+
+
+def _targets(model: torch.nn.Module, supers: list[FaultSite], neighbours: int, budget: int) -> list[tuple[int, ...]]:
+    """(super weight number, row, col) in flip order: each super weight, then its neighbours."""
+    columns = []
+    for s in supers:
+        w = model.get_parameter(s.param).detach()
+        col = w[:, s.index[1]].float().abs()  # (rows,)
+        col[s.index[0]] = -1.0
+        order = col.argsort(descending=True)[: budget].tolist()
+        columns.append([r for r in order if r != s.index[0]])
+    plan: dict[tuple[str, int, int], tuple[int, int, int]] = {}  # element -> (super, row, col), in order
+
+    def add(i: int, row: int, col: int) -> None:  # super weights sharing a column are each other's neighbours
+        plan.setdefault((supers[i].param, row, col), (i, row, col))
+
+    for i, s in enumerate(supers):
+        add(i, *s.index)
+        for r in columns[i][:neighbours]:
+            add(i, r, s.index[1])
+    depth = neighbours
+    while len(plan) < budget and any(len(c) > depth for c in columns):
+        for i, c in enumerate(columns):
+            if len(c) > depth:
+                add(i, c[depth], supers[i].index[1])
+        depth += 1
+    return list(plan.values())[:budget]
+
+
+@attack("guided")
+def guided(session: AttackSession, *, loaded: Any = None, super_weights: list[FaultSite] | None = None,
+           count: int = 4, neighbours: int = 2, bit: str = "exp_msb", max_rounds: int = 4) -> dict[str, Any]:
+    """Super-weight-guided exponent flips (see the module docstring).
+
+    Options:
+        super_weights: the super weights (2-d sites of target matrices), strongest first; default:
+            detected on the first attack window.
+        count: super weights to use (default 4).
+        neighbours: neighbours flipped after each super weight before moving on (default 2).
+        bit: ``exp_msb`` or ``shrink``.
+        max_rounds: detection rounds of the activation scorer.
+    """
+    if bit not in BIT_MODES:
+        raise HarnessError(f"guided bit mode {bit!r} is unknown; use one of {', '.join(BIT_MODES)}")
+    model = session.model
+    params = {t.param for t in session.targets}
+    source = "given"
+    if super_weights is None:
+        super_weights, source = detect_super_weights(loaded if loaded is not None else model,
+                                                     session.attack_windows[:1], count, max_rounds)
+    supers = [s for s in super_weights if s.param in params and len(s.index) == 2][:count]
+    if not supers:
+        raise HarnessError("guided attack found no super weight among its target matrices; pass super_weights= "
+                           "or include mlp_down in components")
+    for i, row, col in _targets(model, supers, neighbours, session.budget):
+        if session.done:
+            break
+        param = supers[i].param
+        w = model.get_parameter(param).detach()
+        code = w[row, col].view(layout(w.dtype).int_dtype)
+        session.commit(FaultSite(param, (row, col), (guided_bit(code, w.dtype, bit),)))
+    return {"super_weights": [s.to_dict() for s in supers], "source": source, "neighbours": neighbours, "bit": bit}

@@ -1,0 +1,68 @@
+"""Command-line options of the ``evaluate`` suite, added to the plugin's "esa" group.
+
+Cheap to import (no lm-eval, no torch): the plugin imports it while pytest parses options. The
+values land in ``esa.options.extra["tasks"]`` and ``esa.options.extra["perturb"]``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+DEFAULT_TASKS = "pydoc_rolling,pydoc_cloze"
+DEFAULT_PERTURB = "super_weight_zero"
+PERTURB_KINDS = ("super_weight_zero", "noise:STD")
+_NOISE = re.compile(r"^noise:([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)$")
+
+
+@dataclass(frozen=True)
+class PerturbSpec:
+    """A perturbation named on the command line.
+
+    Attributes:
+        kind: ``super_weight_zero`` (zero the model's super weight) or ``noise`` (Gaussian noise of
+            ``level`` times each weight matrix's own standard deviation, on every MLP down projection).
+        level: the noise level; None for ``super_weight_zero``.
+    """
+
+    kind: str
+    level: float | None = None
+
+    def __str__(self) -> str:
+        return self.kind if self.level is None else f"{self.kind}:{self.level:g}"
+
+
+def parse_perturb(text: str) -> PerturbSpec:
+    """Parse ``--perturb``: ``super_weight_zero`` or ``noise:STD`` (e.g. ``noise:0.01``).
+
+    Raises:
+        ValueError: anything else (pytest shows it as a usage error).
+    """
+    text = text.strip()
+    if text == "super_weight_zero":
+        return PerturbSpec("super_weight_zero")
+    match = _NOISE.match(text)
+    if match and float(match.group(1)) > 0:
+        return PerturbSpec("noise", float(match.group(1)))
+    raise ValueError(f"--perturb must be one of {', '.join(PERTURB_KINDS)} (STD > 0), got {text!r}")
+
+
+def parse_tasks(text: str) -> tuple[str, ...]:
+    """Parse ``--tasks``: a comma list of lm-eval task names (checked when the suite runs)."""
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    if not names:
+        raise ValueError("--tasks needs at least one task name, e.g. pydoc_rolling,pydoc_cloze")
+    return names
+
+
+def add_options(group) -> None:
+    """Add ``--tasks`` and ``--perturb`` to the plugin's option group."""
+    group.addoption("--tasks", dest="esa_tasks", type=parse_tasks, default=parse_tasks(DEFAULT_TASKS),
+                    metavar="NAMES",
+                    help=f"lm-eval tasks of the evaluate suite, comma list; 'offline' = the shipped tasks; "
+                         f"hub tasks (wikitext, hellaswag, arc_easy, ...) skip without the hub "
+                         f"(default: {DEFAULT_TASKS})")
+    group.addoption("--perturb", dest="esa_perturb", type=parse_perturb, default=parse_perturb(DEFAULT_PERTURB),
+                    metavar="SPEC",
+                    help=f"perturbation of the evaluate suite: {' or '.join(PERTURB_KINDS)} "
+                         f"(default: {DEFAULT_PERTURB})")

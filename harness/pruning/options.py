@@ -1,0 +1,106 @@
+"""pytest options of the pruning and selective suites (added to the plugin's "esa" group).
+
+They reach tests as ``esa.options.extra["<name>"]`` (``prune_layers``, ``percentile``, ...). A value
+left at None means "the preset's" (see each help text).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from harness.errors import HarnessError
+
+# Quick preset (CI on two CPU cores) and full preset (GPU runners) of the pruning suite grid.
+QUICK_SPARSITIES = (0.5,)
+FULL_SPARSITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
+QUICK_GRANULARITIES = ("row", "2:4")
+FULL_GRANULARITIES = ("matrix", "row", "global", "2:4", "4:8", "head", "neuron")
+SUITE_SCORERS = ("magnitude", "wanda", "gradient", "magnitude+protect")  # +protect: super weights kept
+FULL_SCORERS = (*SUITE_SCORERS, "taylor", "wanda+protect")
+
+
+def _checked(convert):
+    """Turn a HarnessError of ``convert`` into argparse's one-line usage error."""
+    def parse(text: str):
+        try:
+            return convert(text)
+        except HarnessError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    parse.__name__ = convert.__name__
+    return parse
+
+
+def _items(text: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise HarnessError(f"expected a comma-separated list, got {text!r}")
+    return items
+
+
+def sparsities(text: str) -> tuple[float, ...]:
+    from harness.pruning.masks import check_fraction
+
+    return tuple(check_fraction(t) for t in _items(text))
+
+
+def granularities(text: str) -> tuple[str, ...]:
+    from harness.pruning.masks import parse_granularity
+
+    return tuple(parse_granularity(t).name for t in _items(text))
+
+
+def scorers(text: str) -> tuple[str, ...]:
+    return tuple(_items(text))
+
+
+def percentile(text: str) -> float:
+    from harness.pruning.selective import check_percentile
+
+    return check_percentile(text)
+
+
+def threshold(text: str) -> float:
+    from harness.pruning.masks import check_fraction
+
+    return check_fraction(text, "threshold", allow_one=True)
+
+
+def prune_method(text: str) -> str:
+    from harness.pruning.methods import PRUNE_METHODS
+
+    PRUNE_METHODS.get(text)
+    return text
+
+
+def add_options(group) -> None:
+    """Add the pruning options to the plugin's option group."""
+    group.addoption("--prune-scorers", dest="esa_prune_scorers", type=_checked(scorers), default=None,
+                    help="scorers of the pruning and selective suites, comma list; 'NAME+protect' keeps the "
+                         f"super weights (default: quick {','.join(SUITE_SCORERS)}; full adds taylor, wanda+protect; "
+                         "selective: magnitude,wanda)")
+    group.addoption("--sparsities", dest="esa_sparsities", type=_checked(sparsities), default=None,
+                    help="sparsities in [0, 1) of the pruning suite, comma list (default: quick "
+                         f"{','.join(map(str, QUICK_SPARSITIES))}; full {','.join(map(str, FULL_SPARSITIES))})")
+    group.addoption("--granularity", dest="esa_granularity", type=_checked(granularities), default=None,
+                    help="pruning granularities, comma list of matrix, row, global, N:M (2:4, 4:8), head, neuron "
+                         f"(default: quick {','.join(QUICK_GRANULARITIES)}; "
+                         f"full {','.join(FULL_GRANULARITIES)})")
+    group.addoption("--prune-layers", dest="esa_prune_layers", default=None,
+                    help="selective pruning: layers as 'all', '3,4', '0-5' or block paths like model.layers.3 "
+                         "(default: the suite's built-in selections; 'all' when another selective option is given)")
+    group.addoption("--prune-component", dest="esa_prune_component", default=None,
+                    help="selective pruning: component(s) or group: query key value attn_out mlp_up mlp_gate "
+                         "mlp_down attention mlp linear (default: built-in selections; 'linear' otherwise)")
+    group.addoption("--percentile", dest="esa_percentile", type=_checked(percentile), default=None,
+                    help="selective pruning: prune scores below this percentile of each matrix, in [0, 100] "
+                         "(default: built-in selections; 50 otherwise)")
+    group.addoption("--threshold", dest="esa_threshold", type=_checked(threshold), default=None,
+                    help="selective pruning: prune scores below this share of the matrix's largest score, "
+                         "in [0, 1] (default: none)")
+    group.addoption("--prune-method", dest="esa_prune_method", type=_checked(prune_method), default=None,
+                    help="what pruned weights become: zero, mean or noise (default: zero)")
+    group.addoption("--save-pruned", dest="esa_save_pruned", default=None, metavar="DIR",
+                    help="selective suite: also save each pruned model to DIR/<model>/<cell> as safetensors "
+                         "(default: not saved)")
+    group.addoption("--overwrite-pruned", dest="esa_overwrite_pruned", action="store_true", default=False,
+                    help="with --save-pruned: replace existing model directories (default: refuse)")

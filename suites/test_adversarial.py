@@ -1,0 +1,78 @@
+"""Input attacks: how far a changed prompt moves the model off the text that really follows it.
+
+Cells: model x input attack (``--input-attacks``: typo, homoglyph, insertion, gcg, hotflip). Select
+with ``-k adversarial``.
+
+Prompts: the opening words of the first evaluation documents (``harness.data.generation_prompts``,
+quick: 3 prompts, full: 8); the first ``PROMPT_WORDS`` words are the prompt and the next
+``TARGET_WORDS`` words the target continuation whose log-probability the attack lowers. Seeds:
+prompt i uses ``--seed`` + i. Character attacks: best of ``tries`` random prompts with ``edits``
+edits; token attacks: a suffix of ``length`` tokens searched for ``steps`` steps of ``batch``
+candidates (quick sizes in ``_options``). Weights are never touched.
+
+Records (suite ``adversarial``; ``method`` = attack; ``perturbation`` = {kind, attack, options};
+``extra`` = {prompt, target, adversarial, clean_logprob, attacked_logprob, queries}), per prompt:
+``target_logprob_delta`` (attacked - clean, nats; negative = damage), ``greedy_changed`` (0/1),
+``greedy_agreement``, ``seconds``. Per cell the claim ``<attack>_mean_logprob_delta_max`` (the mean
+over prompts is at most the bound) from ``suites/bounds/adversarial.toml``.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+import torch
+
+from harness.attacks.input_attacks import run_input_attack
+from harness.attacks.options import INPUT_ATTACK_NAMES
+
+PROMPT_WORDS, TARGET_WORDS = 10, 6
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "input_attack" in metafunc.fixturenames:
+        names = list(metafunc.config.option.esa_input_attacks or INPUT_ATTACK_NAMES)
+        metafunc.parametrize("input_attack", names, ids=names)
+
+
+def _options(esa, method: str) -> dict:
+    if method in ("gcg", "hotflip"):
+        sizes = esa.pick(quick={"length": 6, "steps": 4, "batch": 8}, full={"length": 12, "steps": 32, "batch": 64})
+        return sizes if method == "hotflip" else {**sizes, "topk": esa.pick(quick=32, full=128)}
+    return esa.pick(quick={"edits": 2, "tries": 6}, full={"edits": 3, "tries": 32})
+
+
+def _prompts(esa, lm) -> list[tuple[str, str]]:
+    from harness.data import generation_prompts, load_corpus
+
+    corpus = esa.cached(("corpus", esa.options.corpus), lambda: load_corpus(esa.options.corpus))
+    openings = generation_prompts(corpus, esa.pick(quick=3, full=8), words=PROMPT_WORDS + TARGET_WORDS)
+    pairs = []
+    for text in openings:
+        words = text.split()
+        if len(words) == PROMPT_WORDS + TARGET_WORDS:
+            pairs.append((" ".join(words[:PROMPT_WORDS]), " " + " ".join(words[PROMPT_WORDS:])))
+    return pairs
+
+
+def test_input_attack(esa, lm, recorder, input_attack):
+    options = _options(esa, input_attack)
+    prompts = _prompts(esa, lm)
+    assert prompts, "the corpus gave no prompts"
+    perturbation = {"kind": "input_attack", "attack": input_attack, "options": options}
+    deltas = []
+    for i, (prompt, target) in enumerate(prompts):
+        seed = esa.options.seed + i
+        r = run_input_attack(lm, input_attack, prompt, target, generator=torch.Generator().manual_seed(seed),
+                             greedy=esa.pick(quick=6, full=16), **options)
+        extra = {"prompt_index": i, "prompt": prompt, "target": target, "adversarial": r.adversarial,
+                 "clean_logprob": r.clean_logprob, "attacked_logprob": r.attacked_logprob, "queries": r.queries}
+        common = {"method": input_attack, "seed": seed, "perturbation": perturbation, "extra": extra}
+        recorder.record("target_logprob_delta", r.logprob_delta, clean_value=r.clean_logprob, **common)
+        recorder.record("greedy_changed", float(r.greedy_changed), **common)
+        recorder.record("greedy_agreement", r.greedy_agreement, **common)
+        recorder.record("seconds", r.seconds, **common)
+        deltas.append(r.logprob_delta)
+    recorder.claim(f"{input_attack}_mean_logprob_delta_max", statistics.mean(deltas), method=input_attack,
+                   perturbation=perturbation, extra={"prompts": len(deltas), "deltas": deltas})
