@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from harness.attacks.gradients import weight_gradients
 from harness.errors import HarnessError
 from harness.faults import FaultSite, stored_bits
 from harness.faults.base import Perturbation
@@ -103,8 +104,6 @@ def sensitive_sites(model: nn.Module, targets: list[Any], windows: torch.Tensor,
 
     Cost: one forward and one backward pass over ``windows``.
     """
-    from harness.attacks.gradients import weight_gradients
-
     best: list[tuple[float, str, int]] = []
 
     def on_grad(param: str, grad: torch.Tensor) -> None:
