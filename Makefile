@@ -7,10 +7,12 @@ MODEL   ?= smollm2-135m
 DEPTH   ?= quick
 DEVICE  ?= auto
 BASELINE ?=
-# What CI runs: unit tests, every suite on the default model and the tiny families, benchmarks once.
-TEST_ARGS ?= tests suites benchmarks --model smollm2-135m --benchmark-disable
+# What CI runs (three pytest calls, each must pass): the unit and plugin tests; every suite on two tiny
+# random families (llama: separate q/k/v; gpt-neox: fused qkv) with one trial; and the smoke suite on
+# the real pretrained smollm2-135m. The full suites on smollm2-135m: `make suites`.
+TINY    ?= tiny-llama,tiny-gpt-neox
 
-.PHONY: setup test lint analysis report baseline clean
+.PHONY: setup test suites bench lint analysis report baseline clean
 
 setup:
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,7 +29,17 @@ setup:
 	@$(PY) -c "import torch, transformers; print('setup: torch', torch.__version__, '| transformers', transformers.__version__, '| cuda', torch.cuda.is_available())"
 
 test:
-	$(PYTEST) $(TEST_ARGS)
+	$(PYTEST) tests
+	$(PYTEST) suites --model $(TINY) --results-dir results/ci-tiny
+	$(PYTEST) suites/test_smoke.py --model $(MODEL)
+
+# Every suite on one model (the done-when runs of the issues), quick preset.
+suites:
+	$(PYTEST) suites --model $(MODEL) --preset $(DEPTH) --device $(DEVICE)
+
+# pytest-benchmark measurements (ratios to a plain forward pass; nothing asserts wall time).
+bench:
+	$(PYTEST) benchmarks --model $(MODEL)
 
 lint:
 	$(VENV)/bin/ruff check harness fixtures reports suites tests benchmarks

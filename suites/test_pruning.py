@@ -133,11 +133,27 @@ def test_pruning_cell(lm, eval_windows, calib_windows, clean, recorder, esa, cel
     recorder.record("kl", result.kl, **columns)
     recorder.record("top1", result.top1, **columns)
     recorder.record("seconds", cell_data["seconds"], **columns)
-    # the sparsity asked for is reached exactly (round half up per group), in every matrix
-    assert summary["sparsity"] == pytest.approx(sparsity, abs=2e-3)
-    if granularity in ("row", "matrix") or ":" in granularity:
-        assert summary["max_matrix_sparsity"] - summary["min_matrix_sparsity"] < 2e-2
+    # the sparsity asked for is reached in every matrix, up to rounding to whole elements of each group
+    if granularity not in ("head", "neuron"):
+        assert summary["sparsity"] == pytest.approx(sparsity, abs=_rounding(lm, granularity))
+    if granularity != "global":
+        assert summary["max_matrix_sparsity"] - summary["min_matrix_sparsity"] <= 2 * _rounding(lm, granularity)
     assert not math.isnan(result.perplexity)
+
+
+def _rounding(lm, granularity: str) -> float:
+    """Largest share a group's count can be off by when rounded to whole elements (or units)."""
+    from harness.models import select
+
+    shapes = [lm.model.get_parameter(ref.param).shape for ref in select(lm, components="linear")]
+    if granularity == "row":
+        return 0.5 / min(shape[1] for shape in shapes) + 1e-9
+    if granularity in ("head", "neuron"):
+        config = lm.model.config
+        heads = config.num_attention_heads
+        kv = getattr(config, "num_key_value_heads", None) or heads
+        return 0.5 / (min(heads, kv) if granularity == "head" else config.intermediate_size) + 1e-9
+    return 1e-3
 
 
 @pytest.mark.parametrize("granularity", ["row", "2:4"])

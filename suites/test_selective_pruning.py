@@ -6,12 +6,14 @@ selections (below) for each scorer of ``--prune-scorers`` (default magnitude, wa
 ``--prune-layers``, ``--prune-component``, ``--percentile``, ``--threshold`` it runs that one
 selection (missing knobs default to all layers, ``linear``, percentile 50).
 
-Records (suite ``selective``), per cell: ``perplexity``, ``ppl_ratio``, ``kl``, ``top1`` with
-``method`` = scorer and ``perturbation`` = ``{kind: selective, scorer, component, layers, percentile,
-threshold, method, target}``; and from greedy generations of the corpus prompts, clean versus pruned
+Records (suite ``selective``, see docs/RECORDS.md), per cell: ``perplexity``, ``ppl_ratio`` (its
+``extra`` holds the first prompt's ``clean_output`` and ``perturbed_output``), ``kl``, ``top1``, with
+``method`` = scorer and ``perturbation`` = ``{kind: selective_prune, sparsity (reached), layers,
+component, percentile, threshold, prune_method, target}``; and from greedy generations of the corpus
+prompts, clean versus pruned
 (also written side by side to ``<results-dir>/<model>/output_comparison.txt``):
-``first_diff_token`` and ``token_edit_distance`` per prompt (``extra.prompt``) and their means
-(``extra.prompt = "mean"``), and ``identical_generations`` (share of prompts unchanged).
+``first_diff_token`` and ``token_edit_distance`` per prompt (``extra.trial``, ``extra.prompt``; the
+generation length when nothing differs), and ``identical_generations`` (share of prompts unchanged).
 With ``--save-pruned DIR`` each pruned model is also saved to ``DIR/<model>/<cell>`` (safetensors).
 Claims (``suites/bounds/selective.toml``, built-in selections only): ``ppl_ratio_<scorer>_<cell>_max``,
 the perplexity ratio to the clean model of each selection, bounded from measurement.
@@ -91,8 +93,15 @@ def test_selective_pruning(lm, eval_windows, calib_windows, clean, recorder, esa
     from harness.metrics import evaluate
     from harness.pruning import save_model, selective_prune
     from harness.pruning.compare import divergence, format_section, greedy, write_comparison
+    from harness.scoring.artifacts import model_dir_name
 
     scorer, (cell_id, component, layers, percentile, threshold, target) = selection
+    if cell_id != "cli" and layers != "all":
+        from harness.models import num_layers
+
+        n = num_layers(lm)
+        if max(int(x) for x in layers.split(",")) >= n:
+            pytest.skip(f"selection {cell_id} names layers {layers}; {lm.name} has {n} layers")
     method = esa.options.extra.get("prune_method") or "zero"
     prompts, tokens = _prompts(esa, lm)
     clean_text = esa.cached((lm.name, "selective-clean-generations", tuple(prompts), tokens),
@@ -105,30 +114,33 @@ def test_selective_pruning(lm, eval_windows, calib_windows, clean, recorder, esa
         pruned_text = greedy(lm.model, lm.tokenizer, prompts, tokens)
         save_dir = esa.options.extra.get("save_pruned")
         if save_dir is not None:
-            save_model(lm, Path(save_dir) / lm.name.replace("/", "--") / f"{scorer}-{cell_id}", report=report,
+            save_model(lm, Path(save_dir) / model_dir_name(lm.name) / f"{scorer}-{cell_id}", report=report,
                        overwrite=bool(esa.options.extra.get("overwrite_pruned")),
                        metadata={"source_model": lm.name, "selection": cell_id})
-    perturbation = {"kind": "selective", "scorer": scorer, "component": component, "layers": layers,
-                    "percentile": percentile, "threshold": threshold, "method": method, "target": target}
     summary = report.to_dict(per_matrix=False)
+    perturbation = {"kind": "selective_prune", "sparsity": round(summary["sparsity"], 4), "layers": layers,
+                    "component": component, "percentile": percentile, "threshold": threshold,
+                    "prune_method": method, "target": target}
     extra = {"cell": cell_id, "sparsity": summary["sparsity"], "model_sparsity": summary["model_sparsity"],
              "pruned": summary["pruned"], "matrices": summary["matrices"]}
     columns = {"method": scorer, "perturbation": perturbation}
+    example = {"prompt": prompts[0], "clean_output": lm.tokenizer.decode(clean_text[0], skip_special_tokens=True),
+               "perturbed_output": lm.tokenizer.decode(pruned_text[0], skip_special_tokens=True)}
     recorder.record("perplexity", result.perplexity, clean_value=clean.result.perplexity, extra=extra, **columns)
-    recorder.record("ppl_ratio", result.ratio_to(clean.result), extra=extra, **columns)
+    recorder.record("ppl_ratio", result.ratio_to(clean.result), clean_value=clean.result.perplexity,
+                    extra={**extra, **example}, **columns)
     recorder.record("kl", result.kl, extra=extra, **columns)
     recorder.record("top1", result.top1, extra=extra, **columns)
 
     found = [divergence(c, p) for c, p in zip(clean_text, pruned_text, strict=True)]
-    for i, d in enumerate(found):
+    for i, d in enumerate(found):  # one record per prompt (a trial); reports aggregate them
         first = d.length if d.first is None else d.first
-        recorder.record("first_diff_token", first, extra={"prompt": i, "identical": d.identical}, **columns)
-        recorder.record("token_edit_distance", d.distance, extra={"prompt": i, "length": d.length}, **columns)
-    mean = {"prompt": "mean", "prompts": len(found), "tokens": tokens}
-    recorder.record("first_diff_token", sum(d.length if d.first is None else d.first for d in found) / len(found),
-                    extra=mean, **columns)
-    recorder.record("token_edit_distance", sum(d.distance for d in found) / len(found), extra=mean, **columns)
-    recorder.record("identical_generations", sum(d.identical for d in found) / len(found), extra=mean, **columns)
+        recorder.record("first_diff_token", first, extra={"trial": i, "prompt": prompts[i], "identical": d.identical},
+                        **columns)
+        recorder.record("token_edit_distance", d.distance, extra={"trial": i, "prompt": prompts[i], "length": d.length},
+                        **columns)
+    recorder.record("identical_generations", sum(d.identical for d in found) / len(found),
+                    extra={"prompts": len(found), "tokens": tokens}, **columns)
 
     notes = (f"scorer={scorer} component={component} layers={layers} percentile={percentile} "
              f"threshold={threshold} method={method} target={target}: pruned {summary['pruned']:,} of "

@@ -117,8 +117,9 @@ def format_section(title: str, tokenizer: Any, prompts: list[str], clean: list[l
 def write_comparison(results_dir: str | Path, model_name: str, title: str, section: str) -> Path:
     """Put ``section`` into ``<results_dir>/<model>/output_comparison.txt``, replacing the section of
     the same ``title``; the file is rewritten atomically."""
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", model_name.strip("/")) or "model"
-    path = Path(results_dir) / safe / COMPARISON_FILE
+    from harness.scoring.artifacts import model_dir_name  # the directory super_weights.json uses
+
+    path = Path(results_dir) / model_dir_name(model_name) / COMPARISON_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     sections: dict[str, str] = {}
     if path.exists():

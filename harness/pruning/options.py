@@ -50,7 +50,12 @@ def granularities(text: str) -> tuple[str, ...]:
 
 
 def scorers(text: str) -> tuple[str, ...]:
-    return tuple(_items(text))
+    from harness.scoring import SCORERS
+
+    names = tuple(_items(text))
+    for name in names:
+        SCORERS.get(name.removesuffix("+protect"))  # an unknown name lists the known ones
+    return names
 
 
 def percentile(text: str) -> float:
