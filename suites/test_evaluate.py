@@ -41,8 +41,9 @@ SUPER_WEIGHT_ROUNDS = 1
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "task" in metafunc.fixturenames:
-        tasks = metafunc.config.getoption("esa_tasks")
-        metafunc.parametrize("task", tasks, ids=list(tasks))
+        names = metafunc.config.getoption("esa_tasks")
+        tasks = list(dict.fromkeys(t for n in names for t in lmeval.ALIASES.get(n, (n,))))  # "offline" -> both
+        metafunc.parametrize("task", tasks, ids=tasks)
 
 
 def _evaluator(esa, lm) -> lmeval.LMEvaluator:
