@@ -6,6 +6,7 @@ values land in ``esa.options.extra["tasks"]`` and ``esa.options.extra["perturb"]
 
 from __future__ import annotations
 
+import argparse
 import re
 from dataclasses import dataclass
 
@@ -36,7 +37,7 @@ def parse_perturb(text: str) -> PerturbSpec:
     """Parse ``--perturb``: ``super_weight_zero`` or ``noise:STD`` (e.g. ``noise:0.01``).
 
     Raises:
-        ValueError: anything else (pytest shows it as a usage error).
+        argparse.ArgumentTypeError: anything else (pytest shows the message as a usage error).
     """
     text = text.strip()
     if text == "super_weight_zero":
@@ -44,14 +45,14 @@ def parse_perturb(text: str) -> PerturbSpec:
     match = _NOISE.match(text)
     if match and float(match.group(1)) > 0:
         return PerturbSpec("noise", float(match.group(1)))
-    raise ValueError(f"--perturb must be one of {', '.join(PERTURB_KINDS)} (STD > 0), got {text!r}")
+    raise argparse.ArgumentTypeError(f"--perturb must be one of {', '.join(PERTURB_KINDS)} (STD > 0), got {text!r}")
 
 
 def parse_tasks(text: str) -> tuple[str, ...]:
     """Parse ``--tasks``: a comma list of lm-eval task names (checked when the suite runs)."""
     names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
     if not names:
-        raise ValueError("--tasks needs at least one task name, e.g. pydoc_rolling,pydoc_cloze")
+        raise argparse.ArgumentTypeError("--tasks needs at least one task name, e.g. pydoc_rolling,pydoc_cloze")
     return names
 
 
