@@ -5,11 +5,17 @@ weights, evaluate, restore; the perplexity change per (layer, component) is the 
 that reports draw as a heatmap. Component ``all`` is the whole block (every canonical component,
 norms included; zeroed, a pre-norm block adds nothing to the residual stream, i.e. it is skipped).
 
-- quick preset: mode ``zero``; components ``all``, ``attention``, ``mlp`` (groups) and ``mlp_down``;
+Zeroing any factor of a product silences the whole sublayer: ``value``, ``attn_out`` and the
+``attention`` group all remove the attention output, ``mlp_up``, ``mlp_down`` and the ``mlp`` group
+the MLP output (up to biases), and a zeroed norm weight silences what follows it. Zeroed ``query``
+or ``key`` make the attention uniform instead. So the quick preset takes one of each:
+
+- quick preset: mode ``zero``; components ``all``, ``attention``, ``mlp_down`` and ``query``;
   evaluation on the first ``QUICK_WINDOWS`` eval window (256 tokens at ``--window 256``), which on
   smollm2-135m (30 layers) is 120 short evaluations.
-- full preset: modes ``zero`` and ``mean`` (the control: each matrix replaced by its own mean);
-  components ``all``, the groups and every canonical component the family has; all eval windows.
+- full preset: modes ``zero`` and ``mean`` (the control: each matrix replaced by its own mean, which
+  tells the components apart); components ``all``, the groups ``attention`` and ``mlp`` and every
+  canonical component the family has; all eval windows.
 
 Records (suite ``ablation``, method = mode): per (layer, component) ``ppl_ratio`` and ``perplexity``
 with perturbation ``{kind: ablation, mode, layer, component}`` and extra ``{layer, component, mode}``;
@@ -32,7 +38,7 @@ from harness.faults.campaign import clean_baseline, run_trial
 from harness.models.archmap import COMPONENTS, num_layers, parse_components
 
 QUICK_WINDOWS = 1
-QUICK_COMPONENTS = ("all", "attention", "mlp", "mlp_down")
+QUICK_COMPONENTS = ("all", "attention", "mlp_down", "query")
 SUITE = "ablation"
 
 
@@ -41,7 +47,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     full = metafunc.config.getoption("esa_preset") == "full"
     modes = ("zero", "mean") if full else ("zero",)
-    components = QUICK_COMPONENTS + (tuple(c for c in COMPONENTS if c != "mlp_down") if full else ())
+    components = QUICK_COMPONENTS + (("mlp", *(c for c in COMPONENTS if c not in QUICK_COMPONENTS)) if full else ())
     cells = [(m, c) for m in modes for c in components]
     metafunc.parametrize(("mode", "component"), cells, ids=[f"{m}-{c}" for m, c in cells])
 

@@ -16,12 +16,12 @@ reached (overall, smallest and largest per matrix), weights pruned, protected si
 ``super_weights_pruned`` (how many of the model's super weights the cell pruned).
 Claims (``suites/bounds/pruning.toml``, measured per model):
 
-- ``wanda_magnitude_ratio_row_max``, ``wanda_magnitude_ratio_2of4_max``: perplexity after Wanda over
-  perplexity after magnitude pruning at 50% per output row, and at 2:4 (Sun et al.: Wanda well below
-  magnitude on LLaMA).
-- ``protect_ratio_max``: perplexity of magnitude pruning at 50% (row) with the super weights
-  protected over without; recorded with ``extra.super_weights_pruned``, how many super weights the
-  unprotected pruning removed.
+- ``wanda_over_magnitude_row_ppl_ratio_max``, ``wanda_over_magnitude_2of4_ppl_ratio_max``: perplexity
+  after Wanda over perplexity after magnitude pruning at 50% per output row, and at 2:4 (Sun et al.:
+  Wanda well below magnitude on LLaMA).
+- ``protected_over_unprotected_row_ppl_ratio_max`` (and ``_2of4_``): perplexity of magnitude pruning
+  at 50% with the super weights protected over without; recorded with ``extra.super_weights_pruned``,
+  how many super weights the unprotected pruning removed.
 """
 
 from __future__ import annotations
@@ -163,22 +163,28 @@ def test_wanda_versus_magnitude(lm, eval_windows, calib_windows, clean, recorder
              for s in ("wanda", "magnitude")}
     wanda, magnitude = cells["wanda"]["result"].perplexity, cells["magnitude"]["result"].perplexity
     ratio = wanda / magnitude if math.isfinite(magnitude) else 0.0
-    name = "wanda_magnitude_ratio_row_max" if granularity == "row" else "wanda_magnitude_ratio_2of4_max"
+    name = f"wanda_over_magnitude_{_tag(granularity)}_ppl_ratio_max"
     recorder.claim(name, ratio, method="wanda", perturbation=cells["wanda"]["perturbation"],
                    extra={"wanda_ppl": wanda, "magnitude_ppl": magnitude, "clean_ppl": clean.result.perplexity})
 
 
-def test_protecting_super_weights(lm, eval_windows, calib_windows, clean, recorder, esa):
+@pytest.mark.parametrize("granularity", ["row", "2:4"])
+def test_protecting_super_weights(lm, eval_windows, calib_windows, clean, recorder, esa, granularity):
     plain = measure_cell(esa, lm, eval_windows, calib_windows, clean, scorer="magnitude", sparsity=0.5,
-                         granularity="row")
+                         granularity=granularity)
     kept = measure_cell(esa, lm, eval_windows, calib_windows, clean, scorer="magnitude" + PROTECT, sparsity=0.5,
-                        granularity="row")
+                        granularity=granularity)
     p, k = plain["result"].perplexity, kept["result"].perplexity
     ratio = k / p if math.isfinite(p) else 0.0
-    recorder.claim("protect_ratio_max", ratio, method="magnitude" + PROTECT, perturbation=kept["perturbation"],
+    recorder.claim(f"protected_over_unprotected_{_tag(granularity)}_ppl_ratio_max", ratio,
+                   method="magnitude" + PROTECT, perturbation=kept["perturbation"],
                    extra={"protected_ppl": k, "unprotected_ppl": p, "super_weights": kept["summary"]["protected"],
                           "super_weights_pruned": plain["super_weights_pruned"]})
     assert kept["super_weights_pruned"] == 0  # protected sites are never pruned
+
+
+def _tag(granularity: str) -> str:
+    return granularity.replace(":", "of")
 
 
 def test_saved_pruned_model_reloads_with_the_same_perplexity(lm, eval_windows, calib_windows, clean, recorder, esa,

@@ -15,7 +15,7 @@ prompts, clean versus pruned
 ``first_diff_token`` and ``token_edit_distance`` per prompt (``extra.trial``, ``extra.prompt``; the
 generation length when nothing differs), and ``identical_generations`` (share of prompts unchanged).
 With ``--save-pruned DIR`` each pruned model is also saved to ``DIR/<model>/<cell>`` (safetensors).
-Claims (``suites/bounds/selective.toml``, built-in selections only): ``ppl_ratio_<scorer>_<cell>_max``,
+Claims (``suites/bounds/selective.toml``, built-in selections only): ``<scorer>_<cell>_ppl_ratio_max``,
 the perplexity ratio to the clean model of each selection, bounded from measurement.
 """
 
@@ -65,7 +65,7 @@ def recorder(recorder):
 
 
 def _claim_name(scorer: str, cell_id: str) -> str:
-    return "ppl_ratio_" + re.sub(r"[^A-Za-z0-9]+", "_", f"{scorer}_{cell_id}").strip("_") + "_max"
+    return re.sub(r"[^A-Za-z0-9]+", "_", f"{scorer}_{cell_id}").strip("_") + "_ppl_ratio_max"
 
 
 def _prompts(esa, lm):
