@@ -8,9 +8,11 @@ import sys
 # (suite, -k word, what it measures); the suite files are suites/test_<suite>.py
 ANALYSES = [
     ("smoke", "smoke", "clean perplexity of each model on the evaluation windows, against a stated bound"),
-    ("bitflip", "bitflip", "single stored-bit flips in weights by bit class (sign, exponent, mantissa)"),
+    ("bitflip", "bitflip", "seeded stored-bit flip campaigns by bit class and target (-k bitflip also selects "
+                "the attack suite, test_bitflip_attack.py; -k 'bitflip and not attack' runs the campaign alone)"),
     ("robustness", "robustness", "weight noise swept by level per component: degradation curves (also -k noise)"),
-    ("ablation", "ablation", "sensitivity of each layer and component when zeroed or perturbed"),
+    ("ablation", "ablation", "sensitivity of each layer and component when zeroed or perturbed (also -k "
+                "sensitivity, which also selects test_compare_sensitivity.py)"),
     ("super_weights", "super_weights", "find super weights in the MLP down projections and ablate them"),
     ("compare", "compare", "agreement of scoring methods: Jaccard / Spearman of top-k sets, time per method"),
     ("targeted", "targeted", "zero / noise / exponent flips on each method's top x% of weights vs random ones"),

@@ -6,6 +6,12 @@ what is allowed. The pytest plugin turns it into a one-line usage error instead 
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
 
 class HarnessError(ValueError):
     """A user mistake: bad name, bad range, missing file. The message is one readable line."""
@@ -20,3 +26,16 @@ class UnknownNameError(HarnessError, KeyError):
 
 class OfflineError(HarnessError):
     """Something needs the Hugging Face hub and this machine cannot reach it."""
+
+
+def as_option_type(convert: Callable[[str], T]) -> Callable[[str], T]:
+    """Wrap a parser for a command-line ``type=``: its HarnessError becomes argparse's one-line usage error."""
+
+    def parse(text: str) -> T:
+        try:
+            return convert(text)
+        except HarnessError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    parse.__name__ = convert.__name__  # argparse names the converter in its message
+    return parse

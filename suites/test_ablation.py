@@ -28,7 +28,6 @@ layer's ratio), ``<mode>_<component>_min_layer_ppl_ratio_max`` (the most benign 
 from __future__ import annotations
 
 import math
-import tomllib
 
 import pytest
 
@@ -51,13 +50,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     cells = [(m, c) for m in modes for c in components]
     metafunc.parametrize(("mode", "component"), cells, ids=[f"{m}-{c}" for m, c in cells])
 
-
-def _stated_claims(esa) -> set[str]:
-    path = esa.options.bounds_dir / f"{SUITE}.toml"
-    if not path.exists():
-        return set()
-    with path.open("rb") as fh:
-        return {name for table in tomllib.load(fh).values() if isinstance(table, dict) for name in table}
 
 
 def test_ablation_sensitivity(lm, eval_windows, esa, recorder, timer, mode, component):
@@ -88,7 +80,7 @@ def test_ablation_sensitivity(lm, eval_windows, esa, recorder, timer, mode, comp
     worst = max(range(len(ratios)), key=lambda i: ratios[i])  # a collapse (inf) is the worst
     values = {"max_layer_ppl_ratio_min": ratios[worst], "min_layer_ppl_ratio_max": min(ratios),
               "worst_layer_min": worst, "worst_layer_max": worst}
-    stated = _stated_claims(esa)
+    stated = recorder.stated()
     for suffix, value in values.items():
         name = f"{mode}_{component}_{suffix}"
         if name in stated:

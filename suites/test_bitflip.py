@@ -36,7 +36,6 @@ whose name appears in ``suites/bounds/bitflip.toml``, where each bound says how 
 from __future__ import annotations
 
 import math
-import tomllib
 
 import pytest
 import torch
@@ -112,13 +111,6 @@ def _sites(loaded, target: str, bit_class: str, n: int, *, generator: torch.Gene
     return target_sites(loaded.model, [pool[i] for i in picks], bits=bit_class, generator=generator)
 
 
-def _stated_claims(esa) -> set[str]:
-    path = esa.options.bounds_dir / f"{SUITE}.toml"
-    if not path.exists():
-        return set()
-    with path.open("rb") as fh:
-        return {name for table in tomllib.load(fh).values() if isinstance(table, dict) for name in table}
-
 
 def test_bitflip_campaign(lm, eval_windows, esa, recorder, timer, bf16_copies, target, bit_class, cell_dtype,
                           n_flips):
@@ -162,7 +154,7 @@ def test_bitflip_campaign(lm, eval_windows, esa, recorder, timer, bf16_copies, t
 
     values = {"collapse_rate_min": rate, "collapse_rate_max": rate,
               "ppl_ratio_max": max(ratios) if all(map(math.isfinite, ratios)) else math.inf}
-    stated = _stated_claims(esa)
+    stated = recorder.stated()
     for suffix, value in values.items():
         if f"{cell}_{suffix}" in stated:
             recorder.claim(f"{cell}_{suffix}", value, extra={"trials": trials, "collapses": collapses},

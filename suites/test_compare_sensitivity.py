@@ -21,7 +21,7 @@ Choices:
   Signed methods (``integrated``, ``hessian``) are ranked by |score|, as ``ScoreSet.top_k`` ranks them.
 - Cost: calibration scorers use the first ``CALIB_WINDOWS`` calibration windows in the quick preset
   (all of them in full), ``integrated`` runs ``steps=2`` and ``hessian`` ``probes=2`` in quick
-  (8 and 16 in full); ``hessian`` (double backward) is not in the quick default of ``--methods``.
+  (8 and 16 in full). Both presets compare every registered method by default.
 
 Records (suite ``compare``; docs/RECORDS.md): ``seconds`` per scorer (method = scorer, perturbation
 ``{kind: score, k}``, extra forward/backward/tokens); ``jaccard`` and ``spearman`` per pair (method

@@ -23,8 +23,6 @@ at ``HIGH``; a collapse counts as inf).
 
 from __future__ import annotations
 
-import tomllib
-
 import pytest
 import torch
 
@@ -51,13 +49,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     cells = [(k, c) for k in kinds for c in components]
     metafunc.parametrize(("noise_kind", "component"), cells, ids=[f"{k}-{c}" for k, c in cells])
 
-
-def _stated_claims(esa) -> set[str]:
-    path = esa.options.bounds_dir / f"{SUITE}.toml"
-    if not path.exists():
-        return set()
-    with path.open("rb") as fh:
-        return {name for table in tomllib.load(fh).values() if isinstance(table, dict) for name in table}
 
 
 def test_noise_robustness(lm, eval_windows, esa, recorder, timer, noise_kind, component):
@@ -93,7 +84,7 @@ def test_noise_robustness(lm, eval_windows, esa, recorder, timer, noise_kind, co
                     perturbation={"kind": "noise", "noise": noise_kind, "scale": SCALE, "target": component},
                     extra={"trials": trials, "levels": len(levels)})
 
-    stated = _stated_claims(esa)
+    stated = recorder.stated()
     for name, level, value in ((f"{noise_kind}_{component}_low_noise_ppl_ratio_max", LOW, max(ratios[LOW])),
                                (f"{noise_kind}_{component}_high_noise_ppl_ratio_min", HIGH, min(ratios[HIGH]))):
         if name in stated:

@@ -51,3 +51,33 @@ def test_non_finite_weights_are_a_collapse_not_a_crash(tiny):
             weight.copy_(saved)
     assert result.collapsed and result.perplexity == math.inf and result.kl == math.inf
     assert 0.0 <= result.top1 <= 1.0
+
+
+@pytest.mark.parametrize("level", [1e-3, 1e-1])
+def test_kl_and_top1_equal_a_direct_float64_computation(tiny, level):
+    """KL(clean || perturbed) and top-1 agreement against torch's kl_div on float64 log-probabilities."""
+    loaded, windows = tiny
+    model = loaded.model
+
+    def logprobs():
+        with torch.no_grad():
+            return torch.log_softmax(model(input_ids=windows).logits[:, :-1].double(), dim=-1)
+
+    ref = make_reference(model, windows, batch_size=2)
+    clean = logprobs()
+    weight = next(p for n, p in model.named_parameters() if n.endswith("weight") and p.dim() == 2)
+    saved = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight.add_(level * torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)))
+        result = evaluate(model, windows, ref, batch_size=2)
+        perturbed = logprobs()
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
+    positions = clean.shape[0] * clean.shape[1]
+    expected_kl = torch.nn.functional.kl_div(perturbed, clean, log_target=True, reduction="sum") / positions
+    assert result.kl == pytest.approx(float(expected_kl), rel=1e-3, abs=1e-7)
+    expected_top1 = float((perturbed.argmax(-1) == clean.argmax(-1)).double().mean())
+    assert result.top1 == pytest.approx(expected_top1)
+    assert result.kl > 0

@@ -80,7 +80,7 @@ def gen(seed: int = 0) -> torch.Generator:
     rows=st.none() | st.lists(st.integers(0, 15), min_size=1, max_size=4, unique=True).map(tuple),
     fail=st.booleans(),
 )
-def test_noise_restores_bit_exactly(dtype, device, level, kind, scale, rows, fail):  # noqa: PLR0917
+def test_noise_restores_bit_exactly(dtype, device, level, kind, scale, rows, fail):
     model = make_model(dtype, device)
     before = snapshot(model)
     targets = [Region("a.weight", rows=rows), "b.bias"]

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harness.data import load_corpus, token_windows
-from harness.errors import HarnessError
+from harness.errors import HarnessError, as_option_type
 from harness.faults.sites import FaultSite
 from harness.fingerprint import changed, fingerprint
 from harness.metrics import evaluate
@@ -273,15 +273,15 @@ def test_selective_bad_input(tiny, kwargs, message):
 
 
 def test_option_parsers_give_usage_errors():
-    parse = options._checked(options.sparsities)
+    parse = as_option_type(options.sparsities)
     assert parse("0.1, 0.5") == (0.1, 0.5)
     with pytest.raises(argparse.ArgumentTypeError, match=r"sparsity must be in \[0, 1\)"):
         parse("0.5,1")
-    assert options._checked(options.granularities)("row,2:4,heads") == ("row", "2:4", "head")
+    assert as_option_type(options.granularities)("row,2:4,heads") == ("row", "2:4", "head")
     with pytest.raises(argparse.ArgumentTypeError, match="1 <= N < M"):
-        options._checked(options.granularities)("8:4")
+        as_option_type(options.granularities)("8:4")
     with pytest.raises(argparse.ArgumentTypeError, match="percentile"):
-        options._checked(options.percentile)("150")
+        as_option_type(options.percentile)("150")
 
 
 # -- saving --------------------------------------------------------------------------------------

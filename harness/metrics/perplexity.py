@@ -24,8 +24,8 @@ import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 
-# Clean log-probabilities kept for KL are capped at this many bytes; beyond it, positions are
-# subsampled with a fixed stride (stated in Reference.stride).
+# The clean log-probabilities and probabilities kept for KL are capped at this many bytes together;
+# beyond it, positions are subsampled with a fixed stride (stated in Reference.stride).
 REFERENCE_BYTES = 512 * 2**20
 
 
@@ -36,11 +36,13 @@ class Reference:
     Attributes:
         logprobs: (count, P, V) float32 clean log-probabilities at positions ``0, s, 2s, ...`` of
             each window's predicted positions (P = ceil((length-1)/s)).
+        probs: ``logprobs.exp()``, kept so that each evaluation does not recompute it.
         top1: (count, length-1) clean argmax tokens at every predicted position.
         stride: s, the position stride used for KL.
     """
 
     logprobs: torch.Tensor
+    probs: torch.Tensor
     top1: torch.Tensor
     stride: int
 
@@ -90,7 +92,7 @@ def make_reference(model: torch.nn.Module, windows: torch.Tensor, batch_size: in
     batch_size = batch_size or default_batch_size(windows)
     count, length = windows.shape
     vocab = model.get_output_embeddings().weight.shape[0]
-    per_position = 4 * vocab
+    per_position = 2 * 4 * vocab  # float32 log-probabilities and probabilities
     stride = max(1, math.ceil(count * (length - 1) * per_position / REFERENCE_BYTES))
     if stride > 1:
         log.info("KL reference subsamples every %d-th position to stay under %d MiB", stride, REFERENCE_BYTES >> 20)
@@ -99,7 +101,8 @@ def make_reference(model: torch.nn.Module, windows: torch.Tensor, batch_size: in
         lp = _logprobs(model, batch)
         logprobs.append(lp[:, ::stride].cpu() if lp.device.type != "cpu" else lp[:, ::stride].clone())
         top1.append(lp.argmax(-1).cpu())
-    return Reference(torch.cat(logprobs), torch.cat(top1), stride)
+    ref = torch.cat(logprobs)
+    return Reference(ref, ref.exp(), torch.cat(top1), stride)
 
 
 @torch.no_grad()
@@ -127,16 +130,20 @@ def evaluate(model: torch.nn.Module, windows: torch.Tensor, reference: Reference
         lp = _logprobs(model, batch)  # (B, T-1, V)
         targets = batch[:, 1:].to(lp.device)
         nll = -lp.gather(-1, targets.unsqueeze(-1)).sum().item()
-        finite = math.isfinite(nll) and bool(torch.isfinite(lp).all())
+        # One reduction instead of an elementwise isfinite (~20x faster on CPU): min and max propagate
+        # NaN, so both are finite iff every element is.
+        finite = math.isfinite(nll) and all(map(math.isfinite, map(float, torch.aminmax(lp))))
         collapsed |= not finite
         nll_sum += nll
         if reference is not None:
             ref_top1 = reference.top1[start:start + batch.shape[0]].to(lp.device)
-            agree += int((torch.nan_to_num(lp, nan=-math.inf).argmax(-1) == ref_top1).sum())
-            if finite:
+            top1 = lp.argmax(-1) if finite else torch.nan_to_num(lp, nan=-math.inf).argmax(-1)
+            agree += int((top1 == ref_top1).sum())
+            if finite:  # lp is not needed any more: KL = sum p_ref * (ref - lp), in place
                 ref = reference.logprobs[start:start + batch.shape[0]].to(lp.device)
+                p = reference.probs[start:start + batch.shape[0]].to(lp.device)
                 sub = lp[:, ::reference.stride]
-                kl_sum += float((ref.exp() * (ref - sub)).sum())
+                kl_sum -= float(sub.sub_(ref).mul_(p).sum())
                 kl_n += sub.shape[0] * sub.shape[1]
     if collapsed:
         return EvalResult(math.inf, math.inf, n_tokens, True,
