@@ -6,6 +6,8 @@ import sqlite3
 
 import pytest
 
+from harness.errors import HarnessError
+
 pytest_plugins = ["pytester"]
 
 SUITE = """
@@ -109,3 +111,14 @@ def test_eval_tokens_beyond_corpus(pytester: pytest.Pytester):
     result = _run(pytester, "--model", "tiny-llama", "--eval-tokens", "100000000", "-k", "measure")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*HarnessError: * tokens asked for, but pydoc-topics has only*"])
+
+
+def test_dotted_claim_name_in_a_bounds_file_is_an_error(tmp_path):
+    """TOML reads `a_0.01_max = 1` as a table; a silently missing bound would let a claim go unchecked."""
+    from fixtures.session import bound_for
+
+    (tmp_path / "dotted.toml").write_text('[m]\nok_max = 1.0\nx_0.01_ppl_ratio_max = 1.0\n')
+    with pytest.raises(HarnessError, match="quote them"):
+        bound_for(tmp_path, "dotted", "m", "ok_max")
+    (tmp_path / "quoted.toml").write_text('[m]\n"x_0.01_ppl_ratio_max" = 2.0\n')
+    assert bound_for(tmp_path, "quoted", "m", "x_0.01_ppl_ratio_max") == 2.0
