@@ -100,7 +100,8 @@ def test_bad_option_values(pytester: pytest.Pytester):
     pytester.makepyfile(test_demo=SUITE)
     for args, message in ((("--device", "tpu"), "*device must be cpu, cuda, cuda:N or auto*"),
                           (("--dtype", "fp8"), "*dtype must be one of*"),
-                          (("--eval-tokens", "0"), "*must be at least 1*")):
+                          (("--eval-tokens", "0"), "*must be at least 1*"),
+                          (("--trials", "0"), "*argument --trials: must be at least 1, got 0*")):
         result = _run(pytester, *args)
         assert result.ret == pytest.ExitCode.USAGE_ERROR
         result.stderr.fnmatch_lines([message])
