@@ -82,8 +82,9 @@ def _scores(esa, lm, calib_windows, scorer: str):
 def _super_weights(esa, lm):
     from harness.pruning.protect import super_weight_sites
 
-    return esa.cached((lm.name, "pruning-super-weights", str(esa.options.results_dir)),
-                      lambda: super_weight_sites(lm, esa.options.results_dir))
+    # Detected here on the scorer's default prompt, not read from a super_weights.json that another
+    # suite may have written with other inputs: the cells must not depend on which suites ran first.
+    return esa.cached((lm.name, "pruning-super-weights"), lambda: super_weight_sites(lm, None))
 
 
 def measure_cell(esa, lm, eval_windows, calib_windows, clean, *, scorer: str, sparsity: float,
