@@ -12,50 +12,19 @@ Group ``attack-step-<model>``:
 
 The plain pass is transformers' ``labels=`` loss with gradients on the same decoder weights.
 Ratios use the fastest of ``ROUNDS`` runs of each side in the same test (``extra_info``
-``ratio_to_forward_backward``). No wall time is asserted.
+``ratio_to_forward_backward``; :mod:`benchmarks.timing`). No wall time is asserted.
 """
 
 from __future__ import annotations
-
-import logging
-import time
 
 from harness.attacks import attack_targets, run_attack
 from harness.attacks.progressive import rank_flips
 from harness.faults import resolve_bits
 from harness.metrics import evaluate
-from harness.scoring.grads import grad_on
 
-log = logging.getLogger(__name__)
-ROUNDS = 3
+from .timing import fastest, measure_ratio, plain_forward_backward, rounds_for
+
 TOKENS = 256
-
-
-def _fastest(fn, rounds: int) -> float:
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def _measure(benchmark, fn, baseline: float, name: str, group: str) -> float:
-    benchmark.group, benchmark.name = group, name
-    if getattr(benchmark, "disabled", False):
-        seconds = _fastest(lambda: benchmark.pedantic(fn, rounds=1, iterations=1), 1)
-    else:
-        benchmark.pedantic(fn, rounds=ROUNDS, iterations=1, warmup_rounds=1)
-        seconds = benchmark.stats.stats.min
-    ratio = seconds / baseline
-    benchmark.extra_info.update(ratio_to_forward_backward=ratio, seconds=seconds, baseline_seconds=baseline)
-    log.warning("%s %s: %.3fs, %.3f x a plain forward+backward (%.3fs)", group, name, seconds, ratio, baseline)
-    return ratio
-
-
-def _plain_forward_backward(model, windows, params) -> None:
-    with grad_on(model, params):
-        model(input_ids=windows, labels=windows, use_cache=False).loss.backward()
 
 
 def test_attack_step_vs_forward_backward(benchmark, lm, calib_windows, eval_windows):
@@ -64,9 +33,9 @@ def test_attack_step_vs_forward_backward(benchmark, lm, calib_windows, eval_wind
     targets = attack_targets(model)
     params = [model.get_parameter(t.param) for t in targets]
     bits_of = {t.param: resolve_bits("any", params[i].dtype) for i, t in enumerate(targets)}
-    rounds = 1 if getattr(benchmark, "disabled", False) else ROUNDS
-    _plain_forward_backward(model, windows, params)  # warm-up
-    baseline = _fastest(lambda: _plain_forward_backward(model, windows, params), rounds)
+    rounds = rounds_for(benchmark)
+    plain_forward_backward(model, windows, params)  # warm-up
+    baseline = fastest(lambda: plain_forward_backward(model, windows, params), rounds)
     for p in params:
         p.grad = None
     benchmark.extra_info["tokens"] = windows.numel()
@@ -77,7 +46,7 @@ def test_attack_step_vs_forward_backward(benchmark, lm, calib_windows, eval_wind
         assert by_layer
         return loss
 
-    _measure(benchmark, rank, baseline, "rank", group)
+    measure_ratio(benchmark, rank, baseline, "ratio_to_forward_backward", group=group, name="rank")
 
 
 def test_attack_iteration_vs_forward_backward(benchmark, lm, calib_windows, eval_windows):
@@ -85,9 +54,9 @@ def test_attack_iteration_vs_forward_backward(benchmark, lm, calib_windows, eval
     windows = calib_windows[:1, :TOKENS].to(lm.device)
     ev = eval_windows[:1, :TOKENS]
     params = [model.get_parameter(t.param) for t in attack_targets(model)]
-    rounds = 1 if getattr(benchmark, "disabled", False) else ROUNDS
-    _plain_forward_backward(model, windows, params)
-    baseline = _fastest(lambda: _plain_forward_backward(model, windows, params), rounds)
+    rounds = rounds_for(benchmark)
+    plain_forward_backward(model, windows, params)
+    baseline = fastest(lambda: plain_forward_backward(model, windows, params), rounds)
     for p in params:
         p.grad = None
     clean = evaluate(model, ev).perplexity
@@ -96,4 +65,5 @@ def test_attack_iteration_vs_forward_backward(benchmark, lm, calib_windows, eval
         run_attack(model, "progressive", eval_windows=ev, attack_windows=windows, budget=1, max_trials=1,
                    clean_perplexity=clean)
 
-    _measure(benchmark, iteration, baseline, "iteration", f"attack-step-{lm.name}")
+    measure_ratio(benchmark, iteration, baseline, "ratio_to_forward_backward", group=f"attack-step-{lm.name}",
+                  name="iteration")

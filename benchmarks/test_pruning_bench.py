@@ -13,16 +13,9 @@ import time
 import pytest
 import torch
 
+from .timing import fastest
+
 pytestmark = pytest.mark.benchmark_only
-
-
-def _best(fn, rounds: int = 3) -> float:
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def test_wanda_prune_vs_calibration_forward(benchmark, lm, calib_windows):
@@ -49,7 +42,7 @@ def test_wanda_prune_vs_calibration_forward(benchmark, lm, calib_windows):
         phases.update(score=t1 - t0, mask_and_edit=t2 - t1, restore=t3 - t2)
 
     forward()  # warm-up
-    forward_seconds = _best(forward)
+    forward_seconds = fastest(forward)
     benchmark.pedantic(prune_round, rounds=3, iterations=1, warmup_rounds=0)
     info = benchmark.extra_info
     info["forward_seconds"] = forward_seconds

@@ -12,65 +12,27 @@ Groups (``<model>`` is the ``--model``):
   windows, with ``hessian`` probes and ``integrated`` steps cut to 2 so the group fits a CPU run;
   ``extra_info`` holds the passes taken and the ratio to one plain forward+backward.
 
-Ratios use the fastest of ``ROUNDS`` runs of each side, timed in the same test (``extra_info``
+Ratios use the fastest of ``benchmarks.timing.ROUNDS`` runs of each side, timed in the same test (``extra_info``
 ``ratio_to_forward`` / ``ratio_to_forward_backward``). No wall time is asserted.
 """
 
 from __future__ import annotations
-
-import logging
-import time
 
 import pytest
 import torch
 
 from harness.models import select
 from harness.scoring import SCORERS, score
-from harness.scoring.grads import grad_on
 
-log = logging.getLogger(__name__)
-ROUNDS = 3
+from .timing import fastest, measure_ratio, plain_forward_backward, rounds_for
+
 METHOD_WINDOWS = 2
 CPU_OPTIONS = {"hessian": {"probes": 2}, "integrated": {"steps": 2}}
-
-
-def _fastest(fn, rounds: int) -> float:
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def _rounds(benchmark) -> int:
-    return 1 if getattr(benchmark, "disabled", False) else ROUNDS
-
-
-def _measure(benchmark, fn, baseline: float, key: str, *, group: str, name: str, rounds: int = ROUNDS) -> float:
-    """Time ``fn`` with pytest-benchmark (or once when disabled); store and return its ratio to ``baseline``."""
-    benchmark.group, benchmark.name = group, name
-    if getattr(benchmark, "disabled", False):  # runs once; no stats
-        seconds = _fastest(lambda: benchmark.pedantic(fn, rounds=1, iterations=1), 1)
-    else:
-        benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=1 if rounds > 1 else 0)
-        seconds = benchmark.stats.stats.min
-    ratio = seconds / baseline
-    benchmark.extra_info.update({key: ratio, "seconds": seconds, "baseline_seconds": baseline})
-    log.warning("%s %s: %.3fs, %.3f x the baseline (%.3fs)", group, name, seconds, ratio, baseline)
-    return ratio
 
 
 def _plain_forward(model, ids):
     with torch.no_grad():
         model(input_ids=ids, use_cache=False)
-
-
-def _plain_forward_backward(model, windows, batch_size, params):
-    with grad_on(model, params):
-        for start in range(0, windows.shape[0], batch_size):
-            batch = windows[start:start + batch_size]
-            model(input_ids=batch, labels=batch, use_cache=False).loss.backward()
 
 
 @pytest.mark.parametrize("source", ["prompt", "window"])
@@ -83,11 +45,11 @@ def test_activation_round_vs_forward(benchmark, lm, calib_windows, source):
         ids = calib_windows[:1].to(lm.device)
         kwargs = {"windows": ids}
     _plain_forward(model, ids)  # warm-up
-    baseline = _fastest(lambda: _plain_forward(model, ids), _rounds(benchmark))
+    baseline = fastest(lambda: _plain_forward(model, ids), rounds_for(benchmark))
     result = score(lm, "activation", max_rounds=1, **kwargs)
     assert result.cost.forward == 1
     benchmark.extra_info["tokens"] = ids.numel()
-    _measure(benchmark, lambda: score(lm, "activation", max_rounds=1, **kwargs), baseline, "ratio_to_forward",
+    measure_ratio(benchmark, lambda: score(lm, "activation", max_rounds=1, **kwargs), baseline, "ratio_to_forward",
              group=f"scoring-activation-{lm.name}", name=f"activation-round-{source}")
 
 
@@ -96,9 +58,9 @@ def test_gradient_vs_forward_backward(benchmark, lm, calib_windows):
     windows = calib_windows[:METHOD_WINDOWS].to(lm.device)
     batch_size = METHOD_WINDOWS
     params = [model.get_parameter(r.param) for r in select(model, components="linear")]
-    baseline = _fastest(lambda: _plain_forward_backward(model, windows, batch_size, params), _rounds(benchmark))
+    baseline = fastest(lambda: plain_forward_backward(model, windows, params, batch_size), rounds_for(benchmark))
     benchmark.extra_info["tokens"] = windows.numel()
-    _measure(benchmark, lambda: score(lm, "gradient", windows=windows, batch_size=batch_size), baseline,
+    measure_ratio(benchmark, lambda: score(lm, "gradient", windows=windows, batch_size=batch_size), baseline,
              "ratio_to_forward_backward", group=f"scoring-gradient-{lm.name}", name="gradient")
 
 
@@ -107,7 +69,7 @@ def test_method_time(benchmark, lm, calib_windows, method):
     model = lm.model
     windows = calib_windows[:METHOD_WINDOWS].to(lm.device)
     params = [model.get_parameter(r.param) for r in select(model, components="linear")]
-    baseline = _fastest(lambda: _plain_forward_backward(model, windows, METHOD_WINDOWS, params), 1)
+    baseline = fastest(lambda: plain_forward_backward(model, windows, params, METHOD_WINDOWS), 1)
     options = CPU_OPTIONS.get(method, {}) if lm.device.type == "cpu" else {}
     kwargs = {} if method == "activation" else {"windows": windows, "batch_size": METHOD_WINDOWS}
 
@@ -117,5 +79,5 @@ def test_method_time(benchmark, lm, calib_windows, method):
                                     tokens=result.cost.tokens, options=options)
         return result
 
-    _measure(benchmark, run, baseline, "ratio_to_forward_backward", group=f"scoring-methods-{lm.name}", name=method,
-             rounds=1)
+    measure_ratio(benchmark, run, baseline, "ratio_to_forward_backward", group=f"scoring-methods-{lm.name}",
+                  name=method, rounds=1)

@@ -1,0 +1,1 @@
+"""pytest-benchmark measurements (ratios to plain passes; nothing asserts wall time)."""
