@@ -7,13 +7,19 @@ MODEL   ?= smollm2-135m
 DEPTH   ?= quick
 DEVICE  ?= auto
 BASELINE ?=
-# What CI runs (four pytest calls, each must pass): the unit and plugin tests; every suite on two tiny
-# random families (llama: separate q/k/v; gpt-neox: fused qkv) with one trial; every suite on the real
-# pretrained smollm2-135m at the quick preset (its claims are the bounds in suites/bounds/); and each
-# benchmark once on tiny-llama with timing disabled, so that the benchmarks keep running.
+# What CI runs (five pytest calls, each must pass): the unit and plugin tests; every suite on two tiny
+# random families (llama: separate q/k/v; gpt-neox: fused qkv) with one trial (relations not
+# applicable, bounds unverified); every suite on the real pretrained smollm2-135m at the quick preset
+# with --strict-claims (every claim passed or not applicable); the seeded campaigns again at a seed
+# the bounds were not derived from; and each benchmark once on tiny-llama with timing disabled.
 TINY    ?= tiny-llama,tiny-gpt-neox
+SEED2   ?= 5
+SEEDED  := suites/test_bitflip.py suites/test_robustness.py suites/test_targeted_perturbation.py
+# make suites fails on unverified claims; a model's first runs take STRICT= (see README, Regression tracking)
+STRICT  ?= --strict-claims
+SEEDS   ?= 0 1 2 3 4
 
-.PHONY: setup test suites bench lint analysis report baseline clean
+.PHONY: setup test suites bounds bench lint analysis report baseline clean
 
 setup:
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,12 +38,20 @@ setup:
 test:
 	$(PYTEST) tests
 	$(PYTEST) suites --model $(TINY) --results-dir results/ci-tiny
-	$(PYTEST) suites --model $(MODEL) --preset quick --results-dir results/ci-$(MODEL)
+	$(PYTEST) suites --model $(MODEL) --preset quick --strict-claims --results-dir results/ci-$(MODEL)
+	$(PYTEST) $(SEEDED) --model $(MODEL) --preset quick --strict-claims --seed $(SEED2) --results-dir results/ci-$(MODEL)
 	$(PYTEST) benchmarks --model tiny-llama --benchmark-disable --results-dir results/ci-bench
 
 # Every suite on one model (the done-when runs of the issues), quick preset.
 suites:
-	$(PYTEST) suites --model $(MODEL) --preset $(DEPTH) --device $(DEVICE)
+	$(PYTEST) suites --model $(MODEL) --preset $(DEPTH) --device $(DEVICE) $(STRICT)
+
+# A model's regression bounds: every suite at five seeds, then the bounds derived from them
+# (written into suites/bounds/*.toml: review and commit them).
+bounds:
+	set -e; for s in $(SEEDS); do $(PYTEST) suites --model $(MODEL) --preset $(DEPTH) --device $(DEVICE) \
+	  --seed $$s --results-dir results/bounds-$(MODEL) || test $$? -eq 1; done
+	$(PY) -m reports export-bounds results/bounds-$(MODEL) --model $(MODEL)
 
 # pytest-benchmark measurements (ratios to a plain forward pass; nothing asserts wall time).
 bench:
@@ -48,7 +62,7 @@ lint:
 
 # The integrated analysis: every suite on one model at a chosen depth, then the report.
 analysis:
-	$(PYTEST) suites --model $(MODEL) --preset $(DEPTH) --device $(DEVICE) --report $(if $(BASELINE),--baseline $(BASELINE))
+	$(PYTEST) suites --model $(MODEL) --preset $(DEPTH) --device $(DEVICE) $(STRICT) --report $(if $(BASELINE),--baseline $(BASELINE))
 
 report:
 	$(PY) -m reports results

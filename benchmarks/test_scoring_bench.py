@@ -2,7 +2,7 @@
 
 Groups (``<model>`` is the ``--model``):
 
-- ``scoring-activation-<model>``: one round of the activation scan (``max_rounds=1``: hooks on
+- ``scoring-activation-<model>``: one round of the activation scan (``rounds=1``: hooks on
   every down projection, peak reductions, restore) against one plain no-grad forward pass over the
   same tokens, on the default prompt and on one calibration window. Target: under 1.3x.
 - ``scoring-gradient-<model>``: the ``gradient`` scorer against a plain forward+backward
@@ -10,7 +10,9 @@ Groups (``<model>`` is the ``--model``):
   the same calibration windows. Target: under 1.3x.
 - ``scoring-methods-<model>``: each registered method, timed once, on ``METHOD_WINDOWS`` calibration
   windows, with ``hessian`` probes and ``integrated`` steps cut to 2 so the group fits a CPU run;
-  ``extra_info`` holds the passes taken and the ratio to one plain forward+backward.
+  ``extra_info`` holds the passes taken and the ratio to one plain forward+backward. The time includes
+  computing every score once: ``score()`` materializes the ScoreSet (``magnitude`` and ``z_score`` compute
+  at access), and the same work is in ``Cost.seconds`` (``extra_info["cost_seconds"]``).
 
 Ratios use the fastest of ``benchmarks.timing.ROUNDS`` runs of each side, timed in the same test (``extra_info``
 ``ratio_to_forward`` / ``ratio_to_forward_backward``). No wall time is asserted.
@@ -46,10 +48,10 @@ def test_activation_round_vs_forward(benchmark, lm, calib_windows, source):
         kwargs = {"windows": ids}
     _plain_forward(model, ids)  # warm-up
     baseline = fastest(lambda: _plain_forward(model, ids), rounds_for(benchmark))
-    result = score(lm, "activation", max_rounds=1, **kwargs)
+    result = score(lm, "activation", rounds=1, **kwargs)
     assert result.cost.forward == 1
     benchmark.extra_info["tokens"] = ids.numel()
-    measure_ratio(benchmark, lambda: score(lm, "activation", max_rounds=1, **kwargs), baseline, "ratio_to_forward",
+    measure_ratio(benchmark, lambda: score(lm, "activation", rounds=1, **kwargs), baseline, "ratio_to_forward",
              group=f"scoring-activation-{lm.name}", name=f"activation-round-{source}")
 
 
@@ -76,7 +78,7 @@ def test_method_time(benchmark, lm, calib_windows, method):
     def run():
         result = score(lm, method, generator=torch.Generator().manual_seed(0), **kwargs, **options)
         benchmark.extra_info.update(forward=result.cost.forward, backward=result.cost.backward,
-                                    tokens=result.cost.tokens, options=options)
+                                    tokens=result.cost.tokens, cost_seconds=result.cost.seconds, options=options)
         return result
 
     measure_ratio(benchmark, run, baseline, "ratio_to_forward_backward", group=f"scoring-methods-{lm.name}",

@@ -1,27 +1,70 @@
-"""Command line: ``python -m harness models`` and ``python -m harness analyses``."""
+"""Command line: ``python -m harness models``, ``python -m harness analyses`` and ``python -m harness submit``.
+
+``analyses`` reads the suites directory (``suites/test_<name>.py`` beside the ``harness`` package, or
+``--suites DIR``): each file is one analysis, its name is the file stem without ``test_`` (also its
+bounds file ``suites/bounds/<name>.toml``), the ``-k`` word that selects it is that name, and what it
+measures is the first sentence of the module docstring. A new suite file is listed with no change here.
+"""
 
 from __future__ import annotations
 
 import argparse
+import ast
+import importlib.util
+import re
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
-# (suite, -k word, what it measures); the suite files are suites/test_<suite>.py
-ANALYSES = [
-    ("smoke", "smoke", "clean perplexity of each model on the evaluation windows, against a stated bound"),
-    ("bitflip", "bitflip", "seeded stored-bit flip campaigns by bit class and target (-k bitflip also selects "
-                "the attack suite, test_bitflip_attack.py; -k 'bitflip and not attack' runs the campaign alone)"),
-    ("robustness", "robustness", "weight noise swept by level per component: degradation curves (also -k noise)"),
-    ("ablation", "ablation", "sensitivity of each layer and component when zeroed or perturbed (also -k "
-                "sensitivity, which also selects test_compare_sensitivity.py)"),
-    ("super_weights", "super_weights", "find super weights in the MLP down projections and ablate them"),
-    ("compare", "compare", "agreement of scoring methods: Jaccard / Spearman of top-k sets, time per method"),
-    ("targeted", "targeted", "zero / noise / exponent flips on each method's top x% of weights vs random ones"),
-    ("pruning", "pruning", "magnitude / Wanda / scorer-ranked pruning by granularity and sparsity"),
-    ("selective", "selective", "chosen layers/components pruned at a percentile or threshold; output comparison"),
-    ("evaluate", "evaluate", "lm-eval tasks on clean and perturbed models"),
-    ("attack", "attack", "bit-flip attacks that search for the most damaging flips"),
-    ("adversarial", "adversarial", "adversarial input attacks on prompts"),
-]
+from harness.errors import HarnessError
+
+SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """One analysis suite.
+
+    Attributes:
+        name: the suite name (``suites/test_<name>.py``, ``suites/bounds/<name>.toml``).
+        word: the ``-k`` word that selects it.
+        summary: the first sentence of the module docstring.
+        also_selects: other suites whose file name or a test function or class name contains ``word``
+            (``-k word`` runs those too; parametrize ids, which only collection knows, are not checked).
+    """
+
+    name: str
+    word: str
+    summary: str
+    also_selects: tuple[str, ...] = ()
+
+
+def _first_sentence(doc: str) -> str:
+    paragraph = " ".join(doc.strip().split("\n\n")[0].split())
+    match = re.match(r"(.+?[.?!])(?=\s+[A-Z`(]|$)", paragraph)  # "Yu et al. 2024" does not end one
+    return match.group(1) if match else paragraph
+
+
+def find_analyses(suites_dir: Path | str = SUITES_DIR) -> list[Analysis]:
+    """Every ``test_<name>.py`` in ``suites_dir``, sorted by name (module docstrings read with ``ast``,
+    nothing is imported).
+
+    Raises:
+        HarnessError: ``suites_dir`` is not a directory (the harness runs from a checkout).
+    """
+    root = Path(suites_dir)
+    if not root.is_dir():
+        raise HarnessError(f"no suites directory at {root}; run from a checkout or pass --suites DIR")
+    files = sorted(root.glob("test_*.py"))
+    trees = {f.stem.removeprefix("test_"): ast.parse(f.read_text(encoding="utf-8")) for f in files}
+    # pytest -k matches (case-insensitively) the file name and the test functions' and classes' names
+    keywords = {name: " ".join([f"test_{name}.py", *(node.name for node in tree.body if isinstance(
+        node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef))]).lower() for name, tree in trees.items()}
+    out = []
+    for name, tree in trees.items():
+        others = tuple(n for n in trees if n != name and name.lower() in keywords[n])
+        out.append(Analysis(name, name, _first_sentence(ast.get_docstring(tree) or ""), others))
+    return out
 
 
 def _human(n: int | None) -> str:
@@ -45,22 +88,43 @@ def cmd_models(_: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_analyses(_: argparse.Namespace) -> int:
-    width = max(len(name) for name, _, _ in ANALYSES)
-    for name, word, what in ANALYSES:
-        sys.stdout.write(f"{name.ljust(width)}  -k {word.ljust(width)}  {what}\n")
+def cmd_analyses(args: argparse.Namespace) -> int:
+    found = find_analyses(args.suites)
+    if not found:
+        sys.stdout.write(f"no test_<name>.py suites in {args.suites}\n")
+        return 0
+    width = max(len(a.name) for a in found)
+    for a in found:
+        also = f" (-k {a.word} also selects {', '.join(a.also_selects)})" if a.also_selects else ""
+        sys.stdout.write(f"{a.name.ljust(width)}  -k {a.word.ljust(width)}  {a.summary}{also}\n")
     return 0
 
 
+def _has_submit() -> bool:
+    return importlib.util.find_spec("harness.submit") is not None
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["submit"] and _has_submit():
+        from harness import submit
+
+        return submit.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m harness", description="esa-harness: extreme sensitivity analysis")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("models", help="list the model zoo: name, family, source, parameters, hub id").set_defaults(
         func=cmd_models)
-    sub.add_parser("analyses", help="list the analysis suites and the -k word that selects each").set_defaults(
-        func=cmd_analyses)
+    analyses = sub.add_parser("analyses", help="list the analysis suites and the -k word that selects each")
+    analyses.add_argument("--suites", type=Path, default=SUITES_DIR, metavar="DIR",
+                          help=f"the suites directory (default: {SUITES_DIR})")
+    analyses.set_defaults(func=cmd_analyses)
+    if _has_submit():
+        sub.add_parser("submit", help="submit suites as cluster jobs (python -m harness submit --help)", add_help=False)
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except HarnessError as err:
+        parser.exit(2, f"python -m harness {args.command}: {err}\n")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@
     python -m reports export-baseline RESULTS_DIR [--run RUN_ID] -o FILE
     python -m reports compare RESULTS_DIR --baseline FILE [--run RUN_ID]   (exit 1 when regressed)
     python -m reports demo DIR            (a synthetic store with three runs, then its report)
+    python -m reports export-bounds RESULTS_DIR --model NAME [--bounds-dir suites/bounds]
+    python -m reports merge STORE... -o MERGED [--allow-mixed]   (shards or machines -> one store)
 
 User mistakes (missing store, unknown run, bad baseline) print one line on stderr and exit 2.
 """
@@ -16,7 +18,7 @@ import sys
 
 from harness.errors import HarnessError
 
-COMMANDS = ("export-baseline", "compare", "demo")
+COMMANDS = ("export-baseline", "compare", "demo", "export-bounds", "merge")
 
 
 def _parser(command: str | None) -> argparse.ArgumentParser:
@@ -32,6 +34,24 @@ def _parser(command: str | None) -> argparse.ArgumentParser:
         p.add_argument("results_dir")
         p.add_argument("--baseline", required=True, help="baseline file from export-baseline")
         p.add_argument("--run", default=None, help="run id (default: the latest run with records)")
+    elif command == "export-bounds":
+        p = argparse.ArgumentParser(prog="python -m reports export-bounds",
+                                    description="Derive a model's regression bounds from its runs at >= 5 seeds "
+                                                "and write them into suites/bounds/<suite>.toml.")
+        p.add_argument("results_dir")
+        p.add_argument("--model", required=True, help="the model whose bounds to write")
+        p.add_argument("--bounds-dir", default="suites/bounds", help="default: suites/bounds")
+        p.add_argument("--min-seeds", type=int, default=5, help="seeds needed per claim (default: 5)")
+    elif command == "merge":
+        p = argparse.ArgumentParser(prog="python -m reports merge",
+                                    description="Merge results stores (shards, machines) into one store: rows "
+                                                "held by several stores are kept once; a run held by several "
+                                                "stores (shards run with one --run-id) becomes one run.")
+        p.add_argument("stores", nargs="+", metavar="STORE", help="results.sqlite files or results directories")
+        p.add_argument("-o", "--output", required=True,
+                       help="the merged store (.sqlite file or results directory; added to when it exists)")
+        p.add_argument("--allow-mixed", action="store_true",
+                       help="merge stores of different code versions (runs.git_commit); refused by default")
     elif command == "demo":
         p = argparse.ArgumentParser(prog="python -m reports demo",
                                     description="Write a synthetic store with three runs and build its report.")
@@ -75,6 +95,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{len(bad)} regressed of {int(cmp['status'].isin(['ok', 'improved', 'regressed', 'changed']).sum())}"
                   f" compared against {base.source}")
             return 1 if len(bad) else 0
+        elif command == "export-bounds":
+            from reports.bounds import export_bounds
+
+            exported, written = export_bounds(args.results_dir, args.model, args.bounds_dir,
+                                              min_seeds=args.min_seeds)
+            for e in exported:
+                print(f"{e.suite}.{e.claim} = {e.value}  ({e.how})")
+            print(f"wrote {', '.join(map(str, written)) or 'nothing'}")
+            return 0 if all(e.value is not None for e in exported) else 1
+        elif command == "merge":
+            from harness.records import merge_stores
+
+            s = merge_stores(args.stores, args.output, allow_mixed=args.allow_mixed)
+            print(f"{s.output}: {s.runs} run(s), {s.records} rows added, {s.duplicates} duplicate rows skipped")
         elif command == "demo":
             from reports.build import build_report
             from reports.synthetic import build_store

@@ -8,39 +8,16 @@ import re
 import shutil
 import tempfile
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
-
-import pandas as pd
 
 from reports import figures, html, markdown, tables, trend
 from reports.load import RunData, load_run, pget
 from reports.regression import RUN_FIELDS, Baseline, aggregate, env_differences, load_baseline, load_tolerances
+from reports.views import Report
 
 log = logging.getLogger(__name__)
 
 _TOKEN = re.compile(r"(hf_[A-Za-z0-9]{8,}|(?i:token)=\S+)")
-
-
-@dataclass
-class Report:
-    """Everything the Markdown and HTML writers show."""
-
-    data: RunData
-    run_info: dict
-    claims: pd.DataFrame
-    summaries: dict[str, pd.DataFrame]
-    collapse: pd.DataFrame
-    sensitive_layers: pd.DataFrame
-    super_weights: pd.DataFrame
-    outputs: pd.DataFrame
-    trend: pd.DataFrame
-    comparison: pd.DataFrame | None = None
-    baseline_label: str = ""
-    tolerance_note: str = ""
-    warnings: list[str] = field(default_factory=list)
-    highlights: list[str] = field(default_factory=list)
-    figures: list[figures.Figure] = field(default_factory=list)
 
 
 def _clean_run_info(run: dict) -> dict:
@@ -88,9 +65,9 @@ def _highlights(r: Report) -> list[str]:
             out.append(f"Highest collapse rate in {c.suite} ({c.model}, {c.series}, x={tables.fmt(c.x)}): "
                        f"{c.collapsed}/{c.trials} = {c.collapse_rate:.0%} (95% CI {c.collapse_low:.0%}–"
                        f"{c.collapse_high:.0%}).")
-    for c in r.claims[r.claims["result"] == "FAIL"].itertuples():
-        out.append(f"Claim failed: {c.claim} ({c.suite}, {c.model}): {tables.fmt(c.value)}, "
-                   f"bound {c.op} {tables.fmt(c.bound)}.")
+    for c in r.claims[r.claims["outcome"] == "failed"].itertuples():
+        out.append(f"Claim failed: {c.claim} ({c.suite}, {c.model}): {tables.fmt(c.value)} {c.op} "
+                   f"{tables.fmt(c.bound)} does not hold.")
     return out
 
 
@@ -101,7 +78,8 @@ def collect(data: RunData, baseline=None) -> Report:
                summaries=tables.suite_summaries(data.records), collapse=tables.collapse_rates(data.records),
                sensitive_layers=tables.sensitive_layers(data.records),
                super_weights=tables.super_weight_table(data.super_weights),
-               outputs=tables.output_comparisons(data.records), trend=trend.trend_table(hist))
+               outputs=tables.output_comparisons(data.records), trend=trend.trend_table(hist), history=hist,
+               changes=trend.changes(hist))
     base = _baseline_for(data, baseline)
     if base is not None:
         r.comparison = base.compare(data.records)
@@ -117,15 +95,16 @@ def collect(data: RunData, baseline=None) -> Report:
             r.warnings += [w for w in env_differences(r.run_info, data.run_info(prev[-1]), "this run",
                                                       f"run {prev[-1]}")]
     r.highlights = _highlights(r)
-    r._history = hist
     return r
 
 
 def _write(r: Report, out: Path) -> None:
     (out / "tables").mkdir(parents=True)
-    r.figures = figures.draw_all(r.data, out) + trend.trend_figure(r.data, r._history, out)
+    r.figures = figures.draw_all(r.data, out)
     named = {"claims": r.claims, "collapse_rates": r.collapse, "sensitive_layers": r.sensitive_layers,
-             "super_weights": r.super_weights, "trend": r.trend, "output_comparison": r.outputs}
+             "super_weights": r.super_weights, "trend": r.trend, "changes": r.changes,
+             "output_comparison": r.outputs, "attack_cells": tables.attack_cells(r.data.records),
+             "adversarial_cells": tables.adversarial_cells(r.data.records)}
     if r.comparison is not None:
         named["regression"] = r.comparison
     named.update({f"summary_{suite}": df for suite, df in r.summaries.items()})

@@ -5,6 +5,7 @@ Uses ``matplotlib.figure.Figure`` directly (Agg canvas, no pyplot state, no disp
 
 from __future__ import annotations
 
+import importlib
 import logging
 import re
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure as MplFigure
 
 from reports import tables
-from reports.load import RunData, direction_of
+from reports.load import RunData, direction_of, pget
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +27,7 @@ CONTROL_METHODS = ("random",)
 SWEEP_TITLES = {
     "robustness": "Noise degradation",
     "bitflip": "Bit-flip degradation by bit class",
-    "attack": "Bit-flip attacks",
-    "adversarial": "Input attacks",
+    "attack": "Bit-flip attacks: perplexity ratio after each flip",
     "targeted": "Targeted perturbation impact (methods vs random)",
     "pruning": "Pruning: sparsity vs perplexity",
     "selective": "Selective pruning: sparsity vs degradation",
@@ -131,15 +131,86 @@ def ablation_bars(data: RunData, outdir: Path, top: int = 20) -> list[Figure]:
     return out
 
 
+BIT_CLASS_ORDER = ("sign", "exp_msb", "exponent", "mantissa_msb", "mantissa_lsb")
+
+
 def sweep_curves(data: RunData, outdir: Path) -> list[Figure]:
+    """One figure per swept suite and model: a curve over x, or grouped bars when x has a single value."""
     out = []
     for suite in tables.SWEEPS:
         df, metric, xlabel = tables.sweep(data.records, suite)
         if df.empty:
             continue
         for model, g in df.groupby("model"):
-            out.append(_sweep_figure(suite, model, g, metric=metric, xlabel=xlabel, outdir=outdir))
+            if g["x"].nunique() == 1:
+                out.append(_sweep_bars(suite, model, g, metric=metric, xlabel=xlabel, outdir=outdir))
+            else:
+                out.append(_sweep_figure(suite, model, g, metric=metric, xlabel=xlabel, outdir=outdir))
     return out
+
+
+def _order(values, known=BIT_CLASS_ORDER) -> list:
+    return sorted(set(values), key=lambda v: (known.index(v) if v in known else len(known), str(v)))
+
+
+def grouped_bars(ax, groups: list, hues: list, value, low=None, high=None, *, colors=None) -> None:
+    """Bars of ``value(group, hue)`` in groups along x, one colour per hue, with error bars from
+    ``low``/``high`` (absolute limits); a missing value leaves a gap."""
+    width = 0.8 / max(len(hues), 1)
+    for j, hue in enumerate(hues):
+        xs = np.arange(len(groups)) + (j - (len(hues) - 1) / 2) * width
+        ys = np.array([value(gr, hue) for gr in groups], dtype=float)
+        kw = {"color": colors[j]} if colors else {}
+        ax.bar(xs, np.nan_to_num(ys, nan=0.0, posinf=0.0), width * 0.92, label=str(hue), **kw)
+        if low is not None:
+            lo = np.array([low(gr, hue) for gr in groups], dtype=float)
+            hi = np.array([high(gr, hue) for gr in groups], dtype=float)
+            ok = np.isfinite(ys) & np.isfinite(lo) & np.isfinite(hi)
+            ax.errorbar(xs[ok], ys[ok], yerr=[ys[ok] - lo[ok], hi[ok] - ys[ok]], fmt="none", ecolor="black",
+                         elinewidth=0.9, capsize=2.5)
+    ax.set_xticks(range(len(groups)), [str(g) for g in groups])
+
+
+def _sweep_bars(suite: str, model: str, g: pd.DataFrame, *, metric: str, xlabel: str, outdir: Path) -> Figure:
+    """A sweep measured at one x only (the quick bit-flip preset: 1 flip): grouped bars of the metric
+    (median, IQR) and of the collapse rate (Wilson 95%), grouped by the first series key."""
+    spec = tables.SWEEPS[suite]
+    first, rest = spec.series[0], [k for k in spec.series[1:] if k in g and g[k].nunique() > 1]
+    g = g.assign(_group=g[first], _hue=[" / ".join(str(r[k]) for k in rest) or suite for _, r in g.iterrows()])
+    groups, hues = _order(g["_group"]), sorted(g["_hue"].unique())
+    cell = {(r["_group"], r["_hue"]): r for _, r in g.iterrows()}
+
+    def get(col):
+        return lambda gr, hue: float(cell[(gr, hue)][col]) if (gr, hue) in cell else np.nan
+
+    fig = MplFigure(figsize=(max(6.5, 1.2 + 0.35 * len(groups) * len(hues)), 6.0))
+    ax, ax2 = fig.subplots(2, 1, sharex=True)
+    grouped_bars(ax, groups, hues, get("median"), get("q25"), get("q75"))
+    med = _finite(g["median"])
+    if med.size and med.min() > 0 and med.max() / med.min() > 20:
+        ax.set_yscale("log")
+    elif med.size:
+        ax.set_ylim(top=float(np.nanmax([med.max(), _finite(g["q75"]).max(initial=0)])) * 1.3)
+    if metric == "ppl_ratio":
+        ax.axhline(1.0, color="black", lw=0.7, ls=":")
+    ax.set_ylabel(f"{metric}, median")
+    ax.legend(fontsize=7, title=" / ".join(rest).replace("method", "target" if suite == "bitflip" else "method")
+              or None, title_fontsize=7, loc="upper right", ncol=min(len(hues), 4))
+    ax.grid(alpha=0.3, axis="y")
+    grouped_bars(ax2, groups, hues, get("collapse_rate"), get("collapse_low"), get("collapse_high"))
+    ax2.set_ylim(0, 1.03)
+    ax2.set_ylabel("collapse rate")
+    ax2.set_xlabel(first.replace("_", " "))
+    ax2.grid(alpha=0.3, axis="y")
+    x = float(g["x"].iloc[0])
+    title = f"{SWEEP_TITLES[suite]}, {model} ({xlabel}: {x:g})"
+    ax.set_title(title, fontsize=10)
+    name = f"{suite}_bars__{slug(model)}"
+    trials = int(g["trials"].max())
+    return Figure(name, suite, title, f"Measured at one x only ({xlabel} = {x:g}): above, {metric} (median over "
+                  f"non-collapsed trials, bar: interquartile range or the suite's own interval); below, the "
+                  f"collapse rate with its Wilson 95% interval (at most {trials} trials per bar).",
+                  _save(fig, outdir, name))
 
 
 def _sweep_figure(suite: str, model: str, g: pd.DataFrame, *, metric: str, xlabel: str, outdir: Path) -> Figure:
@@ -172,7 +243,10 @@ def _sweep_figure(suite: str, model: str, g: pd.DataFrame, *, metric: str, xlabe
         ax.axhline(float(clean.iloc[0]), color="black", lw=0.7, ls=":", label="clean")
     d = direction_of(metric)
     ax.set_ylabel(f"{metric}, median" + (" (lower is better)" if d is False else ""))
-    ax.legend(fontsize=7, loc="best")
+    if g["series"].nunique() > 8:
+        ax.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        ax.legend(fontsize=7, loc="best")
     ax.grid(alpha=0.3)
     if with_collapse:
         axes[1].set_ylabel("collapse rate")
@@ -270,8 +344,109 @@ def super_weight_layers(data: RunData, outdir: Path) -> list[Figure]:
     return out
 
 
-FIGURES = (ablation_heatmaps, ablation_bars, sweep_curves, method_similarity, execution_times,
-           super_weight_layers)
+def attack_flips(data: RunData, outdir: Path) -> list[Figure]:
+    """Flips to collapse per attack cell (median over seeds); a cell that never collapsed within its
+    budget is drawn hatched at the budget."""
+    cells = tables.attack_cells(data.records)
+    out = []
+    if cells.empty:
+        return out
+    for model, unsorted in cells.groupby("model"):
+        g = unsorted.sort_values(["dtype", "defense", "attack"])
+        labels = [f"{r.attack}\n{r.dtype} {r.defense}" for r in g.itertuples()]
+        ftc = g["flips_to_collapse"].to_numpy(dtype=float)
+        held = ~np.isfinite(ftc)
+        height = np.where(held, g["budget"].to_numpy(dtype=float), ftc)
+        fig = MplFigure(figsize=(max(6.0, 0.6 * len(g) + 1.5), 4.4))
+        ax = fig.subplots()
+        colors = ["grey" if a == "random" else "#2166ac" for a in g["attack"]]
+        bars = ax.bar(range(len(g)), np.nan_to_num(height), color=colors)
+        for b, h, n, k in zip(bars, held, g["seeds"], g["collapsed"], strict=True):
+            if h:
+                b.set_hatch("//")
+                b.set_alpha(0.45)
+            ax.text(b.get_x() + b.get_width() / 2, b.get_height(), f"{k}/{n}", ha="center", va="bottom", fontsize=7)
+        ax.set_ylim(top=float(np.nanmax(height)) * 1.12 if np.isfinite(height).any() else None)
+        ax.set_xticks(range(len(g)), labels, fontsize=7, rotation=45, ha="right")
+        ax.set_ylabel("flips to collapse (median over seeds)")
+        ax.grid(alpha=0.3, axis="y")
+        title = f"Bit-flip attacks: flips to collapse, {model}"
+        ax.set_title(title, fontsize=10)
+        name = f"attack_flips__{slug(model)}"
+        out.append(Figure(name, "attack", title, "Flips each attack needed to collapse the model (x10 perplexity "
+                          "or non-finite), per weight dtype and defense; grey: random flips; hatched: no collapse "
+                          "within the flip budget (bar height = budget); above each bar: seeds that collapsed / "
+                          "seeds run.", _save(fig, outdir, name)))
+    return out
+
+
+def adversarial_bars(data: RunData, outdir: Path) -> list[Figure]:
+    """Input attacks: change of the target continuation's log-probability per attack (mean, every prompt
+    as a dot) and how often the greedy continuation changed (Wilson 95% interval)."""
+    cells = tables.adversarial_cells(data.records)
+    out = []
+    if cells.empty:
+        return out
+    recs = data.records[(data.records["suite"] == "adversarial") &
+                        (data.records["metric"] == "target_logprob_delta") & ~data.records["is_claim"]]
+    for model, g in cells.groupby("model"):
+        attacks = list(g["attack"])
+        fig = MplFigure(figsize=(max(6.0, 1.1 * len(attacks) + 2), 5.4))
+        ax, ax2 = fig.subplots(2, 1, sharex=True)
+        ax.bar(range(len(g)), g["mean_logprob_delta"], color="#b2182b", alpha=0.75)
+        mine = recs[recs["model"] == model]
+        for i, a in enumerate(attacks):
+            pts = mine.loc[pget(mine, "attack").fillna(mine["method"]) == a, "value"].astype(float)
+            ax.plot(np.full(len(pts), i), pts, "o", color="black", ms=3)
+        ax.axhline(0, color="black", lw=0.7)
+        ax.set_ylabel("target log-prob change (nats)")
+        ax.grid(alpha=0.3, axis="y")
+        rate = g["changed_rate"].to_numpy(dtype=float)
+        ax2.bar(range(len(g)), rate, color="#4d4d4d", alpha=0.7)
+        ax2.errorbar(range(len(g)), rate, yerr=[rate - g["changed_low"], g["changed_high"] - rate], fmt="none",
+                     ecolor="black", capsize=3, elinewidth=0.9)
+        ax2.set_ylim(0, 1.03)
+        ax2.set_ylabel("greedy output changed")
+        ax2.set_xticks(range(len(g)), attacks)
+        ax2.grid(alpha=0.3, axis="y")
+        title = f"Input attacks, {model}"
+        ax.set_title(title, fontsize=10)
+        name = f"adversarial_bars__{slug(model)}"
+        out.append(Figure(name, "adversarial", title, "Above: how far each attack lowered the log-probability of "
+                          "the text that really follows the prompt (bar: mean, dots: prompts; below 0 = damage). "
+                          "Below: share of prompts whose greedy continuation changed, Wilson 95% interval.",
+                          _save(fig, outdir, name)))
+    return out
+
+
+FIGURES = (ablation_heatmaps, ablation_bars, sweep_curves, attack_flips, adversarial_bars, method_similarity,
+           execution_times, super_weight_layers)
+
+# Suites whose figures live in their own module: ``reports.<module>`` is imported when it exists and its
+# ``draw(data: RunData, outdir: Path) -> list[Figure]`` is called; a Figure whose ``section`` is the suite
+# name shows in that suite's section of the run page.
+SUITE_FIGURE_MODULES = ("finetune", "attribution")
+
+
+def suite_module_figures(data: RunData, outdir: Path) -> list[Figure]:
+    """Figures of the suites in ``SUITE_FIGURE_MODULES`` whose module exists and whose records are in the run."""
+    out = []
+    suites = set(data.records["suite"])
+    for name in SUITE_FIGURE_MODULES:
+        if name not in suites:
+            continue
+        try:
+            module = importlib.import_module(f"reports.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"reports.{name}":
+                raise
+            continue
+        draw = getattr(module, "draw", None)
+        if draw is None:
+            log.warning("reports.%s has no draw(data, outdir): its figures are left out", name)
+            continue
+        out += list(draw(data, outdir))
+    return out
 
 
 def draw_all(data: RunData, outdir: Path) -> list[Figure]:
@@ -279,4 +454,4 @@ def draw_all(data: RunData, outdir: Path) -> list[Figure]:
     out = []
     for draw in FIGURES:
         out += draw(data, outdir)
-    return out
+    return out + suite_module_figures(data, outdir)

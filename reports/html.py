@@ -1,4 +1,9 @@
-"""``index.html``: one static page, usable offline (CSS inline, images embedded as base64 data URIs).
+"""``index.html``, the run page: one static page, usable offline (CSS inline, figures embedded as base64
+data URIs, sparklines as inline SVG).
+
+Attention first: the page opens with what needs attention (failed, regressed and unverified claims),
+then one folded section per suite (``<details>``) holding its claims beside its figures, then the
+claims over time (a sparkline per claim, what changed since the previous run).
 
 The page sets ``data-images``, ``data-broken-images`` and ``data-loaded`` on ``<body>`` once loaded,
 so a headless browser can tell whether every figure decoded.
@@ -9,30 +14,48 @@ from __future__ import annotations
 import base64
 import html
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from reports.markdown import _regression_view, collapse_view, present
-
-if TYPE_CHECKING:
-    from reports.build import Report
+from reports import tables
+from reports.views import (
+    ATTENTION,
+    OUTCOME_LABELS,
+    Report,
+    claims_view,
+    collapse_view,
+    present,
+    regression_view,
+)
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;margin:0;color:#1b1f24;background:#fff}
-header{background:#1f3a5f;color:#fff;padding:14px 24px}header h1{margin:0;font-size:20px}
-header p{margin:4px 0 0;opacity:.85}nav{padding:8px 24px;background:#eef2f7;position:sticky;top:0;z-index:1}
-nav a{margin-right:14px;color:#1f3a5f;text-decoration:none;font-weight:600}
-main{padding:8px 24px 40px;max-width:1300px}h2{border-bottom:2px solid #dde3ea;padding-bottom:3px;margin-top:28px}
-table{border-collapse:collapse;margin:8px 0 16px;font-size:12.5px}td,th{border:1px solid #d0d7de;padding:3px 7px}
-th{background:#f3f5f8;text-align:left}td{font-variant-numeric:tabular-nums}tr.bad td{background:#fde8e8}
-tr.good td{background:#e8f6ea}.cards{display:flex;gap:12px;flex-wrap:wrap;margin:12px 0}
-.card{border:1px solid #d0d7de;border-radius:6px;padding:10px 16px;min-width:130px}
-.card b{display:block;font-size:24px}.card.bad{border-color:#cf222e;color:#cf222e}
-.card.ok{border-color:#1a7f37;color:#1a7f37}.warn{background:#fff8c5;border:1px solid #d4a72c;padding:6px 10px;
-margin:6px 0;border-radius:4px}figure{display:inline-block;margin:10px 18px 18px 0;vertical-align:top;
-max-width:100%}figure img{max-width:100%;border:1px solid #e1e4e8}figcaption{font-size:12px;color:#57606a;
-max-width:720px}details{margin:6px 0}summary{cursor:pointer;font-weight:600}.muted{color:#57606a}
+header{background:#1f3a5f;color:#fff;padding:12px 24px}header h1{margin:0;font-size:20px}
+header p{margin:3px 0 0;opacity:.85;font-size:13px}nav{padding:7px 24px;background:#eef2f7;position:sticky;top:0;
+z-index:1}nav a{margin-right:14px;color:#1f3a5f;text-decoration:none;font-weight:600}
+main{padding:4px 24px 40px;max-width:1500px}h2{border-bottom:2px solid #dde3ea;padding-bottom:3px;margin:22px 0 8px}
+h3{margin:14px 0 6px;font-size:15px}
+table{border-collapse:collapse;margin:6px 0 14px;font-size:12.5px}td,th{border:1px solid #d0d7de;padding:3px 7px;
+vertical-align:top}th{background:#f3f5f8;text-align:left}td{font-variant-numeric:tabular-nums}
+tr.bad td,tr.o-failed td{background:#fde8e8}tr.good td{background:#e8f6ea}
+tr.o-unverified td{background:#fff4d6}tr.o-not_applicable td{color:#57606a}
+.badge{display:inline-block;border-radius:10px;padding:0 8px;margin-left:6px;font-size:12px;font-weight:600;
+border:1px solid}.b-failed{color:#cf222e;border-color:#cf222e;background:#fde8e8}
+.b-unverified{color:#7d4e00;border-color:#bf8700;background:#fff4d6}.b-passed{color:#1a7f37;border-color:#1a7f37}
+.b-not_applicable{color:#57606a;border-color:#8c959f}.b-regressed{color:#cf222e;border-color:#cf222e}
+.cards{display:flex;gap:10px;flex-wrap:wrap;margin:10px 0}
+.card{border:1px solid #d0d7de;border-radius:6px;padding:8px 14px;min-width:110px}
+.card b{display:block;font-size:22px}.card.bad{border-color:#cf222e;color:#cf222e;background:#fde8e8}
+.card.warnc{border-color:#bf8700;color:#7d4e00;background:#fff4d6}.card.ok{border-color:#1a7f37;color:#1a7f37}
+.warn{background:#fff8c5;border:1px solid #d4a72c;padding:6px 10px;margin:6px 0;border-radius:4px}
+.allgood{background:#e8f6ea;border:1px solid #1a7f37;padding:6px 10px;border-radius:4px}
+figure{margin:6px 0 14px;max-width:100%}figure img{max-width:100%;border:1px solid #e1e4e8}
+figcaption{font-size:12px;color:#57606a;max-width:720px}
+details.suite{border:1px solid #d0d7de;border-radius:6px;margin:8px 0;padding:0 12px}
+details.suite>summary{font-size:16px;padding:8px 0}details{margin:4px 0}summary{cursor:pointer;font-weight:600}
+.suite-body{display:flex;flex-wrap:wrap;gap:18px;align-items:flex-start}.suite-body>div{flex:1 1 560px;min-width:0;
+overflow-x:auto}.muted{color:#57606a}ul.compact{margin:4px 0;padding-left:20px}ul.compact li{margin:2px 0}
+svg.spark{vertical-align:middle}code{font-size:12px}
 """
 
 JS = """
@@ -45,35 +68,189 @@ window.addEventListener('load', function () {
   document.body.setAttribute('data-broken-images', String(bad));
   document.body.setAttribute('data-loaded', 'true');
 });
+function openTarget() {  // a link or URL to #suite-x unfolds that suite
+  var el = location.hash && document.getElementById(location.hash.slice(1));
+  if (el && el.tagName === 'DETAILS') { el.open = true; }
+}
+window.addEventListener('hashchange', openTarget);
+window.addEventListener('DOMContentLoaded', openTarget);
 """
 
+esc = html.escape
 
-def table(df: pd.DataFrame, bad=None, good=None) -> str:
-    """An escaped HTML table; rows where ``bad(row)`` / ``good(row)`` get a red / green background."""
+
+def table(df: pd.DataFrame, bad=None, good=None, row_class=None, raw_html: tuple[str, ...] = ()) -> str:
+    """An escaped HTML table; rows where ``bad(row)`` / ``good(row)`` get a red / green background, or the
+    class ``row_class(row)``; columns in ``raw_html`` hold markup (inline SVG) and are not escaped."""
     if df.empty:
         return '<p class="muted">(none)</p>'
-    shown = present(df)
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in shown.columns)
+    shown = present(df.drop(columns=list(raw_html)))
+    cols = list(df.columns)
+    head = "".join(f"<th>{esc(str(c))}</th>" for c in cols)
     rows = []
-    for (_, raw), (_, row) in zip(df.iterrows(), shown.iterrows(), strict=False):
-        cls = ' class="bad"' if bad and bad(raw) else ' class="good"' if good and good(raw) else ""
-        rows.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(x))}</td>" for x in row) + "</tr>")
+    for (_, raw), (_, row) in zip(df.iterrows(), shown.iterrows(), strict=True):
+        cls = row_class(raw) if row_class else ("bad" if bad and bad(raw) else "good" if good and good(raw) else "")
+        cells = "".join(f"<td>{raw[c] if c in raw_html else esc(str(row[c]))}</td>" for c in cols)
+        rows.append(f"<tr class='{cls}'>{cells}</tr>" if cls else f"<tr>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def claims_table(claims: pd.DataFrame, *, suite: bool = True) -> str:
+    """The claims with all four outcomes, one row class per outcome (unverified marked amber); the statement
+    shows on hover over the claim's name, the reason of a not-applicable claim in its own column."""
+    if claims.empty:
+        return '<p class="muted">(no claims)</p>'
+    view = claims_view(claims, suite=suite).drop(columns="statement or reason")
+    view["claim"] = [f"<span title=\"{esc(st)}\">{esc(str(c))}</span>" if st else esc(str(c))
+                     for c, st in zip(claims["claim"], claims["statement"], strict=True)]
+    view["reason"] = [r if o == "not_applicable" else "" for r, o in zip(claims["reason"], claims["outcome"],
+                                                                         strict=True)]
+    if not view["reason"].astype(bool).any():
+        view = view.drop(columns="reason")
+    if claims["model"].nunique() == 1:
+        view = view.drop(columns="model")
+    outcomes = dict(zip(view.index, claims["outcome"], strict=True))
+    return table(view, row_class=lambda r: f"o-{outcomes[r.name]}", raw_html=("claim",))
+
+
+def badges(counts: dict[str, int]) -> str:
+    return "".join(f"<span class='badge b-{o}'>{n} {esc(OUTCOME_LABELS.get(o, o).split(' (')[0].lower())}</span>"
+                   for o, n in counts.items() if n)
 
 
 def _img(report_dir: Path, rel: str, alt: str) -> str:
     data = base64.b64encode((report_dir / rel).read_bytes()).decode("ascii")
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+    return f'<img alt="{esc(alt)}" src="data:image/png;base64,{data}">'
+
+
+def figure(report_dir: Path, f) -> str:
+    return (f"<figure id='{esc(f.name)}'>{_img(report_dir, f.path, f.title)}"
+            f"<figcaption>{esc(f.caption)}</figcaption></figure>")
+
+
+def _attention(r: Report) -> list[str]:
+    n = r.outcome_counts()
+    regressed = r.regressed()
+    c = r.claims
+    cards = [("failed", n["failed"], "bad" if n["failed"] else "ok"),
+             ("unverified", n["unverified"], "warnc" if n["unverified"] else "ok")]
+    if r.comparison is not None:
+        cards.append(("regressed", len(regressed), "bad" if len(regressed) else "ok"))
+    cards += [("passed", n["passed"], ""), ("not applicable", n["not_applicable"], ""),
+              ("records", len(r.data.records), "")]
+    out = ["<section id='attention'><h2>Needs attention</h2><div class='cards'>" + "".join(
+        f"<div class='card {cls}' data-count='{k}'><b>{v}</b>{esc(k)}</div>" for k, v, cls in cards) + "</div>"]
+    out += [f"<div class='warn'>{esc(w)}</div>" for w in r.warnings]
+    if not n["failed"] and not n["unverified"] and regressed.empty:
+        out.append(f"<p class='allgood'>Nothing needs attention: {n['passed']} claims passed, "
+                   f"{n['not_applicable']} not applicable"
+                   + (f", none regressed against {esc(r.baseline_label)}" if r.comparison is not None else "")
+                   + ".</p>")
+    if n["failed"]:
+        out.append("<h3 id='failed'>Failed claims</h3>" + claims_table(c[c["outcome"] == "failed"]))
+    if not regressed.empty:
+        out.append(f"<h3 id='regressed'>Regressed against {esc(r.baseline_label)}</h3>"
+                   + table(regression_view(regressed), bad=lambda x: True))
+    if n["unverified"]:
+        un = c[c["outcome"] == "unverified"]
+        items = "".join(f"<li><a href='#suite-{esc(s)}'>{esc(s)}</a> ({esc(', '.join(sorted(g['model'].unique())))})"
+                        f": {esc(', '.join(g['claim']))}</li>" for s, g in un.groupby("suite", sort=True))
+        out.append(f"<h3 id='unverified'>Unverified claims: no bound for this model</h3>"
+                   f"<p class='muted'>A regression bound is checked only where <code>suites/bounds/&lt;suite&gt;"
+                   f".toml</code> has a number for the model (create them with <code>python -m reports "
+                   f"export-bounds</code>).</p><ul class='compact'>{items}</ul>")
+    return [*out, "</section>"]
+
+
+def _suite_extras(r: Report, suite: str) -> list[str]:
+    """Tables that belong to one suite's section besides its claims."""
+    recs = r.data.records
+    out = []
+    if suite == "attack":
+        cells = tables.attack_cells(recs)
+        if not cells.empty:
+            out.append("<h3>Attack cells</h3>" + table(cells))
+    elif suite == "adversarial":
+        cells = tables.adversarial_cells(recs)
+        if not cells.empty:
+            out.append("<h3>Input attacks</h3>" + table(cells.drop(columns=["changed_low", "changed_high"])))
+    elif suite == "ablation" and not r.sensitive_layers.empty:
+        out.append("<h3>Most sensitive layers</h3>" + table(r.sensitive_layers))
+    elif suite == "super_weights" and not r.super_weights.empty:
+        out.append("<h3>Super weights</h3>" + table(r.super_weights))
+    if not r.collapse.empty and suite in set(r.collapse["suite"]):
+        out.append("<h3>Collapse rates (Wilson 95% interval)</h3>"
+                   + table(collapse_view(r.collapse[r.collapse["suite"] == suite]).drop(columns="suite")))
+    if not r.outputs.empty and suite in set(r.outputs["suite"]):
+        out.append("<h3>Generated text, clean vs perturbed</h3>" + table(r.outputs[r.outputs["suite"] == suite]))
+    return out
+
+
+def _suites(r: Report, report_dir: Path) -> list[str]:
+    c = r.claims
+    regressed = r.regressed()
+    by_section: dict[str, list] = {}
+    for f in r.figures:
+        by_section.setdefault(f.section, []).append(f)
+    suites = r.suites()
+    out = ["<section id='suites'><h2>Suites</h2><p class='muted'>One section per suite, the ones with failed, "
+           "regressed or unverified claims first and open; each holds its claims beside its figures.</p>"]
+    for suite in suites:
+        mine = c[c["suite"] == suite] if not c.empty else c
+        counts = {o: int((mine["outcome"] == o).sum()) for o in ("failed", "unverified", "passed",
+                                                                  "not_applicable")} if not mine.empty else {}
+        n_reg = int((regressed["suite"] == suite).sum()) if not regressed.empty else 0
+        is_open = " open" if counts.get("failed") or n_reg else ""
+        head = (f"<details class='suite' id='suite-{esc(suite)}'{is_open}><summary>{esc(suite)}{badges(counts)}"
+                + (f"<span class='badge b-regressed'>{n_reg} regressed</span>" if n_reg else "") + "</summary>")
+        left = ["<h3>Claims</h3>" + claims_table(mine, suite=False), *_suite_extras(r, suite)]
+        summary = r.summaries.get(suite)
+        if summary is not None and not summary.empty:
+            left.append(f"<details><summary>Measurements ({int(summary['records'].sum())} records)</summary>"
+                        f"{table(summary)}</details>")
+        figs = by_section.pop(suite, [])
+        if suite in ("selective", "selective_pruning"):
+            figs += by_section.pop("selective" if suite == "selective_pruning" else "selective_pruning", [])
+        right = [figure(report_dir, f) for f in figs]
+        body = f"<div class='suite-body'><div>{''.join(left)}</div>" + (
+            f"<div>{''.join(right)}</div>" if right else "") + "</div>"
+        out.append(head + body + "</details>")
+    rest = [f for fs in by_section.values() for f in fs]
+    if rest:
+        out.append("<details class='suite' id='suite-other'><summary>Across suites</summary>"
+                   + "".join(figure(report_dir, f) for f in rest) + "</details>")
+    return [*out, "</section>"]
+
+
+def _over_time(r: Report) -> list[str]:
+    from reports.trend import sparklines
+
+    if r.history.empty or r.history["run_id"].nunique() < 2:
+        return ["<section id='over-time'><h2>Claims over time</h2><p class='muted'>Only one run of these claims "
+                "in this store: nothing to compare yet.</p></section>"]
+    n_runs = r.history["run_id"].nunique()
+    out = [f"<section id='over-time'><h2>Claims over time</h2><p class='muted'>The last {n_runs} runs of this store "
+           f"(oldest left). Line: the value; dashed: its bound or other side; dots coloured by outcome (red failed, "
+           f"amber unverified, green passed); a triangle at the top: collapsed (inf).</p>",
+           "<h3 id='changes'>Changed since the previous run</h3>"]
+    ch = r.changes
+    if ch.empty:
+        out.append("<p class='allgood'>No claim changed outcome or value since the previous run.</p>")
+    else:
+        view = ch.assign(rel=ch["rel"].map(lambda x: "" if pd.isna(x) else f"{x:+.1%}"))
+        out.append(table(view, row_class=lambda x: "bad" if x["outcome"] in ATTENTION and x["change"] in
+                         ("outcome", "new") else ""))
+    sp = sparklines(r.history)
+    view = sp[["suite", "model", "claim", "svg", "value", "bound", "outcome", "runs"]].rename(
+        columns={"svg": "last runs"})
+    out.append(f"<details><summary>Every claim ({len(sp)}), the ones that moved most first</summary>"
+               + table(view, raw_html=("last runs",), row_class=lambda x: f"o-{x['outcome']}") + "</details>")
+    return [*out, "</section>"]
 
 
 def page(r: Report, report_dir: Path) -> str:
+    """The whole run page."""
     run = r.run_info
-    c = r.claims
-    n_fail = int((c["result"] == "FAIL").sum()) if not c.empty else 0
-    moved = r.comparison[r.comparison["status"].isin(["regressed", "changed"])] if r.comparison is not None \
-        else pd.DataFrame(columns=["kind"])
-    n_reg, n_moved = int((moved["kind"] == "claim").sum()), int((moved["kind"] != "claim").sum())
-    esc = html.escape
     env = " · ".join(f"{k} {esc(str(run.get(k)))}" for k in
                      ("device", "dtype", "torch", "transformers", "python") if run.get(k))
     commit = esc(str(run.get("git_commit") or "no commit"))
@@ -83,72 +260,27 @@ def page(r: Report, report_dir: Path) -> str:
              f"<header><h1>ESA analysis report: {esc(', '.join(r.data.models))}</h1>"
              f"<p>run {esc(r.data.run_id)} · started {esc(str(run.get('started_at') or '?'))} · commit {commit}"
              f"</p><p>{env}</p></header>"]
-    sections = [("summary", "Summary"), ("claims", "Claims")]
+    sections = [("attention", "Needs attention"), ("suites", "Suites"), ("over-time", "Over time")]
     if r.comparison is not None:
         sections.append(("regression", "Regression"))
-    if not r.trend.empty:
-        sections.append(("trend", "Trend"))
-    if not r.super_weights.empty:
-        sections.append(("super-weights", "Super weights"))
-    if r.figures:
-        sections.append(("figures", "Figures"))
-    sections.append(("suites", "Suites"))
-    parts.append("<nav>" + "".join(f"<a href='#{a}'>{t}</a>" for a, t in sections) + "</nav><main>")
-
-    cards = [("records", len(r.data.records), ""), ("claims", len(c), ""),
-             ("failed claims", n_fail, "bad" if n_fail else "ok")]
-    if r.comparison is not None:
-        cards.append(("regressed claims", n_reg, "bad" if n_reg else "ok"))
-        cards.append(("metrics beyond tolerance", n_moved, "bad" if n_moved else "ok"))
-    cards.append(("figures", len(r.figures), ""))
-    parts.append("<h2 id='summary'>Summary</h2><div class='cards'>" + "".join(
-        f"<div class='card {cls}'><b>{v}</b>{esc(k)}</div>" for k, v, cls in cards) + "</div>")
-    parts += [f"<div class='warn'>{esc(w)}</div>" for w in r.warnings]
     if r.highlights:
-        parts.append("<ul>" + "".join(f"<li>{esc(h)}</li>" for h in r.highlights) + "</ul>")
-    if not r.sensitive_layers.empty:
-        parts.append("<h3>Most sensitive layers (ablation)</h3>" + table(r.sensitive_layers))
-    if not r.collapse.empty:
-        parts.append("<h3>Collapse rates (Wilson 95% interval)</h3>" + table(collapse_view(r.collapse)))
-
-    parts.append("<h2 id='claims'>Claims</h2>" + table(c, bad=lambda x: x["result"] == "FAIL",
-                                                       good=lambda x: x["result"] == "pass"))
+        sections.append(("findings", "Findings"))
+    parts.append("<nav>" + "".join(f"<a href='#{a}'>{t}</a>" for a, t in sections) + "</nav><main>")
+    parts += _attention(r)
+    parts += _suites(r, report_dir)
+    parts += _over_time(r)
     if r.comparison is not None:
         cmp = r.comparison
         moved = cmp[cmp["status"].isin(["regressed", "changed", "improved"])]
-        parts.append(f"<h2 id='regression'>Regression against {esc(r.baseline_label)}</h2>"
-                     f"<p class='muted'>{esc(r.tolerance_note)}</p>"
-                     + table(_regression_view(moved), bad=lambda x: x["status"] in ("regressed", "changed"),
-                             good=lambda x: x["status"] == "improved")
-                     + f"<p class='muted'>{int((cmp['status'] == 'ok').sum())} within tolerance, "
-                       f"{int((cmp['status'] == 'new').sum())} new, {int((cmp['status'] == 'missing').sum())} "
-                       f"missing, {int((cmp['status'] == 'ignored').sum())} ignored.</p>")
-    if not r.trend.empty:
-        parts.append("<h2 id='trend'>Claims across runs</h2><p class='muted'>value per run (date, commit); "
-                     "<code>!</code> = failed.</p>" + table(r.trend))
-        for f in r.figures:
-            if f.section == "trend":
-                parts.append(_figure(report_dir, f))
-    if not r.super_weights.empty:
-        parts.append("<h2 id='super-weights'>Super weights</h2>" + table(r.super_weights))
-    figs = [f for f in r.figures if f.section != "trend"]
-    if figs:
-        parts.append("<h2 id='figures'>Figures</h2>")
-        section = None
-        for f in figs:
-            if f.section != section:
-                section = f.section
-                parts.append(f"<h3>{esc(section)}</h3>")
-            parts.append(_figure(report_dir, f))
-    if not r.outputs.empty:
-        parts.append("<h2>Generated text, clean vs perturbed</h2>" + table(r.outputs))
-    parts.append("<h2 id='suites'>Per-suite summaries</h2>")
-    for suite, df in r.summaries.items():
-        parts.append(f"<details open><summary>{esc(suite)}</summary>{table(df)}</details>")
+        parts.append(f"<section id='regression'><h2>Regression against {esc(r.baseline_label)}</h2>"
+                     f"<p class='muted'>{esc(r.tolerance_note)} {int((cmp['status'] == 'ok').sum())} within "
+                     f"tolerance, {int((cmp['status'] == 'new').sum())} new, "
+                     f"{int((cmp['status'] == 'missing').sum())} missing, {int((cmp['status'] == 'ignored').sum())} "
+                     f"ignored.</p><details><summary>Claims and measurements that moved ({len(moved)})</summary>"
+                     + table(regression_view(moved), bad=lambda x: x["status"] in ("regressed", "changed"),
+                             good=lambda x: x["status"] == "improved") + "</details></section>")
+    if r.highlights:
+        parts.append("<section id='findings'><h2>Findings</h2><ul>"
+                     + "".join(f"<li>{esc(h)}</li>" for h in r.highlights) + "</ul></section>")
     parts.append(f"</main><script>{JS}</script></body></html>")
     return "\n".join(parts)
-
-
-def _figure(report_dir: Path, f) -> str:
-    return (f"<figure id='{html.escape(f.name)}'>{_img(report_dir, f.path, f.title)}"
-            f"<figcaption>{html.escape(f.caption)}</figcaption></figure>")

@@ -62,6 +62,9 @@ def claim_direction(metric: str, value, bound, passed, extra: dict | None = None
     claim's side counts, not the metric's.
     """
     extra = extra or {}
+    side = extra.get("side")  # a declared claim (harness.claims): "min" means value >= bound / other side
+    if side in ("min", "max"):
+        return side == "min"
     op = extra.get("bound_op")
     if op in MIN_OPS:
         return True
@@ -87,12 +90,31 @@ def aggregation_of(metric: str) -> str:
     return METRICS.get(metric).aggregation if metric in METRICS else "mean"
 
 
+OUTCOMES = ("failed", "unverified", "passed", "not_applicable")  # attention order
+
+
+def outcomes_of(df: pd.DataFrame) -> pd.Series:
+    """The outcome of each row: the ``outcome`` column, or for a row written before it existed (schema 1)
+    ``passed``/``failed`` from ``passed`` where it has a bound, ``unverified`` where it names a claim
+    (``extra.claim``) but has no bound; None for a measurement."""
+    named = [bool(_loads(x).get("claim")) for x in df["extra"]]  # a claim row written without a bound
+    legacy = pd.Series([("passed" if p == 1 else "failed") if pd.notna(b) else "unverified" if n else None
+                        for b, p, n in zip(df["bound"], df["passed"], named, strict=True)], index=df.index,
+                       dtype=object)
+    if "outcome" not in df:
+        return legacy
+    own = df["outcome"].astype(object).where(df["outcome"].notna(), None)
+    return own.where(own.notna(), legacy)
+
+
 def parse_records(df: pd.DataFrame) -> pd.DataFrame:
-    """Add parsed columns: ``pert`` / ``xtra`` (dicts), ``is_claim``, ``claim`` (claim name)."""
+    """Add parsed columns: ``pert`` / ``xtra`` (dicts), ``outcome`` (see :func:`outcomes_of`), ``is_claim``,
+    ``claim`` (claim name)."""
     df = df.copy()
     df["pert"] = [_loads(t) for t in df["perturbation"]] if len(df) else []
     df["xtra"] = [_loads(t) for t in df["extra"]] if len(df) else []
-    df["is_claim"] = df["bound"].notna()
+    df["outcome"] = outcomes_of(df) if len(df) else pd.Series(dtype=object)
+    df["is_claim"] = df["outcome"].notna()
     df["claim"] = [
         (x.get("claim") or m) if c else None for x, m, c in zip(df["xtra"], df["metric"], df["is_claim"], strict=False)
     ]
@@ -199,8 +221,9 @@ def load_run(results_dir: str | Path, run_id: str | None = None) -> RunData:
 
 
 def load_super_weights(results_dir: Path, records: pd.DataFrame) -> pd.DataFrame:
-    """Super weights of the run's models: ``super_weight_score`` records, then
-    ``<results-dir>/<model>/super_weights.json`` entries not already among them."""
+    """Super weights of the run's models: ``super_weight_score`` records, then the sites of
+    ``<results-dir>/<model>/super_weights.json`` (a detection ``{"detection", "sites"}``, or a plain list)
+    not already among them."""
     rows = []
     sw = records[records["metric"] == SUPER_WEIGHT_METRIC]
     for _, r in sw.iterrows():
@@ -217,8 +240,10 @@ def load_super_weights(results_dir: Path, records: pd.DataFrame) -> pd.DataFrame
         except ValueError as err:
             log.warning("ignoring %s: not JSON (%s)", path, err)
             continue
+        if isinstance(entries, dict) and isinstance(entries.get("sites"), list):  # a detection (harness.scoring)
+            entries = entries["sites"]
         if not isinstance(entries, list):
-            log.warning("ignoring %s: expected a list of objects", path)
+            log.warning("ignoring %s: expected a detection object with 'sites' or a list of objects", path)
             continue
         for e in entries:
             if isinstance(e, dict):

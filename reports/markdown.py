@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-import json
-from typing import TYPE_CHECKING
-
 import pandas as pd
 
 from reports.tables import fmt
-
-if TYPE_CHECKING:
-    from reports.build import Report
-
-
-def present(df: pd.DataFrame) -> pd.DataFrame:
-    """Every cell as display text (numbers via :func:`reports.tables.fmt`)."""
-    return df.map(fmt) if not df.empty else df
+from reports.views import Report, claims_view, collapse_view, present, regression_view
 
 
 def to_markdown(df: pd.DataFrame, max_rows: int | None = None) -> str:
@@ -49,11 +39,11 @@ def _header(r: Report) -> list[str]:
 
 
 def _findings(r: Report) -> list[str]:
-    c = r.claims
-    n_fail = int((c["result"] == "FAIL").sum()) if not c.empty else 0
+    n = r.outcome_counts()
     out = ["## Summary", "",
            f"- Suites: {', '.join(sorted(r.data.records['suite'].unique()))}; {len(r.data.records)} records.",
-           f"- Claims: {len(c)} checked, {len(c) - n_fail} passed, **{n_fail} failed**."]
+           f"- Claims: {len(r.claims)} checked: **{n['failed']} failed**, **{n['unverified']} unverified** "
+           f"(no bound for this model), {n['passed']} passed, {n['not_applicable']} not applicable."]
     if r.comparison is None:
         out.append("- Regression: no earlier run of these models in this store and no baseline given.")
     else:
@@ -73,50 +63,16 @@ def _findings(r: Report) -> list[str]:
 
 
 def _failed_and_regressed(r: Report) -> list[str]:
-    out = ["## Failed claims", ""]
     c = r.claims
-    out.append(to_markdown(c[c["result"] == "FAIL"]) if not c.empty else "_(no claims in this run)_\n")
+    out = []
+    for outcome, title in (("failed", "Failed claims"), ("unverified", "Unverified claims (no bound for this model)")):
+        out += [f"## {title}", ""]
+        out.append(to_markdown(claims_view(c[c["outcome"] == outcome])) if not c.empty
+                   else "_(no claims in this run)_\n")
     if r.comparison is not None:
         bad = r.comparison[r.comparison["status"].isin(["regressed", "changed"])]
-        out += [f"## Regressions against {r.baseline_label}", "", to_markdown(_regression_view(bad), 40)]
+        out += [f"## Regressions against {r.baseline_label}", "", to_markdown(regression_view(bad), 40)]
     return out
-
-
-def _pct(x) -> str:
-    return "" if x is None or pd.isna(x) or abs(x) == float("inf") else f"{x:+.1%}"
-
-
-def _regression_view(df: pd.DataFrame) -> pd.DataFrame:
-    if df.empty:
-        return df
-    out = df[["status", "suite", "model", "name", "method", "perturbation", "value_base", "value", "rel"]].rename(
-        columns={"name": "claim / metric", "value_base": "baseline", "rel": "change"})
-    return out.assign(change=out["change"].map(_pct), perturbation=out["perturbation"].map(short_json))
-
-
-def short_json(text, limit: int = 90) -> str:
-    """A perturbation for display: without per-trial site lists, cut at ``limit`` characters."""
-    if not isinstance(text, str) or not text:
-        return ""
-    try:
-        obj = json.loads(text)
-    except ValueError:
-        obj = None
-    if isinstance(obj, dict):
-        obj.pop("sites", None)
-        text = json.dumps(obj, sort_keys=True, separators=(",", ":"))
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def collapse_view(df: pd.DataFrame) -> pd.DataFrame:
-    """Collapse rates as percentages with their Wilson 95% interval."""
-    if df.empty:
-        return df
-    return pd.DataFrame({"suite": df["suite"], "model": df["model"], "series": df["series"], "x": df["x"],
-                         "collapsed": [f"{k}/{n}" for k, n in zip(df["collapsed"], df["trials"], strict=True)],
-                         "rate": df["collapse_rate"].map(lambda v: f"{v:.0%}"),
-                         "95% CI": [f"{lo:.0%}–{hi:.0%}"
-                                    for lo, hi in zip(df["collapse_low"], df["collapse_high"], strict=True)]})
 
 
 def analysis_report(r: Report) -> str:
@@ -127,9 +83,11 @@ def analysis_report(r: Report) -> str:
         out += ["## Most sensitive layers (ablation)", "", to_markdown(r.sensitive_layers)]
     if not r.collapse.empty:
         out += ["## Collapse rates (Wilson 95% interval)", "", to_markdown(collapse_view(r.collapse), 40)]
-    out += ["## All claims", "", to_markdown(r.claims)]
+    out += ["## All claims", "", to_markdown(claims_view(r.claims))]
+    if not r.changes.empty:
+        out += ["## Changed since the previous run", "", to_markdown(r.changes, 60)]
     if not r.trend.empty:
-        out += ["## Claims across runs (`!` = failed)", "", to_markdown(r.trend, 60)]
+        out += ["## Claims across runs (`!` failed, `?` unverified)", "", to_markdown(r.trend, 60)]
     if not r.outputs.empty:
         out += ["## Generated text, clean vs perturbed", "", to_markdown(r.outputs, 10)]
     if r.figures:

@@ -128,15 +128,23 @@ def _num(x) -> float:
     return float(x)
 
 
+def _given(x) -> bool:
+    return x is not None and not (isinstance(x, float) and math.isnan(x))
+
+
+def is_claim_record(record: dict) -> bool:
+    """A claim row: it has an ``outcome`` (schema 2), or (rows written before outcomes) a ``bound`` or a
+    claim name in ``extra``."""
+    return _given(record.get("outcome")) or _given(record.get("bound")) or bool(_extra(record).get("claim"))
+
+
 def key_of(record: dict) -> tuple:
     """The matching key of one record (a store row or the dict the recorder writes)."""
     extra = record.get("extra")
     if isinstance(extra, str):
         extra = json.loads(extra) if extra else {}
     extra = extra or {}
-    bound = record.get("bound")
-    is_claim = bound is not None and not (isinstance(bound, float) and math.isnan(bound))
-    if is_claim:
+    if is_claim_record(record):
         name = extra.get("claim") or record["metric"]
         return ("claim", record["suite"], record["model"], record.get("test_id") or "", name, "", "")
     method = record.get("method")
@@ -156,7 +164,7 @@ def record_direction(record: dict) -> bool | None:
     """True when higher is better for this row: a claim by the side of its bound, a measurement by its
     metric (METRICS registry, then the record's ``higher_is_better``), None when unknown (two-sided)."""
     bound = record.get("bound")
-    if bound is not None and not (isinstance(bound, float) and math.isnan(bound)):
+    if is_claim_record(record):
         return claim_direction(record["metric"], record.get("value"), bound, record.get("passed"),
                                _extra(record), higher_is_better=record.get("higher_is_better"))
     return direction_of(record["metric"], record.get("higher_is_better"))
@@ -310,7 +318,10 @@ class Baseline:
         rel = f" ({(value - b) / abs(b):+.1%})" if b and math.isfinite(b) and math.isfinite(value) else ""
         way = {True: "higher is better", False: "lower is better", None: "no direction: two-sided"}[direction]
         if key[0] == "claim" and direction is not None:
-            way = f"{'a lower' if direction else 'an upper'} bound ({'>=' if direction else '<='} {base['bound']:g})"
+            bound = base["bound"]
+            way = f"{'a lower' if direction else 'an upper'} bound" + (
+                f" ({'>=' if direction else '<='} {bound:g})" if bound is not None and pd.notna(bound) else
+                " (unverified: no number for this model)")
         return (f"{name} regressed against {self._describe()}: {_fmt(value)} vs {_fmt(b)}{rel}; "
                 f"{way}, {tol.describe()} = {allowed:.4g}")
 

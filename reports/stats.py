@@ -1,23 +1,19 @@
-"""Small statistics used by the tables and figures."""
+"""Small statistics used by the tables and figures (the Wilson interval is harness.stats')."""
 
 from __future__ import annotations
 
-import math
+from harness.stats import wilson as _wilson
 
 
 def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (95% by default).
+    """Wilson score interval of a binomial proportion (95% by default), as :func:`harness.stats.wilson`.
 
     Returns:
-        (low, high); (0.0, 1.0) when ``n`` is 0.
+        (low, high); (0.0, 1.0) when ``n`` is 0 (no trial says nothing).
     """
     if n <= 0:
         return 0.0, 1.0
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    return _wilson(int(successes), int(n), z)
 
 
 def jaccard(a, b) -> float:

@@ -4,22 +4,34 @@ super weights and generated-text comparisons. Each returns an empty frame when i
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from reports.load import claim_direction, direction_of, pget, xget
+from reports.load import OUTCOMES, claim_direction, direction_of, pget, xget
 from reports.stats import wilson
 
-# suite -> (x key of the perturbation, fallbacks, series keys, x-axis label); see docs/RECORDS.md
+
+@dataclass(frozen=True)
+class Sweep:
+    """How a suite's records make a curve: the x value (a ``perturbation`` key, or an ``extra`` key with
+    ``x_in_extra``; the first key present), the keys whose values name a series, the axis label."""
+
+    x: tuple[str, ...]
+    series: tuple[str, ...]
+    xlabel: str
+    x_in_extra: bool = False
+
+
+# suite -> its sweep; see docs/RECORDS.md for what each suite writes
 SWEEPS = {
-    "robustness": ("level", (), ("method", "target"), "noise std (relative to each weight's std)"),
-    "bitflip": ("n_flips", ("level",), ("bit_class", "method", "dtype"), "bits flipped"),
-    "attack": ("n_flips", ("level",), ("method",), "bits flipped by the attack"),
-    "adversarial": ("level", (), ("method",), "input perturbation strength"),
-    "targeted": ("fraction", ("level",), ("method", "action"), "fraction of weights perturbed"),
-    "pruning": ("sparsity", ("level",), ("method", "granularity"), "sparsity"),
-    "selective": ("sparsity", ("level",), ("method", "component"), "sparsity of the selected weights"),
+    "robustness": Sweep(("level",), ("method", "target"), "noise std (relative to each weight's std)"),
+    "bitflip": Sweep(("n_flips", "level"), ("bit_class", "method", "dtype"), "bits flipped"),
+    "attack": Sweep(("flips",), ("method", "dtype", "defense"), "bits flipped by the attack", x_in_extra=True),
+    "targeted": Sweep(("fraction", "level"), ("method", "action"), "fraction of weights perturbed"),
+    "pruning": Sweep(("sparsity", "level"), ("method", "granularity"), "sparsity"),
+    "selective": Sweep(("sparsity", "level"), ("method", "component"), "sparsity of the selected weights"),
 }
 SWEEPS["selective_pruning"] = SWEEPS["selective"]  # the suite name the plugin derives from the file name
 PRIMARY_METRICS = ("ppl_ratio", "perplexity", "kl", "top1", "accuracy")
@@ -38,23 +50,35 @@ def fmt(x) -> str:
     return str(x)
 
 
+CLAIM_COLUMNS = ["suite", "model", "claim", "kind", "outcome", "value", "op", "bound", "statement", "reason",
+                 "metric", "test_id"]
+
+
 def claims_table(records: pd.DataFrame) -> pd.DataFrame:
-    """Every claim (bound not NULL): suite, model, claim, metric, value, bound, result, test."""
+    """Every claim row, in attention order (failed, unverified, passed, not applicable; then suite, claim).
+
+    Columns ``CLAIM_COLUMNS``: ``kind`` is ``bound`` or ``relation``; for a bound ``value op bound``, for a
+    relation ``value`` is the side that must be larger and ``bound`` the other side; ``statement`` is the
+    claim in words and ``reason`` why it is not applicable or unverified. A collapsed value is ``inf``.
+    """
     c = records[records["is_claim"]]
-    cols = ["suite", "model", "claim", "metric", "value", "op", "bound", "result", "test_id"]
     if c.empty:
-        return pd.DataFrame(columns=cols)
-    ops = [{True: ">=", False: "<=", None: "vs"}[claim_direction(m, v, b, p, x, higher_is_better=h)]
-           for m, v, b, p, x, h in zip(c["metric"], c["value"], c["bound"], c["passed"], c["xtra"],
-                                       c["higher_is_better"], strict=True)]
+        return pd.DataFrame(columns=CLAIM_COLUMNS)
+    ops = []
+    for m, v, b, p, x, h in zip(c["metric"], c["value"], c["bound"], c["passed"], c["xtra"], c["higher_is_better"],
+                                strict=True):
+        d = claim_direction(m, v, b, p, x, higher_is_better=h)
+        ops.append(("vs" if d is None else ">" if d else "<") if x.get("kind") == "relation" else
+                   {True: ">=", False: "<=", None: "vs"}[d])
     value = [math.inf if (pd.isna(v) and col) else v for v, col in zip(c["value"], c["collapsed"], strict=False)]
-    out = pd.DataFrame({"suite": c["suite"], "model": c["model"], "claim": c["claim"], "metric": c["metric"],
-                        "value": value, "op": ops, "bound": c["bound"],
-                        "result": ["pass" if p == 1 else "FAIL" for p in c["passed"]],
-                        "test_id": c["test_id"]})
-    if (out["metric"] == out["claim"]).all():  # the plugin stores the claim name as the metric
-        out = out.drop(columns="metric")
-    return out.sort_values(["result", "suite", "claim"], ascending=[True, True, True]).reset_index(drop=True)
+    kind = xget(c, "kind").fillna("bound")
+    out = pd.DataFrame({"suite": c["suite"], "model": c["model"], "claim": c["claim"], "kind": kind,
+                        "outcome": c["outcome"], "value": value, "op": ops, "bound": c["bound"],
+                        "statement": xget(c, "statement").fillna(""), "reason": xget(c, "reason").fillna(""),
+                        "metric": c["metric"], "test_id": c["test_id"]})
+    rank = out["outcome"].map({o: i for i, o in enumerate(OUTCOMES)}).fillna(len(OUTCOMES))
+    return (out.assign(_r=rank).sort_values(["_r", "suite", "claim", "model"], kind="stable")
+            .drop(columns="_r").reset_index(drop=True))
 
 
 def suite_summaries(records: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -85,29 +109,30 @@ def sweep(records: pd.DataFrame, suite: str) -> tuple[pd.DataFrame, str | None, 
     Returns:
         (frame, metric, x label); the frame is empty when the suite has no swept records.
     """
-    xkey, fallbacks, series_keys, xlabel = SWEEPS[suite]
+    spec = SWEEPS[suite]
     g = records[(records["suite"] == suite) & ~records["is_claim"]]
     if g.empty:
-        return pd.DataFrame(), None, xlabel
-    x = pd.to_numeric(pget(g, xkey, *fallbacks), errors="coerce")
+        return pd.DataFrame(), None, spec.xlabel
+    x = pd.to_numeric((xget if spec.x_in_extra else pget)(g, *spec.x), errors="coerce")
     g = g.assign(x=x)[x.notna()]
     metric = primary_metric(g)
     if metric is None:
-        return pd.DataFrame(), None, xlabel
+        return pd.DataFrame(), None, spec.xlabel
     g = g[g["metric"] == metric]
     parts = []
-    for k in series_keys:
+    for k in spec.series:
         col = g["method"] if k == "method" else pget(g, k)
         parts.append(col.fillna("").astype(str))
-    series = [" / ".join(p for p in ps if p) or suite for ps in zip(*parts, strict=True)] if parts else suite
-    g = g.assign(series=series)
+    series = [" / ".join(p for p in ps if p) or suite for ps in zip(*parts, strict=True)]
+    g = g.assign(series=series, **{f"key_{k}": p for k, p in zip(spec.series, parts, strict=True)})
     finite = g["value"].where(~g["collapsed"] & np.isfinite(g["value"].fillna(np.nan)))
     g = g.assign(finite=finite, ci_low=pd.to_numeric(xget(g, "ci_low"), errors="coerce"),
                  ci_high=pd.to_numeric(xget(g, "ci_high"), errors="coerce"), collapsed=g["collapsed"].astype(int))
+    keys = [f"key_{k}" for k in spec.series]
     grouped = g.groupby(["model", "series", "x"], sort=True)
     df = grouped.agg(trials=("value", "size"), median=("finite", "median"), collapsed=("collapsed", "sum"),
                      clean_value=("clean_value", "first"), ci_low=("ci_low", "first"),
-                     ci_high=("ci_high", "first"))
+                     ci_high=("ci_high", "first"), **{k: (k, "first") for k in keys})
     df["q25"] = grouped["finite"].quantile(0.25)
     df["q75"] = grouped["finite"].quantile(0.75)
     own_ci = (df["trials"] == 1) & df["ci_low"].notna() & df["ci_high"].notna()
@@ -118,7 +143,7 @@ def sweep(records: pd.DataFrame, suite: str) -> tuple[pd.DataFrame, str | None, 
     df["collapse_low"] = [c[0] for c in ci]
     df["collapse_high"] = [c[1] for c in ci]
     df = df.drop(columns=["ci_low", "ci_high"]).reset_index()
-    return df, metric, xlabel
+    return df.rename(columns={k: k.removeprefix("key_") for k in keys}), metric, spec.xlabel
 
 
 def collapse_rates(records: pd.DataFrame) -> pd.DataFrame:
@@ -211,3 +236,55 @@ def super_weight_table(sw: pd.DataFrame, top: int = 10) -> pd.DataFrame:
         return sw
     return (sw.sort_values("score", ascending=False).groupby(["model", "method"], dropna=False).head(top)
             .sort_values(["model", "method", "score"], ascending=[True, True, False]).reset_index(drop=True))
+
+
+def attack_cells(records: pd.DataFrame) -> pd.DataFrame:
+    """Bit-flip attack cells (suite ``attack``): per (model, attack, dtype, defense) the seeds run, the flip
+    budget, how many seeds collapsed the model within it and the median flips to collapse (``inf`` when
+    fewer than half did), and the largest perplexity ratio reached."""
+    g = records[(records["suite"] == "attack") & ~records["is_claim"]]
+    if g.empty:
+        return pd.DataFrame()
+    g = g.assign(attack=pget(g, "attack").fillna(g["method"]), dtype_=pget(g, "dtype").fillna(""),
+                 defense=pget(g, "defense").fillna("none"), budget=pd.to_numeric(pget(g, "budget"), errors="coerce"))
+    rows = []
+    for (model, attack, dtype, defense), h in g.groupby(["model", "attack", "dtype_", "defense"], sort=True):
+        ftc = h[h["metric"] == "flips_to_collapse"]["value"].astype(float)
+        ratio = h[h["metric"] == "ppl_ratio"]["value"].astype(float)
+        if ftc.empty and ratio.empty:
+            continue
+        rows.append({"model": model, "attack": attack, "dtype": dtype, "defense": defense,
+                     "seeds": int(ftc.size), "budget": h["budget"].max(),
+                     "collapsed": int(np.isfinite(ftc).sum()),
+                     "flips_to_collapse": float(ftc.median()) if ftc.size else math.nan,
+                     "max_ppl_ratio": float(ratio.max()) if ratio.size else math.nan})
+    return pd.DataFrame(rows)
+
+
+def adversarial_cells(records: pd.DataFrame) -> pd.DataFrame:
+    """Input attacks (suite ``adversarial``): per (model, attack) the prompts attacked, the mean and worst
+    change of the target's log-probability (nats; negative = damage), how often the greedy continuation
+    changed (with its Wilson 95% interval), the mean greedy agreement, and the attack's options."""
+    g = records[(records["suite"] == "adversarial") & ~records["is_claim"]]
+    if g.empty:
+        return pd.DataFrame()
+    g = g.assign(attack=pget(g, "attack").fillna(g["method"]))
+    rows = []
+    for (model, attack), h in g.groupby(["model", "attack"], sort=True):
+        delta = h[h["metric"] == "target_logprob_delta"]["value"].astype(float)
+        changed = h[h["metric"] == "greedy_changed"]["value"].astype(float)
+        agree = h[h["metric"] == "greedy_agreement"]["value"].astype(float)
+        if delta.empty and changed.empty:
+            continue
+        k, n = int(changed.sum()), int(changed.size)
+        low, high = wilson(k, n)
+        options = pget(h, "options").dropna()
+        rows.append({"model": model, "attack": attack, "prompts": int(max(delta.size, n)),
+                     "mean_logprob_delta": float(delta.mean()) if delta.size else math.nan,
+                     "worst_logprob_delta": float(delta.min()) if delta.size else math.nan,
+                     "greedy_changed": k, "changed_rate": k / n if n else math.nan,
+                     "changed_low": low, "changed_high": high,
+                     "greedy_agreement": float(agree.mean()) if agree.size else math.nan,
+                     "options": ", ".join(f"{a}={b}" for a, b in sorted(options.iloc[0].items()))
+                     if len(options) and isinstance(options.iloc[0], dict) else ""})
+    return pd.DataFrame(rows)

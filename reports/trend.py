@@ -1,18 +1,18 @@
-"""Trend of every claim across the runs of a store (value by date and commit)."""
+"""Claims over the runs of a store: value by run (date, commit), a sparkline per claim with its bound
+drawn, and what changed since the previous run."""
 
 from __future__ import annotations
 
+import html
 import math
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure as MplFigure
 
-from reports.figures import Figure, _save
 from reports.load import RunData
 
 MAX_RUNS = 10
-MAX_PANELS = 12
+KEYS = ["suite", "model", "claim"]
 
 
 def run_label(run: dict) -> str:
@@ -22,69 +22,151 @@ def run_label(run: dict) -> str:
     return f"{date} {commit}"
 
 
-def claim_history(data: RunData) -> pd.DataFrame:
-    """Claims of the runs up to this one (at most ``MAX_RUNS``): suite, model, claim, run_id, label,
-    value, bound, passed."""
+def claim_history(data: RunData, max_runs: int = MAX_RUNS) -> pd.DataFrame:
+    """Claims of the last ``max_runs`` runs up to this one: suite, model, claim, run_id, run (label), order,
+    value (collapsed = inf), bound, outcome (the worst outcome when a claim was recorded more than once)."""
     ids = list(data.runs["run_id"])
-    ids = ids[: ids.index(data.run_id) + 1][-MAX_RUNS:]
+    ids = ids[: ids.index(data.run_id) + 1][-max_runs:]
     h = data.history[data.history["run_id"].isin(ids) & data.history["is_claim"]]
     if h.empty:
-        return pd.DataFrame()
+        return pd.DataFrame(columns=[*KEYS, "run_id", "run", "order", "value", "bound", "outcome"])
     labels = {rid: run_label(data.run_info(rid)) for rid in ids}
     value = h["value"].where(h["value"].notna() | ~h["collapsed"], math.inf)
+    rank = {"failed": 0, "unverified": 1, "passed": 2, "not_applicable": 3}
     out = pd.DataFrame({"suite": h["suite"], "model": h["model"], "claim": h["claim"], "run_id": h["run_id"],
                         "run": h["run_id"].map(labels), "order": h["run_id"].map(ids.index),
-                        "value": value, "bound": h["bound"], "passed": h["passed"]})
-    return out.groupby(["suite", "model", "claim", "run_id", "run", "order"], as_index=False).agg(
-        value=("value", "mean"), bound=("bound", "last"), passed=("passed", "min"))
+                        "value": value, "bound": h["bound"], "rank": h["outcome"].map(rank)})
+    out = out.groupby([*KEYS, "run_id", "run", "order"], as_index=False).agg(
+        value=("value", "mean"), bound=("bound", "last"), rank=("rank", "min"))
+    out["outcome"] = out["rank"].map({v: k for k, v in rank.items()})
+    return out.drop(columns="rank")
+
+
+def _cell(value: float, outcome: str) -> str:
+    text = "" if pd.isna(value) else "inf" if math.isinf(value) else f"{value:.4g}"
+    return text + {"failed": " !", "unverified": " ?", "not_applicable": " n/a"}.get(outcome, "")
 
 
 def trend_table(hist: pd.DataFrame) -> pd.DataFrame:
-    """One row per claim, one column per run (oldest first), cells ``value`` (``value !`` when failed)."""
+    """One row per claim, one column per run (oldest first); a cell is the value, with ``!`` when failed,
+    ``?`` when unverified and ``n/a`` when not applicable."""
     if hist.empty or hist["run_id"].nunique() < 2:
         return pd.DataFrame()
     cols = hist.sort_values("order").drop_duplicates("run_id")["run"].tolist()
-    cell = [("inf" if math.isinf(v) else f"{v:.4g}") + ("" if p == 1 else " !") for v, p in
-            zip(hist["value"], hist["passed"], strict=False)]
-    piv = hist.assign(cell=cell).pivot_table(index=["suite", "model", "claim"], columns="run", values="cell",
-                                             aggfunc="last")
+    cell = [_cell(v, o) for v, o in zip(hist["value"], hist["outcome"], strict=True)]
+    piv = hist.assign(cell=cell).pivot_table(index=KEYS, columns="run", values="cell", aggfunc="last")
     return piv.reindex(columns=cols).fillna("").reset_index()
 
 
-def trend_figure(data: RunData, hist: pd.DataFrame, outdir) -> list[Figure]:
-    """Small multiples: value (line) and bound (dashed) per claim across runs; claims that moved most first."""
+def _moved(v: float, b: float, rel: float) -> bool:
+    if pd.isna(v) or pd.isna(b):
+        return pd.isna(v) != pd.isna(b)
+    if math.isinf(v) or math.isinf(b) or b == 0:
+        return v != b
+    return abs(v - b) / abs(b) > rel
+
+
+def changes(hist: pd.DataFrame, rel: float = 1e-6) -> pd.DataFrame:
+    """What changed between the previous run and this one (the last two runs of ``hist``), claim by claim:
+    ``change`` is ``outcome`` (the outcome differs), ``value`` (beyond ``rel``), ``new`` or ``gone``.
+    Outcome changes first."""
+    cols = [*KEYS, "change", "outcome_before", "outcome", "value_before", "value", "rel"]
     if hist.empty or hist["run_id"].nunique() < 2:
-        return []
-    runs = hist.sort_values("order").drop_duplicates("run_id")
-    groups = []
-    for key, g in hist.groupby(["suite", "model", "claim"]):
+        return pd.DataFrame(columns=cols)
+    last, prev = sorted(hist["order"].unique())[-1], sorted(hist["order"].unique())[-2]
+    now, before = hist[hist["order"] == last], hist[hist["order"] == prev]
+    m = now.merge(before, on=KEYS, how="outer", suffixes=("", "_before"), indicator=True)
+    rows = []
+    for r in m.to_dict("records"):
+        v, b = r.get("value"), r.get("value_before")
+        both = r["_merge"] == "both"
+        change = {"left_only": "new", "right_only": "gone"}.get(r["_merge"])
+        ratio = (v - b) / abs(b) if both and pd.notna(v) and pd.notna(b) and b and math.isfinite(b) and \
+            math.isfinite(v) else math.nan
+        if change is None and r["outcome"] != r["outcome_before"]:
+            change = "outcome"
+        elif change is None:
+            change = "value" if _moved(v, b, rel) else None
+        if change:
+            rows.append({**{k: r[k] for k in KEYS}, "change": change, "outcome_before": r.get("outcome_before"),
+                         "outcome": r.get("outcome"), "value_before": b, "value": v, "rel": ratio})
+    out = pd.DataFrame(rows, columns=cols)
+    order = {"outcome": 0, "new": 1, "gone": 2, "value": 3}
+    return (out.assign(_o=out["change"].map(order), _a=-out["rel"].abs().fillna(0))
+            .sort_values(["_o", "_a", *KEYS]).drop(columns=["_o", "_a"]).reset_index(drop=True))
+
+
+OUTCOME_COLORS = {"passed": "#1a7f37", "failed": "#cf222e", "unverified": "#bf8700", "not_applicable": "#8c959f"}
+
+
+def sparkline(g: pd.DataFrame, n_runs: int, width: int = 150, height: int = 30) -> str:
+    """An inline SVG of one claim across runs: the value (line, a dot per run coloured by outcome, a
+    collapse drawn as a triangle at the top) and its bound (dashed), on a shared y scale."""
+    g = g.sort_values("order")
+    x0 = int(g["order"].min()) if n_runs <= 1 else 0
+    span = max(n_runs - 1, 1)
+    ys = [float(v) for v in g["value"] if pd.notna(v) and math.isfinite(v)]
+    ys += [float(b) for b in g["bound"] if pd.notna(b) and math.isfinite(b)]
+    if not ys:
+        lo, hi = 0.0, 1.0
+    else:
+        lo, hi = min(ys), max(ys)
+        if hi == lo:
+            lo, hi = lo - (abs(lo) * 0.1 or 1.0), hi + (abs(hi) * 0.1 or 1.0)
+    pad = 4
+
+    def px(order) -> float:
+        return pad + (order - x0) / span * (width - 2 * pad)
+
+    def py(v) -> float:
+        return pad + (hi - v) / (hi - lo) * (height - 2 * pad)
+
+    parts = [f'<svg class="spark" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img">']
+    bound = g["bound"].astype(float)
+    if bound.notna().any():
+        pts = " ".join(f"{px(o):.1f},{py(b):.1f}" for o, b in zip(g["order"], bound, strict=True)
+                       if pd.notna(b) and math.isfinite(b))
+        if pts.count(",") == 1:
+            pts = f"{pad},{pts.split(',')[1]} {width - pad},{pts.split(',')[1]}"
+        parts.append(f'<polyline points="{pts}" fill="none" stroke="#6e7781" stroke-dasharray="3,2"/>')
+    line = " ".join(f"{px(o):.1f},{py(v):.1f}" for o, v in zip(g["order"], g["value"], strict=True)
+                    if pd.notna(v) and math.isfinite(v))
+    if line.count(",") > 1:
+        parts.append(f'<polyline points="{line}" fill="none" stroke="#1f3a5f" stroke-width="1.3"/>')
+    for o, v, out, run in zip(g["order"], g["value"], g["outcome"], g["run"], strict=True):
+        color = OUTCOME_COLORS.get(out, "#1f3a5f")
+        tip = html.escape(f"{run}: {'' if pd.isna(v) else f'{v:.4g}'} ({out})")
+        if pd.notna(v) and math.isinf(v):
+            x = px(o)
+            parts.append(f'<path d="M{x - 3:.1f},{pad + 3} L{x + 3:.1f},{pad + 3} L{x:.1f},{pad - 2}Z" '
+                         f'fill="{color}"><title>{tip}</title></path>')
+        elif pd.notna(v):
+            parts.append(f'<circle cx="{px(o):.1f}" cy="{py(v):.1f}" r="2.4" fill="{color}"><title>{tip}</title>'
+                         f'</circle>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def sparklines(hist: pd.DataFrame) -> pd.DataFrame:
+    """One row per claim seen in the last run: suite, model, claim, outcome, value, bound, runs (how many
+    runs recorded it) and ``svg`` (see :func:`sparkline`); claims that moved most first."""
+    cols = [*KEYS, "outcome", "value", "bound", "runs", "svg"]
+    if hist.empty:
+        return pd.DataFrame(columns=cols)
+    n_runs = int(hist["order"].max()) + 1
+    last = hist["order"].max()
+    rows = []
+    for key, g in hist.groupby(KEYS, sort=True):
+        cur = g[g["order"] == last]
+        if cur.empty:
+            continue
         v = g["value"].to_numpy(dtype=float)
         fv = v[np.isfinite(v)]
         spread = (fv.max() - fv.min()) / (abs(fv.mean()) or 1) if fv.size else 0.0
-        moved = spread + (10.0 if (~np.isfinite(v)).any() or (g["passed"] != 1).any() else 0.0)
-        groups.append((moved, key, g))
-    groups.sort(key=lambda t: -t[0])
-    groups = groups[:MAX_PANELS]
-    ncols = min(3, len(groups))
-    nrows = math.ceil(len(groups) / ncols)
-    fig = MplFigure(figsize=(4.0 * ncols, 2.7 * nrows))
-    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
-    for ax, (_, (suite, model, claim), group) in zip(axes, groups, strict=False):
-        g = group.sort_values("order")
-        x = g["order"].to_numpy()
-        y = g["value"].to_numpy(dtype=float)
-        ax.plot(x, np.where(np.isfinite(y), y, np.nan), marker="o", ms=4)
-        bad = g["passed"].to_numpy() != 1
-        ax.plot(x[bad], np.where(np.isfinite(y[bad]), y[bad], np.nan), "x", color="#b2182b", ms=8, mew=2)
-        ax.plot(x, g["bound"], ls="--", color="grey", lw=1)
-        ax.set_title(f"{claim}\n{suite}, {model}", fontsize=8)
-        ax.set_xticks(range(len(runs)), [f"{r[5:10]}\n{r.split(' ')[-1]}" for r in runs["run"]], fontsize=7)
-        ax.tick_params(axis="y", labelsize=7)
-        ax.grid(alpha=0.3)
-    for ax in axes[len(groups):]:
-        ax.set_visible(False)
-    fig.suptitle("Claims across runs (x: commit; dashed: bound; red x: failed)", fontsize=10)
-    fig.tight_layout()
-    name = "claim_trend"
-    return [Figure(name, "trend", "Claims across runs", f"Value of each claim in the last {len(runs)} runs "
-                   "of this store (the claims that moved most first).", _save(fig, outdir, name))]
+        moved = spread + (10.0 if g["outcome"].nunique() > 1 else 0.0)
+        c = cur.iloc[-1]
+        rows.append({**dict(zip(KEYS, key, strict=True)), "outcome": c["outcome"], "value": c["value"],
+                     "bound": c["bound"], "runs": len(g), "svg": sparkline(g, n_runs), "_m": moved})
+    out = pd.DataFrame(rows)
+    return out.sort_values(["_m", "suite", "claim"], ascending=[False, True, True]).drop(columns="_m")[cols] \
+        .reset_index(drop=True)

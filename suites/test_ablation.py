@@ -19,10 +19,14 @@ or ``key`` make the attention uniform instead. So the quick preset takes one of 
 
 Records (suite ``ablation``, method = mode): per (layer, component) ``ppl_ratio`` and ``perplexity``
 with perturbation ``{kind: ablation, mode, layer, component}`` and extra ``{layer, component, mode}``;
-``collapsed`` marks non-finite output or ratio >= 10; ``seconds`` per cell. Claims (when named in
-``suites/bounds/ablation.toml``): ``<mode>_<component>_max_layer_ppl_ratio_min`` (the most damaging
-layer's ratio), ``<mode>_<component>_min_layer_ppl_ratio_max`` (the most benign layer's ratio), and
-``<mode>_<component>_worst_layer_min`` / ``_max`` (the index of the most damaging layer).
+``collapsed`` marks non-finite output or ratio >= 10; ``seconds`` per cell.
+
+Claims (the map does not depend on ``--seed``):
+- relation ``<mode>_all_layers_differ``: the most damaging block's removal raises perplexity at
+  least ``LAYER_CONTRAST`` times as much as the most benign block's (trained models use their
+  blocks unequally; the first block usually carries far more than the middle ones);
+- bounds ``<mode>_<component>_max_layer_ppl_ratio`` (min) and ``<mode>_<component>_min_layer_ppl_ratio``
+  (max): the most damaging and the most benign layer's ratio.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import math
 
 import pytest
 
+from harness.claims import ClaimSet, greater
 from harness.errors import HarnessError
 from harness.faults import ablate_layer
 from harness.faults.campaign import clean_baseline, run_trial
@@ -39,13 +44,31 @@ from harness.models.archmap import COMPONENTS, num_layers, parse_components
 QUICK_WINDOWS = 1
 QUICK_COMPONENTS = ("all", "attention", "mlp_down", "query")
 SUITE = "ablation"
+MODES = ("zero", "mean")
+LAYER_CONTRAST = 2.0
+
+CLAIMS = ClaimSet(SUITE)
+LAYERS_DIFFER = {
+    m: CLAIMS.relation(f"{m}_all_layers_differ", f"Removing ({m}) the most damaging decoder block hurts at least "
+                       f"{LAYER_CONTRAST:g}x as much as removing the most benign one", statistic="ppl_ratio",
+                       seeded=False, margin=f"max layer ratio >= {LAYER_CONTRAST:g} x min layer ratio")
+    for m in MODES}
+WORST, MILDEST = {}, {}
+for _m in MODES:
+    for _c in ("all", "attention", "mlp", *COMPONENTS):
+        WORST[_m, _c] = CLAIMS.bound(f"{_m}_{_c}_max_layer_ppl_ratio",
+                                     f"Removing ({_m}) {_c} of the most damaging layer stays as damaging as measured",
+                                     side="min", statistic="ppl_ratio", seeded=False)
+        MILDEST[_m, _c] = CLAIMS.bound(f"{_m}_{_c}_min_layer_ppl_ratio",
+                                       f"Removing ({_m}) {_c} of the most benign layer stays as mild as measured",
+                                       side="max", statistic="ppl_ratio", seeded=False)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "mode" not in metafunc.fixturenames:
         return
     full = metafunc.config.getoption("esa_preset") == "full"
-    modes = ("zero", "mean") if full else ("zero",)
+    modes = MODES if full else MODES[:1]
     components = QUICK_COMPONENTS + (("mlp", *(c for c in COMPONENTS if c not in QUICK_COMPONENTS)) if full else ())
     cells = [(m, c) for m in modes for c in components]
     metafunc.parametrize(("mode", "component"), cells, ids=[f"{m}-{c}" for m, c in cells])
@@ -78,13 +101,11 @@ def test_ablation_sensitivity(lm, eval_windows, esa, recorder, timer, mode, comp
                     extra={"layers": len(ratios)})
 
     worst = max(range(len(ratios)), key=lambda i: ratios[i])  # a collapse (inf) is the worst
-    values = {"max_layer_ppl_ratio_min": ratios[worst], "min_layer_ppl_ratio_max": min(ratios),
-              "worst_layer_min": worst, "worst_layer_max": worst}
-    stated = recorder.stated()
-    for suffix, value in values.items():
-        name = f"{mode}_{component}_{suffix}"
-        if name in stated:
-            recorder.claim(name, value, method=mode,
-                           perturbation={"kind": "ablation", "mode": mode, "component": component},
-                           extra={"worst_layer": worst, "layers": len(ratios),
-                                  "finite": all(math.isfinite(r) for r in ratios)})
+    columns = dict(method=mode, perturbation={"kind": "ablation", "mode": mode, "component": component},
+                   extra={"worst_layer": worst, "mildest_layer": min(range(len(ratios)), key=lambda i: ratios[i]),
+                          "layers": len(ratios), "finite": all(math.isfinite(r) for r in ratios)})
+    recorder.record("worst_layer", worst, **columns)
+    recorder.claim(WORST[mode, component], ratios[worst], **columns)
+    recorder.claim(MILDEST[mode, component], min(ratios), **columns)
+    if component == "all":
+        recorder.claim(LAYERS_DIFFER[mode], greater(ratios[worst], min(ratios), factor=LAYER_CONTRAST), **columns)

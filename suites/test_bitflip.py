@@ -1,57 +1,67 @@
 """Bit-flip campaigns on the stored bits of the weights: model x target x bit class x dtype.
 
-A cell runs ``--trials`` seeded trials (preset quick: 5, full: 20). Each trial draws its sites with a
-``torch.Generator`` seeded from (``--seed``, trial number), flips them in place
-(``harness.faults.flip_bits``), evaluates, and restores; positions are drawn before bits, so trial
-t hits the same weights in every bit class of a target (a paired design).
+A cell runs seeded trials: quick preset 5 (``uniform`` target: 20, the cells the relation below
+compares), full 20; ``--trials`` overrides. Trial t draws its sites with a ``torch.Generator``
+seeded from (``--seed``, t), flips them in place (``harness.faults.flip_bits``), evaluates and
+restores; positions are drawn before bits, so trial t hits the same weights in every bit class of
+a target (a paired design).
 
-- bit class (``harness.faults.BIT_CLASSES``): sign, exp_msb, exponent (one exponent bit drawn per
-  site), mantissa_msb, mantissa_lsb.
+- bit class: the campaign classes of ``harness.faults.BIT_CLASSES`` (sign, exp_msb, exponent,
+  mantissa_msb, mantissa_lsb).
 - target, where the flipped weights are:
-  ``uniform``  uniform over the decoder blocks' linear weights (archmap group ``linear``; embeddings,
-               norms and the LM head are not targeted);
+  ``uniform``  uniform over the decoder blocks' linear weights (archmap group ``linear``);
   ``largest``  drawn among the ``POOL`` largest-|w| of those weights;
-  ``list``     drawn from a given list: the super weights the ``activation`` scorer detects
-               (``harness.scoring``); where it finds none (tiny random models), the ``POOL``
-               largest-|w| of the ``mlp_down`` matrices, the usual super-weight candidates. The
-               source is recorded as ``target_source``.
-- dtype: the model's own (``native``); the full preset adds ``bf16``, a second copy of the model
-  loaded once per module (skipped when the model already is bf16).
-- flips per trial: 1; the full preset adds 8 (distinct sites, at most the size of the pool).
+  ``list``     the detected super weights (one detector for every suite, ``super_weights``
+               fixture); where none is detected (tiny random models) the ``POOL`` largest-|w| of
+               the ``mlp_down`` matrices. The source is recorded as ``target_source``.
+- dtype: the model's own (``native``); the full preset adds ``bf16`` (a second copy, loaded once
+  per module; skipped when the model already is bf16). Flips per trial: 1; full adds 8.
 
-Evaluation: quick preset the first ``QUICK_WINDOWS`` eval windows (512 tokens at the default
-``--window 256``), full preset all of them; the ratio and KL are against the clean model of the same
-dtype on the same windows. Collapse: non-finite output or ppl ratio >= 10
-(``harness.faults.campaign``).
+Evaluation: quick preset the first ``QUICK_WINDOWS`` eval windows, full all; ratio and KL against
+the clean model of the same dtype on the same windows. Collapse: non-finite output or ratio >= 10.
 
 Records (suite ``bitflip``, method = target): per trial ``ppl_ratio`` and ``kl`` with perturbation
-``{kind: bitflip, bit_class, target, target_source, dtype, n_flips, sites}`` and extra
-``{trial, trial_seed}``; per cell ``collapse_rate`` with extra ``{ci_low, ci_high, trials,
-collapses}`` (Wilson 95%) and ``seconds``. Claims: the cell's name (``fp32_uniform_exp_msb``, with
-``_8flips`` for multi-flip cells) + ``_collapse_rate_min``, ``_collapse_rate_max`` or
-``_ppl_ratio_max`` (largest ratio over the trials, inf when one collapsed) — stated for the cells
-whose name appears in ``suites/bounds/bitflip.toml``, where each bound says how it was measured.
+``{kind: bitflip, bit_class, target, target_source, dtype, n_flips, sites}``; per cell
+``collapse_rate`` (Wilson 95% in extra) and ``seconds``.
+
+Claims:
+- relation ``exp_msb_collapses_more_than_mantissa_lsb``: uniform exponent-MSB flips collapse the
+  model more often than uniform mantissa-LSB flips of the same weights (Wilson 95% intervals apart
+  at the cells' trial count);
+- bound ``<cell>_collapse_rate`` (within): each cell's collapse rate stays in the interval its
+  model's runs at five seeds give (``python -m reports export-bounds``).
 """
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
-from harness.faults import distinct_positions, flip_bits, target_sites, top_magnitude_sites, uniform_sites
+from harness.claims import ClaimSet, rate_greater
+from harness.faults import BIT_CLASSES, distinct_positions, flip_bits, target_sites, top_magnitude_sites, uniform_sites
 from harness.faults.campaign import clean_baseline, run_trial, wilson
 from harness.fingerprint import changed, fingerprint
 from harness.models.archmap import select
 
-BIT_CLASSES = ("sign", "exp_msb", "exponent", "mantissa_msb", "mantissa_lsb")
+CAMPAIGN_BITS = tuple(BIT_CLASSES.names(tag="campaign"))
 TARGETS = ("uniform", "largest", "list")
 POOL = 64  # candidates of the largest / fallback list targets
 QUICK_WINDOWS = 2
 TRIALS = {"quick": 5, "full": 20}
+UNIFORM_TRIALS = {"quick": 20, "full": 40}  # the relation's cells: Wilson intervals apart at this count
 SHORT_DTYPE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-SUITE = "bitflip"
+
+CLAIMS = ClaimSet("bitflip")
+EXP_VS_LSB = CLAIMS.relation(
+    "exp_msb_collapses_more_than_mantissa_lsb",
+    "Flipping the exponent MSB of random linear weights collapses the model more often than flipping their "
+    "mantissa LSB", statistic="collapse_rate", margin="Wilson 95% intervals of the two rates do not overlap")
+RATE = {
+    (d, t, b, n): CLAIMS.bound(f"{d}_{t}_{b}" + (f"_{n}flips" if n > 1 else "") + "_collapse_rate",
+                               f"{b} flips of {n} {t} weight(s) in {d} collapse the model as often as measured",
+                               side="within", statistic="collapse_rate")
+    for d in ("fp32", "fp16", "bf16") for t in TARGETS for b in CAMPAIGN_BITS for n in (1, 8)
+}
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -60,7 +70,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     full = metafunc.config.getoption("esa_preset") == "full"
     dtypes = ("native", "bf16") if full else ("native",)
     flips = (1, 8) if full else (1,)
-    cells = [(t, b, d, n) for t in TARGETS for b in BIT_CLASSES for d in dtypes for n in flips]
+    cells = [(t, b, d, n) for t in TARGETS for b in CAMPAIGN_BITS for d in dtypes for n in flips]
     ids = [f"{t}-{b}-{d}-{n}flip{'s' if n > 1 else ''}" for t, b, d, n in cells]
     metafunc.parametrize(("target", "bit_class", "cell_dtype", "n_flips"), cells, ids=ids)
 
@@ -86,21 +96,18 @@ def _model_for(esa, lm, cell_dtype: str, copies: dict):
     return copies[lm.name]
 
 
-def _pool(esa, loaded, target: str) -> tuple[list, str]:
+def _pool(esa, loaded, target: str, detection) -> tuple[list, str]:
     """(candidate sites, where they come from) of the ``largest`` or ``list`` target, cached."""
 
     def make():
         model = loaded.model
         if target == "largest":
             return top_magnitude_sites(model, select(model, components="linear"), POOL), f"top{POOL}_abs_linear"
-        from harness.scoring import score
-
-        found = [s.site for s in score(loaded, "activation").top_k(POOL)]
-        if found:
-            return found, "activation_scorer"
+        if detection is not None and detection.sites:
+            return [s.site for s in detection.sites], f"super_weights:{detection.id}"
         return top_magnitude_sites(model, select(model, components="mlp_down"), POOL), f"top{POOL}_abs_mlp_down"
 
-    return esa.cached((loaded.name, SUITE, "pool", target, str(loaded.dtype)), make)
+    return esa.cached((loaded.name, "bitflip", "pool", target, str(loaded.dtype)), make)
 
 
 def _sites(loaded, target: str, bit_class: str, n: int, *, generator: torch.Generator, pool: list | None) -> list:
@@ -111,27 +118,27 @@ def _sites(loaded, target: str, bit_class: str, n: int, *, generator: torch.Gene
     return target_sites(loaded.model, [pool[i] for i in picks], bits=bit_class, generator=generator)
 
 
-
-def test_bitflip_campaign(lm, eval_windows, esa, recorder, timer, bf16_copies, target, bit_class, cell_dtype,
-                          n_flips):
-    loaded = _model_for(esa, lm, cell_dtype, bf16_copies)
-    model = loaded.model
-    windows = eval_windows[: esa.pick(quick=QUICK_WINDOWS, full=None)]
-    clean = esa.cached((loaded.name, SUITE, "clean", str(loaded.dtype), tuple(windows.shape), esa.options.corpus),
-                       lambda: clean_baseline(model, windows))
-    pool, source = _pool(esa, loaded, target) if target != "uniform" else (None, "uniform_linear")
-    trials = esa.options.trials or esa.pick(**TRIALS)
+def _cell(esa, lm, windows, recorder, copies, detection, target: str, bit_class: str, cell_dtype: str,
+          n_flips: int) -> dict:
+    """Run (or fetch) one cell's trials and record them; memoized, so the relation reuses the cells."""
+    loaded = _model_for(esa, lm, cell_dtype, copies)
     dtype = SHORT_DTYPE.get(loaded.dtype, str(loaded.dtype).removeprefix("torch."))
-    cell = f"{dtype}_{target}_{bit_class}" + (f"_{n_flips}flips" if n_flips > 1 else "")
-    before = fingerprint(model) if loaded is not lm else None
+    key = (lm.name, "bitflip", "cell", dtype, target, bit_class, n_flips, esa.options.seed)
 
-    ratios, collapses = [], 0
-    with timer() as t:
+    def make() -> dict:
+        model = loaded.model
+        windows_ = windows[: esa.pick(quick=QUICK_WINDOWS, full=None)]
+        clean = esa.cached((loaded.name, "bitflip", "clean", str(loaded.dtype), tuple(windows_.shape),
+                            esa.options.corpus), lambda: clean_baseline(model, windows_))
+        pool, source = _pool(esa, loaded, target, detection) if target != "uniform" else (None, "uniform_linear")
+        trials = esa.trials(lm.name, **(UNIFORM_TRIALS if target == "uniform" else TRIALS))
+        before = fingerprint(model) if loaded is not lm else None
+        ratios, collapses = [], 0
         for trial in range(trials):
             trial_seed = esa.options.seed * 100_003 + trial
             g = torch.Generator().manual_seed(trial_seed)
             sites = _sites(loaded, target, bit_class, n_flips, generator=g, pool=pool)
-            result = run_trial(model, windows, clean, flip_bits(model, sites))
+            result = run_trial(model, windows_, clean, flip_bits(model, sites))
             ratios.append(result.ratio)
             collapses += result.collapsed
             perturbation = {"kind": "bitflip", "bit_class": bit_class, "target": target, "target_source": source,
@@ -140,22 +147,46 @@ def test_bitflip_campaign(lm, eval_windows, esa, recorder, timer, bf16_copies, t
                            collapsed=result.collapsed, extra={"trial": trial, "trial_seed": trial_seed})
             recorder.record("ppl_ratio", result.ratio, clean_value=clean.result.perplexity, **columns)
             recorder.record("kl", result.result.kl, **columns)
-    if before is not None:
-        assert not changed(before, fingerprint(model)), f"the {dtype} copy of {lm.name} was not restored"
+        if before is not None:
+            assert not changed(before, fingerprint(model)), f"the {dtype} copy of {lm.name} was not restored"
+        return {"ratios": ratios, "collapses": collapses, "trials": trials, "source": source, "dtype": dtype,
+                "torch_dtype": str(loaded.dtype).removeprefix("torch.")}
 
-    low, high = wilson(collapses, trials)
-    cell_columns = dict(method=target, dtype=str(loaded.dtype).removeprefix("torch."),
-                        perturbation={"kind": "bitflip", "bit_class": bit_class, "target": target,
-                                      "target_source": source, "dtype": dtype, "n_flips": n_flips})
-    rate = collapses / trials
-    recorder.record("collapse_rate", rate, extra={"ci_low": low, "ci_high": high, "trials": trials,
-                                                  "collapses": collapses, "cell": cell}, **cell_columns)
-    recorder.record("seconds", t.seconds, extra={"trials": trials, "cell": cell}, **cell_columns)
+    return esa.cached(key, make)
 
-    values = {"collapse_rate_min": rate, "collapse_rate_max": rate,
-              "ppl_ratio_max": max(ratios) if all(map(math.isfinite, ratios)) else math.inf}
-    stated = recorder.stated()
-    for suffix, value in values.items():
-        if f"{cell}_{suffix}" in stated:
-            recorder.claim(f"{cell}_{suffix}", value, extra={"trials": trials, "collapses": collapses},
-                           **cell_columns)
+
+@pytest.fixture
+def detection(request, lm):
+    """The shared super-weight detection (``super_weights`` fixture), for the ``list`` target."""
+    try:
+        return request.getfixturevalue("super_weights")
+    except pytest.FixtureLookupError:
+        return None
+
+
+@pytest.fixture
+def cells(esa, lm, eval_windows, recorder, bf16_copies, detection):
+    """``cells(target, bit_class, cell_dtype, n_flips)`` -> the cell's trials (memoized per model and seed)."""
+    return lambda *cell: _cell(esa, lm, eval_windows, recorder, bf16_copies, detection, *cell)
+
+
+def test_bitflip_campaign(cells, recorder, timer, target, bit_class, cell_dtype, n_flips):
+    with timer() as t:
+        cell = cells(target, bit_class, cell_dtype, n_flips)
+    n, k = cell["trials"], cell["collapses"]
+    low, high = wilson(k, n)
+    pert = {"kind": "bitflip", "bit_class": bit_class, "target": target, "target_source": cell["source"],
+            "dtype": cell["dtype"], "n_flips": n_flips}
+    columns = dict(method=target, dtype=cell["torch_dtype"], perturbation=pert)
+    recorder.record("collapse_rate", k / n, extra={"ci_low": low, "ci_high": high, "trials": n, "collapses": k},
+                    **columns)
+    recorder.record("seconds", t.seconds, extra={"trials": n}, **columns)
+    recorder.claim(RATE[cell["dtype"], target, bit_class, n_flips], k / n, extra={"trials": n, "collapses": k},
+                   **columns)
+
+
+def test_exp_msb_collapses_more_than_mantissa_lsb(cells, recorder):
+    exp, lsb = cells("uniform", "exp_msb", "native", 1), cells("uniform", "mantissa_lsb", "native", 1)
+    recorder.claim(EXP_VS_LSB, rate_greater(exp["collapses"], exp["trials"], lsb["collapses"], lsb["trials"]),
+                   method="uniform", dtype=exp["torch_dtype"],
+                   perturbation={"kind": "bitflip", "target": "uniform", "bit_class": "exp_msb vs mantissa_lsb"})

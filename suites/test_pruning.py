@@ -1,37 +1,29 @@
 """Pruning suite: each model pruned by each scorer at each sparsity and granularity, perplexity per cell.
 
-A cell is (scorer, sparsity, granularity). Scorers come from ``harness.scoring`` (``magnitude``,
-``wanda``, ``gradient``, ...); ``NAME+protect`` is the same scorer with the model's super weights
-(``super_weights.json`` of the super-weights suite, else the ``activation`` scorer) kept. The pruned
-model is restored bit-exactly after each cell (checked by the ``lm`` guard).
+A cell is (scorer, sparsity, granularity) (``harness.pruning.cells``). Scorers come from
+``harness.scoring`` (``magnitude``, ``wanda``, ``gradient``, ...); ``NAME+protect`` is the same scorer
+with the model's super weights kept (the session's one detection, ``fixtures.superweights``). The
+pruned model is restored bit-exactly after each cell (checked by the ``lm`` guard).
 
 Options: ``--prune-scorers``, ``--sparsities``, ``--granularity``, ``--prune-method``; the preset
-picks the grid when they are not given (quick: magnitude, wanda, gradient, magnitude+protect x 50% x
+picks the grid when they are not given (quick: magnitude, wanda, gradient, magnitude+protect x 10-60% x
 row, 2:4; full adds taylor and wanda+protect, 10-60% and every granularity).
 
 Records (suite ``pruning``), per cell: ``perplexity``, ``ppl_ratio``, ``kl``, ``top1`` and ``seconds``
 (of pruning), with ``method`` = the scorer as named in the cell, ``perturbation`` =
 ``{kind: prune, scorer, sparsity, granularity, method, protected}`` and ``extra`` = the sparsity
 reached (overall, smallest and largest per matrix), weights pruned, protected sites, backup bytes and
-``super_weights_pruned`` (how many of the model's super weights the cell pruned).
-Claims (``suites/bounds/pruning.toml``, measured per model):
-
-- ``wanda_over_magnitude_row_ppl_ratio_max``, ``wanda_over_magnitude_2of4_ppl_ratio_max``: perplexity
-  after Wanda over perplexity after magnitude pruning at 50% per output row, and at 2:4 (Sun et al.:
-  Wanda well below magnitude on LLaMA).
-- ``protected_over_unprotected_row_ppl_ratio_max`` (and ``_2of4_``): perplexity of magnitude pruning
-  at 50% with the super weights protected over without; recorded with ``extra.super_weights_pruned``,
-  how many super weights the unprotected pruning removed.
+``super_weights_pruned`` (how many of the model's super weights the cell pruned); and the claims below.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from typing import Any
 
 import pytest
 
+from harness.claims import ClaimSet, greater
+from harness.pruning.cells import PruneCell, PruningCells, ScoreSlot, grid, rounding
 from harness.pruning.options import (
     FULL_GRANULARITIES,
     FULL_SCORERS,
@@ -41,154 +33,105 @@ from harness.pruning.options import (
     SUITE_SCORERS,
 )
 
-PROTECT = "+protect"
-
-
-def _grid(config) -> list[tuple[str, float, str]]:
-    opt = config.option
-    quick = opt.esa_preset == "quick"
-    scorers = opt.esa_prune_scorers or (SUITE_SCORERS if quick else FULL_SCORERS)
-    sparsities = opt.esa_sparsities or (QUICK_SPARSITIES if quick else FULL_SPARSITIES)
-    granularities = opt.esa_granularity or (QUICK_GRANULARITIES if quick else FULL_GRANULARITIES)
-    cells = []
-    for scorer in scorers:  # one scorer's cells together: its scores are computed once
-        for granularity in granularities:
-            if ":" in granularity:
-                n, m = map(int, granularity.split(":"))
-                cells.append((scorer, round(1 - n / m, 6), granularity))
-            else:
-                cells.extend((scorer, s, granularity) for s in sparsities)
-    return cells
+CLAIMS = ClaimSet("pruning")
+WANDA_FACTOR = 2.0  # Sun et al. (Wanda, LLaMA-7B, 50% unstructured): magnitude 17.29 vs Wanda 7.26, x2.4
+COMPARED = {"row": "row", "2:4": "2of4"}  # granularity -> claim-name tag; both at 50% sparsity
+WANDA_BEATS_MAGNITUDE = {
+    g: CLAIMS.relation(f"wanda_beats_magnitude_{tag}",
+                       f"At 50% sparsity ({g}), magnitude pruning's perplexity is at least {WANDA_FACTOR:g}x "
+                       "Wanda's (a collapsed magnitude model counts as +inf)",
+                       statistic="perplexity", margin=f"stated minimum effect x{WANDA_FACTOR:g} (Sun et al.: x2.4)")
+    for g, tag in COMPARED.items()}
+PROTECTION_HELPS = {
+    g: CLAIMS.relation(f"protection_no_worse_{tag}",
+                       f"Where 50% magnitude pruning ({g}) removes some of the detected super weights, keeping them "
+                       "gives a perplexity no higher than removing them",
+                       statistic="perplexity", margin="factor 1: protected <= unprotected")
+    for g, tag in COMPARED.items()}
+WANDA_PPL_RATIO = {
+    g: CLAIMS.bound(f"wanda_{tag}_ppl_ratio", f"Perplexity after 50% Wanda pruning ({g}) over clean stays at its "
+                    "measured level", side="max", statistic="ppl_ratio")
+    for g, tag in COMPARED.items()}
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "cell" in metafunc.fixturenames:
-        cells = _grid(metafunc.config)
-        metafunc.parametrize("cell", cells, ids=[f"{s}-{p:g}-{g}" for s, p, g in cells])
+        opt = metafunc.config.option
+        quick = opt.esa_preset == "quick"
+        cells = grid(opt.esa_prune_scorers or (SUITE_SCORERS if quick else FULL_SCORERS),
+                     opt.esa_sparsities or (QUICK_SPARSITIES if quick else FULL_SPARSITIES),
+                     opt.esa_granularity or (QUICK_GRANULARITIES if quick else FULL_GRANULARITIES))
+        metafunc.parametrize("cell", cells, ids=[c.id for c in cells])
 
 
-def _scores(esa, lm, calib_windows, scorer: str):
-    """The scorer's ScoreSet, kept for the next cells of the same scorer only (one slot per model)."""
-    from harness.scoring import score
+@pytest.fixture
+def cells(esa, lm, eval_windows, calib_windows, clean) -> PruningCells:
+    """This model's measured cells, shared by the session (the claim tests reuse the grid's cells)."""
+    from fixtures.superweights import shared_detection
 
-    slot = esa.cached((lm.name, "pruning-scores"), dict)
-    key = (scorer, tuple(calib_windows.shape), esa.options.corpus)
-    if key not in slot:
-        slot.clear()
-        slot[key] = score(lm, scorer, windows=calib_windows, generator=None)
-    return slot[key]
-
-
-def _super_weights(esa, lm):
-    from harness.pruning.protect import super_weight_sites
-
-    # Detected here on the scorer's default prompt, not read from a super_weights.json that another
-    # suite may have written with other inputs: the cells must not depend on which suites ran first.
-    return esa.cached((lm.name, "pruning-super-weights"), lambda: super_weight_sites(lm, None))
+    o = esa.options
+    method = o.extra.get("prune_method") or "zero"
+    return esa.cached(
+        (lm.name, "pruning-cells", method, tuple(eval_windows.shape), tuple(calib_windows.shape), o.corpus),
+        lambda: PruningCells(lm, eval_windows, calib_windows, clean.reference,
+                             super_weights=lambda: shared_detection(esa, lm).fault_sites(),
+                             scores=esa.cached((lm.name, "pruning-scores"), ScoreSlot), method=method,
+                             tag=o.corpus))
 
 
-def measure_cell(esa, lm, eval_windows, calib_windows, clean, *, scorer: str, sparsity: float,
-                 granularity: str) -> dict[str, Any]:
-    """Prune, evaluate, restore; memoized per (model, cell) so the claim tests reuse the cells."""
-    from harness.metrics import evaluate
-    from harness.pruning import prune
-
-    method = esa.options.extra.get("prune_method") or "zero"
-    key = (lm.name, "pruning-cell", scorer, sparsity, granularity, method, tuple(eval_windows.shape),
-           tuple(calib_windows.shape), esa.options.corpus)
-
-    def run() -> dict[str, Any]:
-        base, protected = scorer.removesuffix(PROTECT), scorer.endswith(PROTECT)
-        sites = _super_weights(esa, lm) if protected else None
-        scores = _scores(esa, lm, calib_windows, base)
-        start = time.perf_counter()
-        with prune(lm, scores, None if ":" in granularity else sparsity, granularity=granularity, method=method,
-                   protect=sites) as report:
-            seconds = time.perf_counter() - start
-            result = evaluate(lm.model, eval_windows, clean.reference)
-            sw_zero = _count_zero(lm, _super_weights(esa, lm))
-        summary = report.to_dict(per_matrix=False)
-        return {"result": result, "seconds": seconds, "summary": summary, "super_weights_pruned": sw_zero,
-                "perturbation": {"kind": "prune", "scorer": base, "sparsity": sparsity, "granularity": granularity,
-                                 "method": method, "protected": protected}}
-
-    return esa.cached(key, run)
-
-
-def _count_zero(lm, sites) -> int:
-    return sum(int(lm.model.get_parameter(s.param)[s.index] == 0) for s in sites)
-
-
-def test_pruning_cell(lm, eval_windows, calib_windows, clean, recorder, esa, cell):
-    scorer, sparsity, granularity = cell
-    cell_data = measure_cell(esa, lm, eval_windows, calib_windows, clean, scorer=scorer, sparsity=sparsity,
-                             granularity=granularity)
-    result, summary = cell_data["result"], cell_data["summary"]
+def test_pruning_cell(lm, clean, cells, recorder, cell):
+    measured = cells.measure(cell)
+    result, summary = measured.result, measured.summary
     extra = {k: summary[k] for k in ("sparsity", "model_sparsity", "min_matrix_sparsity", "max_matrix_sparsity",
                                      "pruned", "numel", "protected", "backup_bytes", "matrices")}
-    extra["super_weights_pruned"] = cell_data["super_weights_pruned"]
-    columns = {"method": scorer, "perturbation": cell_data["perturbation"], "extra": extra}
-    clean_ppl = clean.result.perplexity
-    recorder.record("perplexity", result.perplexity, clean_value=clean_ppl, **columns)
+    extra["super_weights_pruned"] = measured.super_weights_pruned
+    columns = {"method": cell.scorer, "perturbation": measured.perturbation, "extra": extra}
+    recorder.record("perplexity", result.perplexity, clean_value=clean.result.perplexity, **columns)
     recorder.record("ppl_ratio", result.ratio_to(clean.result), **columns)
     recorder.record("kl", result.kl, **columns)
     recorder.record("top1", result.top1, **columns)
-    recorder.record("seconds", cell_data["seconds"], **columns)
+    recorder.record("seconds", measured.seconds, **columns)
     # the sparsity asked for is reached in every matrix, up to rounding to whole elements of each group
-    if granularity not in ("head", "neuron"):
-        assert summary["sparsity"] == pytest.approx(sparsity, abs=_rounding(lm, granularity))
-    if granularity != "global":
-        assert summary["max_matrix_sparsity"] - summary["min_matrix_sparsity"] <= 2 * _rounding(lm, granularity)
+    if cell.granularity not in ("head", "neuron"):
+        assert summary["sparsity"] == pytest.approx(cell.sparsity, abs=rounding(lm, cell.granularity))
+    if cell.granularity != "global":
+        assert summary["max_matrix_sparsity"] - summary["min_matrix_sparsity"] <= 2 * rounding(lm, cell.granularity)
+    if cell.protected:
+        assert measured.super_weights_pruned == 0, "a protected super weight was pruned"
     assert not math.isnan(result.perplexity)
 
 
-def _rounding(lm, granularity: str) -> float:
-    """Largest share a group's count can be off by when rounded to whole elements (or units)."""
-    from harness.models import select
-
-    shapes = [lm.model.get_parameter(ref.param).shape for ref in select(lm, components="linear")]
-    if granularity == "row":
-        return 0.5 / min(shape[1] for shape in shapes) + 1e-9
-    if granularity in ("head", "neuron"):
-        config = lm.model.config
-        heads = config.num_attention_heads
-        kv = getattr(config, "num_key_value_heads", None) or heads
-        return 0.5 / (min(heads, kv) if granularity == "head" else config.intermediate_size) + 1e-9
-    return 1e-3
+@pytest.mark.parametrize("granularity", list(COMPARED))
+def test_wanda_beats_magnitude(clean, cells, recorder, granularity):
+    wanda, magnitude = (cells.measure(PruneCell(s, 0.5, granularity)) for s in ("wanda", "magnitude"))
+    extra = {"wanda_ppl": wanda.perplexity, "magnitude_ppl": magnitude.perplexity,
+             "clean_ppl": clean.result.perplexity}
+    recorder.claim(WANDA_BEATS_MAGNITUDE[granularity],
+                   greater(magnitude.perplexity, wanda.perplexity, factor=WANDA_FACTOR),
+                   method="wanda", perturbation=wanda.perturbation, extra=extra)
+    recorder.claim(WANDA_PPL_RATIO[granularity], wanda.result.ratio_to(clean.result), method="wanda",
+                   perturbation=wanda.perturbation, extra=extra)
 
 
-@pytest.mark.parametrize("granularity", ["row", "2:4"])
-def test_wanda_versus_magnitude(lm, eval_windows, calib_windows, clean, recorder, esa, granularity):
-    cells = {s: measure_cell(esa, lm, eval_windows, calib_windows, clean, scorer=s, sparsity=0.5,
-                          granularity=granularity)
-             for s in ("wanda", "magnitude")}
-    wanda, magnitude = cells["wanda"]["result"].perplexity, cells["magnitude"]["result"].perplexity
-    ratio = wanda / magnitude if math.isfinite(magnitude) else 0.0
-    name = f"wanda_over_magnitude_{_tag(granularity)}_ppl_ratio_max"
-    recorder.claim(name, ratio, method="wanda", perturbation=cells["wanda"]["perturbation"],
-                   extra={"wanda_ppl": wanda, "magnitude_ppl": magnitude, "clean_ppl": clean.result.perplexity})
+@pytest.mark.parametrize("granularity", list(COMPARED))
+def test_protecting_super_weights(cells, recorder, granularity):
+    plain = cells.measure(PruneCell("magnitude", 0.5, granularity))
+    kept = cells.measure(PruneCell("magnitude+protect", 0.5, granularity))
+    claim = PROTECTION_HELPS[granularity]
+    extra = {"protected_ppl": kept.perplexity, "unprotected_ppl": plain.perplexity,
+             "super_weights": len(cells.super_weight_sites()), "super_weights_pruned": plain.super_weights_pruned}
+    columns = {"method": "magnitude+protect", "perturbation": kept.perturbation, "extra": extra}
+    assert kept.super_weights_pruned == 0, "a protected super weight was pruned"
+    if not cells.super_weight_sites():
+        recorder.not_applicable(claim, "no super weight detected", **columns)
+    elif plain.super_weights_pruned == 0:
+        recorder.not_applicable(claim, "magnitude pruning removed none of the super weights: nothing to protect",
+                                **columns)
+    else:
+        recorder.claim(claim, greater(plain.perplexity, kept.perplexity), **columns)
 
 
-@pytest.mark.parametrize("granularity", ["row", "2:4"])
-def test_protecting_super_weights(lm, eval_windows, calib_windows, clean, recorder, esa, granularity):
-    plain = measure_cell(esa, lm, eval_windows, calib_windows, clean, scorer="magnitude", sparsity=0.5,
-                         granularity=granularity)
-    kept = measure_cell(esa, lm, eval_windows, calib_windows, clean, scorer="magnitude" + PROTECT, sparsity=0.5,
-                        granularity=granularity)
-    p, k = plain["result"].perplexity, kept["result"].perplexity
-    ratio = k / p if math.isfinite(p) else 0.0
-    recorder.claim(f"protected_over_unprotected_{_tag(granularity)}_ppl_ratio_max", ratio,
-                   method="magnitude" + PROTECT, perturbation=kept["perturbation"],
-                   extra={"protected_ppl": k, "unprotected_ppl": p, "super_weights": kept["summary"]["protected"],
-                          "super_weights_pruned": plain["super_weights_pruned"]})
-    assert kept["super_weights_pruned"] == 0  # protected sites are never pruned
-
-
-def _tag(granularity: str) -> str:
-    return granularity.replace(":", "of")
-
-
-def test_saved_pruned_model_reloads_with_the_same_perplexity(lm, eval_windows, calib_windows, clean, recorder, esa,
+def test_saved_pruned_model_reloads_with_the_same_perplexity(lm, eval_windows, calib_windows, clean, cells, recorder,
                                                             tmp_path):
     """Saved inside the pruning context (the shared model is restored after), reloaded twice."""
     import gc
@@ -199,7 +142,7 @@ def test_saved_pruned_model_reloads_with_the_same_perplexity(lm, eval_windows, c
     from harness.models import load_model
     from harness.pruning import prune, save_model
 
-    with prune(lm, _scores(esa, lm, calib_windows, "wanda"), 0.5, granularity="row") as report:
+    with prune(lm, cells.scores.get(lm, "wanda", calib_windows, tag=cells.tag), 0.5, granularity="row") as report:
         measured = evaluate(lm.model, eval_windows).perplexity
         path = save_model(lm, tmp_path / "pruned", report=report, metadata={"source_model": lm.name})
     assert not [p for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl")]

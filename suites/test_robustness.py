@@ -15,10 +15,15 @@ scale the same unit noise and the curve is smooth.
 
 Records (suite ``robustness``, method = noise kind): per (component, level, trial) ``ppl_ratio``,
 ``perplexity`` and ``kl`` with perturbation ``{kind: noise, noise, scale, level, target}`` and extra
-``{trial, trial_seed, component}``; ``collapsed`` marks non-finite output or ratio >= 10. Claims (when
-named in ``suites/bounds/robustness.toml``): ``<kind>_<component>_low_noise_ppl_ratio_max`` (largest
-ratio over the trials at ``LOW``) and ``<kind>_<component>_high_noise_ppl_ratio_min`` (smallest ratio
-at ``HIGH``; a collapse counts as inf).
+``{trial, trial_seed, component}``; ``collapsed`` marks non-finite output or ratio >= 10.
+
+Claims per (noise kind, component):
+
+- relation ``<kind>_<component>_damage_grows``: above the noise floor (levels >= ``FLOOR``) the
+  perplexity ratio grows with the noise level (each level's smallest trial ratio at least the
+  previous level's largest; a collapse is +inf). Below ``FLOOR`` ratios scatter around 1.
+- bound ``<kind>_<component>_low_noise_ppl_ratio`` (max): the largest ratio at ``LOW``;
+- bound ``<kind>_<component>_high_noise_ppl_ratio`` (min): the smallest ratio at ``HIGH``.
 """
 
 from __future__ import annotations
@@ -26,29 +31,45 @@ from __future__ import annotations
 import pytest
 import torch
 
+from harness.claims import ClaimSet, paired_greater
 from harness.errors import HarnessError
 from harness.faults import add_noise
 from harness.faults.campaign import clean_baseline, run_trial
 from harness.models.archmap import COMPONENTS, select
 
 LOW, HIGH = 0.001, 0.5
+FLOOR = 0.1  # levels from here on are compared by the damage_grows relation
 QUICK_LEVELS = (LOW, 0.01, 0.03, 0.1, 0.2, HIGH)
 FULL_LEVELS = (LOW, 0.003, 0.01, 0.03, 0.05, 0.1, 0.2, 0.3, HIGH)
 QUICK_WINDOWS = 2
 TRIALS = {"quick": 1, "full": 3}
 SCALE = "std"
-SUITE = "robustness"
+KINDS = ("gaussian", "uniform")
+GROUPS = ("attention", "mlp", "linear")
+
+CLAIMS = ClaimSet("robustness")
+GROWS, LOW_BOUND, HIGH_BOUND = {}, {}, {}
+for _kind in KINDS:
+    for _c in (*GROUPS, *COMPONENTS, "norms"):
+        GROWS[_kind, _c] = CLAIMS.relation(
+            f"{_kind}_{_c}_damage_grows", f"{_kind} noise on {_c} hurts more as its level grows (levels >= {FLOOR})",
+            statistic="ppl_ratio", margin="each level's smallest ratio >= the previous level's largest")
+        LOW_BOUND[_kind, _c] = CLAIMS.bound(
+            f"{_kind}_{_c}_low_noise_ppl_ratio", f"{_kind} noise of {LOW} x std on {_c} stays harmless",
+            side="max", statistic="ppl_ratio")
+        HIGH_BOUND[_kind, _c] = CLAIMS.bound(
+            f"{_kind}_{_c}_high_noise_ppl_ratio", f"{_kind} noise of {HIGH} x std on {_c} stays as damaging",
+            side="min", statistic="ppl_ratio")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "noise_kind" not in metafunc.fixturenames:
         return
     full = metafunc.config.getoption("esa_preset") == "full"
-    kinds = ("gaussian", "uniform") if full else ("gaussian",)
-    components = ("attention", "mlp", "linear", *((*COMPONENTS, "norms") if full else ()))
+    kinds = KINDS if full else KINDS[:1]
+    components = (*GROUPS, *((*COMPONENTS, "norms") if full else ()))
     cells = [(k, c) for k in kinds for c in components]
     metafunc.parametrize(("noise_kind", "component"), cells, ids=[f"{k}-{c}" for k, c in cells])
-
 
 
 def test_noise_robustness(lm, eval_windows, esa, recorder, timer, noise_kind, component):
@@ -58,7 +79,7 @@ def test_noise_robustness(lm, eval_windows, esa, recorder, timer, noise_kind, co
     except HarnessError as err:
         pytest.skip(f"{lm.family}: {err}")
     windows = eval_windows[: esa.pick(quick=QUICK_WINDOWS, full=None)]
-    clean = esa.cached((lm.name, SUITE, "clean", tuple(windows.shape), esa.options.corpus),
+    clean = esa.cached((lm.name, "robustness", "clean", tuple(windows.shape), esa.options.corpus),
                        lambda: clean_baseline(model, windows))
     levels = esa.pick(quick=QUICK_LEVELS, full=FULL_LEVELS)
     trials = esa.options.trials or esa.pick(**TRIALS)
@@ -80,14 +101,16 @@ def test_noise_robustness(lm, eval_windows, esa, recorder, timer, noise_kind, co
                 recorder.record("perplexity", result.result.perplexity, clean_value=clean.result.perplexity,
                                 **columns)
                 recorder.record("kl", result.result.kl, **columns)
-    recorder.record("seconds", t.seconds, method=noise_kind,
-                    perturbation={"kind": "noise", "noise": noise_kind, "scale": SCALE, "target": component},
+    pert = {"kind": "noise", "noise": noise_kind, "scale": SCALE, "target": component}
+    recorder.record("seconds", t.seconds, method=noise_kind, perturbation=pert,
                     extra={"trials": trials, "levels": len(levels)})
 
-    stated = recorder.stated()
-    for name, level, value in ((f"{noise_kind}_{component}_low_noise_ppl_ratio_max", LOW, max(ratios[LOW])),
-                               (f"{noise_kind}_{component}_high_noise_ppl_ratio_min", HIGH, min(ratios[HIGH]))):
-        if name in stated:
-            recorder.claim(name, value, method=noise_kind, extra={"trials": trials},
-                           perturbation={"kind": "noise", "noise": noise_kind, "scale": SCALE, "level": level,
-                                         "target": component})
+    above = [level for level in levels if level >= FLOOR]
+    # each level's smallest trial ratio against the previous level's largest
+    grows = paired_greater([min(ratios[b]) for b in above[1:]], [max(ratios[a]) for a in above[:-1]])
+    recorder.claim(GROWS[noise_kind, component], grows, method=noise_kind, perturbation=pert,
+                   extra={"trials": trials, "levels": above})
+    recorder.claim(LOW_BOUND[noise_kind, component], max(ratios[LOW]), method=noise_kind,
+                   perturbation={**pert, "level": LOW}, extra={"trials": trials})
+    recorder.claim(HIGH_BOUND[noise_kind, component], min(ratios[HIGH]), method=noise_kind,
+                   perturbation={**pert, "level": HIGH}, extra={"trials": trials})

@@ -1,12 +1,18 @@
-"""Walking skeleton: clean perplexity of each selected model, recorded and checked against a bound.
+"""Walking skeleton: clean perplexity of each selected model, recorded and checked against its bound.
 
-Records (suite ``smoke``): ``perplexity`` (with ``extra`` = windows, window length, tokens,
-corpus), ``seconds`` of the evaluation, and the claim ``clean_perplexity_max``.
+Records (suite ``smoke``): ``perplexity`` (with ``extra`` = windows, window length, tokens, corpus,
+BOS convention), ``seconds`` of the evaluation, and the claims below.
 """
 
 from __future__ import annotations
 
 import math
+
+from harness.claims import ClaimSet
+
+CLAIMS = ClaimSet("smoke")
+CLEAN_PPL = CLAIMS.bound("clean_perplexity", "Clean perplexity on the default corpus stays at its measured level",
+                         side="max", statistic="perplexity")
 
 
 def test_clean_perplexity(lm, eval_windows, clean, recorder, esa, timer):
@@ -19,5 +25,5 @@ def test_clean_perplexity(lm, eval_windows, clean, recorder, esa, timer):
              "corpus": esa.options.corpus or "pydoc-topics"}
     recorder.record("perplexity", result.perplexity, extra=extra)
     recorder.record("seconds", t.seconds, extra=extra)
-    assert math.isfinite(result.perplexity) and not result.collapsed
-    recorder.claim("clean_perplexity_max", result.perplexity, extra=extra)
+    assert math.isfinite(result.perplexity) and not result.collapsed, f"clean {lm.name} output is not finite"
+    recorder.claim(CLEAN_PPL, result.perplexity, extra=extra)

@@ -1,67 +1,84 @@
-"""Super weights (Yu et al. 2024): which single weights matter most, and what zeroing them does.
+"""Super weights (Yu et al. 2024): the model's detected super weights, and what zeroing them does.
 
-Tests (per model):
+The super weights are the session's shared detection (fixture ``super_weights``,
+:mod:`harness.scoring.superweights`): per block, the down projection's input and output channels
+that spike on the same token at >= 50x the model's typical per-token peak, round 0 by default. It is
+written once to ``<results-dir>/<model>/super_weights.json``; every record here names it
+(``perturbation.detection`` = its id). On smollm2-135m it holds layers 11, 28 and 29
+(``[507, 1229]``, ``[507, 678]``, ``[507, 999]``; the first, W = 5.876, is the paper's super weight);
+on gemma3-270m it holds none (the negative control: its strongest block reaches 17x, at a weight of
+0.20), and on the random-weight tiny models none.
 
-- ``test_find_super_weights[<method>]`` (``--method``, default ``activation``): the top ``TOP_K``
-  weights of each scorer, written to ``<results-dir>/<model>/super_weights.json``
-  (``harness.scoring.write_super_weights``) and recorded as ``super_weight_score`` (one per weight).
-  ``activation`` ranks only what its spike scan found; a scorer that finds nothing records nothing
-  and passes. Calibration-based scorers use the first ``CALIB_WINDOWS`` calibration windows (quick).
-- ``test_zero_super_weight``: zero the super weights, the top-scored one alone, and as control the
-  same number of seeded random weights of the same matrices; claims
-  ``zero_super_weight_ppl_ratio_min``, ``zero_top_super_weight_ppl_ratio_min``,
-  ``zero_random_weights_ppl_ratio_max`` (largest ratio over the random trials).
-- ``test_zero_largest_others``: zero the ``OTHERS`` (7,000) largest-|w| other weights, super weights
-  left in place, (a) of the top super weight's matrix (target ``largest_others``; claim
-  ``zero_7000_largest_others_ppl_ratio_max``) and (b) spread over the matrices of all the round-0
-  super weights (target ``largest_others_all``; recorded only). On smollm2-135m (b) does *not* barely
-  matter (x57.9, measured 2026-11-27), unlike Yu et al.'s Llama-7B: those matrices include the late
-  layers 27-29, whose largest weights matter; (a) holds (x1.12).
-- ``test_row_mean_control``: set each super weight to the mean of its row instead of zero (the
-  zero-versus-mean control of Sun et al. 2024); claim ``row_mean_super_weight_ppl_ratio_min``. The
-  mean control does **not** rescue the model here: a row mean of a down projection is ~0 (0.0056 for
-  the top super weight's row on smollm2-135m), so it hurts as much as zeroing (x24.7 vs x23.6 for the
-  six round-0 weights, measured 2026-11-27). Sun et al.'s rescue is for *activations* set to their
-  mean over tokens, which this weight-level control does not test.
-- ``test_restore_exact``: after zeroing and restoring, perplexity equals the clean one exactly.
-- ``test_known_super_weights``: for models with published coordinates
-  (``harness.scoring.known_super_weights``), the activation scan finds them; skipped otherwise.
+Claims (``CLAIMS`` below):
 
-The super weights zeroed are the spikes of the ``activation`` scan in **round 0** (the untouched
-model). On smollm2-135m the scan does not terminate by itself (late layers keep spiking after the
-earlier spikes are zeroed; it stops at ``max_rounds`` with a warning), so the later rounds are not
-used as super weights. Where the scan finds nothing (tiny random models) the largest-|w| weight of
-the ``mlp_down`` matrices stands in, so the same code runs; ``target_source`` says which.
+- ``zero_super_weights_vs_random`` (relation): zeroing the detected super weights raises perplexity
+  at least ``MIN_EFFECT`` (2x) times as much as zeroing as many seeded random weights of the same
+  matrices, in every one of the ``RANDOM_DRAWS`` draws (``paired_greater``). The margin holds at any
+  seed: a random draw hits one of a few super weights among ~10^6 weights with probability ~10^-6,
+  and zeroing other single weights moves perplexity by ~10^-5 (x1.00002 on smollm2-135m).
+- ``zero_super_weights_ppl_ratio``, ``zero_top_super_weight_ppl_ratio``,
+  ``row_mean_super_weights_ppl_ratio`` (bounds, min), ``zero_largest_others_ppl_ratio`` (bound,
+  max): regression bounds per model in ``suites/bounds/super_weights.toml``. These statistics do not
+  depend on the seed (the detection and the evaluation windows are deterministic), so each bound is
+  the measured value with a stated margin.
+
+All four super-weight claims are not applicable, with the reason, when the detection holds no site
+(the reason gives the strongest candidate's strength); the relation also on random-weight models.
+Where nothing is detected, zeroing the strongest *candidate* is still measured and recorded
+(target ``candidate``), so the negative control shows what that mild outlier does, but no claim
+calls it a super weight.
+
+Tests: ``test_find_super_weights[<method>]`` records the detection (``activation``) or another
+scorer's top ``TOP_K`` weights (``--method``); ``test_zero_super_weights`` (the relation and the two
+zeroing bounds); ``test_zero_largest_others`` (Yu et al.: the 7,000 largest other weights of the top
+super weight's matrix barely matter); ``test_row_mean_control`` (each super weight set to its row's
+mean, the zero-versus-mean control of Sun et al. 2024; a down projection's row mean is ~0, so this
+does not rescue the model); ``test_restore_exact``; ``test_known_super_weights`` (published or
+measured coordinates, ``harness.scoring.known``, are in the detection).
 
 Evaluation: all ``eval_windows`` (the ``clean`` fixture's; 1024 tokens by default).
-
-Records (suite ``super_weights``; see docs/RECORDS.md): ``super_weight_score`` (method = scorer,
-perturbation ``{kind: score}``, extra module/layer/row/col/weight_value/rank), ``seconds`` per
-scorer; ``ppl_ratio`` (+ ``kl``) of each ablation, method = target (``super_weights``,
-``top_super_weight``, ``random``, ``largest_others``), perturbation ``{kind: zero|row_mean, target,
-count, target_source}``, per trial for the random control (``extra.trial``).
+Records (suite ``super_weights``): ``super_weight_score`` per site, ``seconds`` per scorer;
+``ppl_ratio`` (+ ``kl``) per ablation, method = target (``super_weights``, ``top_super_weight``,
+``random``, ``largest_others``, ``candidate``), perturbation ``{kind, target, count, detection, ...}``,
+``extra.draw`` for the random control.
 """
 
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 
 import pytest
 import torch
 
+from harness.claims import ClaimSet, paired_greater
 from harness.faults import FaultSite, ablate, top_magnitude_sites, uniform_sites
+from harness.faults.base import Perturbation
 from harness.fingerprint import changed, fingerprint
 from harness.metrics import evaluate
-from harness.models.archmap import select
-from harness.scoring import known_super_weights, score, write_super_weights
+from harness.scoring import known_super_weights, score
 from harness.scoring.options import DEFAULT_METHOD
 
-SUITE = "super_weights"
-TOP_K = 16  # weights per scorer written and recorded
+TOP_K = 16  # weights per scorer recorded by test_find_super_weights
 OTHERS = 7_000  # Yu et al.: the 7,000 next-largest weights barely matter
 CALIB_WINDOWS = {"quick": 2, "full": None}  # calibration windows of the gradient/wanda scorers
-RANDOM_TRIALS = {"quick": 2, "full": 10}
+RANDOM_DRAWS = {"quick": 3, "full": 10}
+MIN_EFFECT = 2.0
+
+CLAIMS = ClaimSet("super_weights")
+ZERO_VS_RANDOM = CLAIMS.relation(
+    "zero_super_weights_vs_random",
+    "Zeroing the detected super weights raises perplexity more than zeroing as many random weights",
+    statistic="ppl_ratio",
+    margin=f"every seeded draw: super-weight ratio >= {MIN_EFFECT:g} x the draw's random ratio")
+ZERO = CLAIMS.bound("zero_super_weights_ppl_ratio", "Zeroing the detected super weights raises perplexity "
+                    "at least to its measured level", side="min", statistic="ppl_ratio")
+ZERO_TOP = CLAIMS.bound("zero_top_super_weight_ppl_ratio", "Zeroing the strongest super weight alone raises "
+                        "perplexity at least to its measured level", side="min", statistic="ppl_ratio")
+OTHERS_MAX = CLAIMS.bound("zero_largest_others_ppl_ratio", f"Zeroing the {OTHERS:,} largest other weights of "
+                          "the top super weight's matrix raises perplexity at most to its measured level",
+                          side="max", statistic="ppl_ratio")
+ROW_MEAN = CLAIMS.bound("row_mean_super_weights_ppl_ratio", "Setting the super weights to their row mean "
+                        "raises perplexity at least to its measured level", side="min", statistic="ppl_ratio")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -70,36 +87,34 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("method", methods, ids=list(methods))
 
 
-def _super_weights(esa, lm) -> tuple[list[FaultSite], str]:
-    """(the super weights, where they come from), cached per model: round-0 activation spikes."""
+class RowMean(Perturbation):
+    """Set each site to the mean of its row (means taken before any edit); restored bit-exactly."""
 
-    def make():
-        found = score(lm, "activation")
-        spikes = sorted((s for s in found.details["spikes"] if s["round"] == 0), key=lambda s: -abs(s["output_value"]))
-        if spikes:
-            return [FaultSite(s["param"], (s["row"], s["col"])) for s in spikes], "activation_round0"
-        sites = top_magnitude_sites(lm.model, select(lm.model, components="mlp_down"), 1)
-        return [FaultSite(s.param, s.index) for s in sites], "largest_mlp_down"
+    kind = "row_mean"
 
-    return esa.cached((lm.name, SUITE, "super_weights"), make)
+    def __init__(self, model: torch.nn.Module, sites: list[FaultSite]) -> None:
+        super().__init__(model)
+        self.sites = list(sites)
+
+    def _apply(self) -> None:
+        from harness.faults import save_block
+
+        means = [self.model.get_parameter(s.param)[s.index[0]].float().mean() for s in self.sites]
+        for s, mean in zip(self.sites, means, strict=True):
+            w = self.model.get_parameter(s.param)
+            _, undo = save_block(w, s.index)
+            self._push(undo)
+            w[s.index] = mean.to(w.dtype)
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "count": len(self.sites)}
 
 
-@contextmanager
-def _row_mean(model, sites: list[FaultSite]):
-    """Set each site to the mean of its row (taken before any edit); restored bit-exactly in ``finally``."""
-    saved = []
-    try:
-        with torch.no_grad():
-            means = [model.get_parameter(s.param)[s.index[0]].float().mean() for s in sites]
-            for s, mean in zip(sites, means, strict=True):
-                w = model.get_parameter(s.param)
-                saved.append((w, s.index, w[s.index].clone()))
-                w[s.index] = mean.to(w.dtype)
-        yield
-    finally:
-        with torch.no_grad():
-            for w, index, value in reversed(saved):
-                w[index] = value
+def _none_reason(detection) -> str:
+    c = detection.candidate
+    near = "" if c is None else (f"; strongest candidate layer {c.layer} [{c.row}, {c.col}] (w = {c.value:.4g}) "
+                                 f"at {c.strength:.3g}x the typical peak")
+    return f"no super weight detected (detection {detection.id}, factor {detection.params.factor:g}x{near})"
 
 
 def _measure(lm, eval_windows, clean, perturbation):
@@ -114,112 +129,124 @@ def _record(recorder, clean, result, ratio, method: str, perturbation: dict, ext
     recorder.record("kl", result.kl, **columns)
 
 
-def test_find_super_weights(lm, calib_windows, esa, recorder, timer, method):
+def test_find_super_weights(lm, calib_windows, esa, recorder, timer, method, super_weights):
+    if method == "activation":  # the shared detection itself
+        from harness.scoring.artifacts import read_detection
+
+        assert read_detection(esa.options.results_dir, lm.name) == super_weights, "super_weights.json differs"
+        for rank, s in enumerate(super_weights.sites):
+            assert float(lm.model.get_parameter(s.param)[s.row, s.col]) == s.value
+            recorder.record("super_weight_score", abs(s.output_spike), method=method,
+                            perturbation={"kind": "score", **super_weights.describe()},
+                            extra={"module": s.param, "layer": s.layer, "component": "mlp_down", "row": s.row,
+                                   "col": s.col, "weight_value": s.value, "rank": rank, "round": s.round,
+                                   "strength": s.strength, "input_spike": s.input_spike})
+        return
     windows = calib_windows[: esa.pick(**CALIB_WINDOWS)]
     with timer() as t:
-        found = score(lm, method, windows=None if method == "activation" else windows)
+        found = score(lm, method, windows=windows)
         top = found.top_k(min(TOP_K, found.numel()))
-    path = write_super_weights(esa.options.results_dir, lm.name, top, method)
-    assert path.exists()
     for rank, s in enumerate(top):
-        current = float(lm.model.get_parameter(s.site.param)[s.site.index])
-        assert current == s.value or (math.isnan(current) and math.isnan(s.value))
         row, col = s.site.index[0], s.site.index[1] if len(s.site.index) > 1 else None
         recorder.record("super_weight_score", s.score, method=method, perturbation={"kind": "score"},
                         extra={"module": s.site.param, "layer": s.layer, "component": s.component, "row": row,
                                "col": col, "weight_value": s.value, "rank": rank})
-    extra = {"found": len(top), "k": TOP_K, "forward": found.cost.forward, "backward": found.cost.backward,
-             "tokens": found.cost.tokens}
-    if method == "activation":
-        extra.update(rounds=found.details["rounds"],
-                     round0=sum(1 for s in found.details["spikes"] if s["round"] == 0))
-    recorder.record("seconds", t.seconds, method=method, perturbation={"kind": "score", "k": TOP_K}, extra=extra)
+    recorder.record("seconds", t.seconds, method=method, perturbation={"kind": "score", "k": TOP_K},
+                    extra={"found": len(top), "forward": found.cost.forward, "backward": found.cost.backward})
     key = [abs(s.score) if found.signed else s.score for s in top]
     assert key == sorted(key, reverse=True), "top_k is not best first"
 
 
-def test_zero_super_weight(lm, eval_windows, clean, esa, recorder):
-    sites, source = _super_weights(esa, lm)
+def test_zero_super_weights(lm, eval_windows, clean, esa, recorder, super_weights):
+    assert math.isfinite(clean.result.perplexity)
+    detection = super_weights
+    if not detection:
+        reason = _none_reason(detection)
+        if detection.candidate is not None:  # the negative control: what the strongest candidate does
+            c = detection.candidate
+            result, ratio = _measure(lm, eval_windows, clean, ablate(lm.model, c.site, "zero"))
+            _record(recorder, clean, result, ratio, "candidate",
+                    {"kind": "zero", "target": "candidate", "count": 1, **detection.describe()},
+                    extra={"site": c.to_dict()})
+        for claim in (ZERO_VS_RANDOM, ZERO, ZERO_TOP):
+            recorder.not_applicable(claim, reason)
+        return
+    sites = detection.fault_sites()
     n = len(sites)
-    pert = {"kind": "zero", "target": "super_weights", "count": n, "target_source": source,
-            "sites": [s.to_dict() for s in sites]}
+    described = detection.describe()
     result, ratio = _measure(lm, eval_windows, clean, ablate(lm.model, sites, "zero"))
-    _record(recorder, clean, result, ratio, "super_weights", pert)
-
+    _record(recorder, clean, result, ratio, "super_weights", {"kind": "zero", "target": "super_weights", **described})
     top_result, top_ratio = _measure(lm, eval_windows, clean, ablate(lm.model, sites[:1], "zero"))
     _record(recorder, clean, top_result, top_ratio, "top_super_weight",
-            {"kind": "zero", "target": "top_super_weight", "count": 1, "target_source": source,
-             "sites": [sites[0].to_dict()]})
+            {"kind": "zero", "target": "top_super_weight", **described, "count": 1})
 
     matrices = sorted({s.param for s in sites})
-    trials = esa.trials(lm.name, **RANDOM_TRIALS)
     random_ratios = []
-    for trial in range(trials):
-        trial_seed = esa.options.seed * 100_003 + trial
-        g = torch.Generator().manual_seed(trial_seed)
-        picks = [FaultSite(s.param, s.index) for s in uniform_sites(lm.model, matrices, n, generator=g)]
+    for draw in range(esa.pick(**RANDOM_DRAWS)):
+        seed = esa.options.seed * 100_003 + draw
+        picks = [FaultSite(s.param, s.index) for s in
+                 uniform_sites(lm.model, matrices, n, generator=torch.Generator().manual_seed(seed))]
         r_result, r_ratio = _measure(lm, eval_windows, clean, ablate(lm.model, picks, "zero"))
         random_ratios.append(r_ratio)
         _record(recorder, clean, r_result, r_ratio, "random",
-                {"kind": "zero", "target": "random", "count": n, "target_source": "uniform_same_matrices"},
-                extra={"trial": trial, "trial_seed": trial_seed})
-    assert math.isfinite(clean.result.perplexity)
-    recorder.claim("zero_super_weight_ppl_ratio_min", ratio, method="super_weights",
-                   perturbation={"kind": "zero", "target": "super_weights", "count": n},
-                   extra={"random_ratio_max": max(random_ratios), "top_super_weight_ratio": top_ratio})
-    recorder.claim("zero_top_super_weight_ppl_ratio_min", top_ratio, method="top_super_weight",
-                   perturbation={"kind": "zero", "target": "top_super_weight", "count": 1})
-    recorder.claim("zero_random_weights_ppl_ratio_max", max(random_ratios), method="random",
-                   perturbation={"kind": "zero", "target": "random", "count": n}, extra={"trials": trials})
+                {"kind": "zero", "target": "random", "count": n, "matrices": "super weights'",
+                 "detection": detection.id}, extra={"draw": draw, "draw_seed": seed})
+    pert = {"kind": "zero", "target": "super_weights", **described}
+    recorder.claim(ZERO_VS_RANDOM, paired_greater([ratio] * len(random_ratios), random_ratios, factor=MIN_EFFECT),
+                   method="super_weights", perturbation=pert)
+    recorder.claim(ZERO, ratio, method="super_weights", perturbation=pert)
+    recorder.claim(ZERO_TOP, top_ratio, method="top_super_weight", perturbation={**pert, "count": 1})
 
 
-def test_zero_largest_others(lm, eval_windows, clean, esa, recorder):
-    sites, source = _super_weights(esa, lm)
-    exclude = set(sites)
-    for target, matrices in (("largest_others", [sites[0].param]),
-                             ("largest_others_all", sorted({s.param for s in sites}))):
-        total = sum(lm.model.get_parameter(p).numel() for p in matrices)
-        count = min(OTHERS, total - len(exclude))
-        ranked = top_magnitude_sites(lm.model, matrices, count + len(exclude))
-        others = [FaultSite(s.param, s.index) for s in ranked if FaultSite(s.param, s.index) not in exclude][:count]
-        assert len(others) == count and not exclude & set(others)
-        result, ratio = _measure(lm, eval_windows, clean, ablate(lm.model, others, "zero"))
-        pert = {"kind": "zero", "target": target, "count": count, "target_source": source, "matrices": matrices}
-        _record(recorder, clean, result, ratio, target, pert)
-        if target == "largest_others":  # the top super weight's matrix: where the claim holds (module docstring)
-            recorder.claim(f"zero_{OTHERS}_largest_others_ppl_ratio_max", ratio, method=target, perturbation=pert)
+def test_zero_largest_others(lm, eval_windows, clean, recorder, super_weights):
+    if not super_weights:
+        recorder.not_applicable(OTHERS_MAX, _none_reason(super_weights))
+        return
+    exclude = set(super_weights.fault_sites())
+    matrix = super_weights.sites[0].param
+    total = lm.model.get_parameter(matrix).numel()
+    count = min(OTHERS, total - len(exclude))
+    ranked = top_magnitude_sites(lm.model, [matrix], count + len(exclude))
+    others = [FaultSite(s.param, s.index) for s in ranked if FaultSite(s.param, s.index) not in exclude][:count]
+    assert len(others) == count and not exclude & set(others)
+    result, ratio = _measure(lm, eval_windows, clean, ablate(lm.model, others, "zero"))
+    pert = {"kind": "zero", "target": "largest_others", "count": count, "matrices": [matrix],
+            "detection": super_weights.id}
+    _record(recorder, clean, result, ratio, "largest_others", pert)
+    recorder.claim(OTHERS_MAX, ratio, method="largest_others", perturbation=pert)
 
 
-def test_row_mean_control(lm, eval_windows, clean, esa, recorder):
-    sites, source = _super_weights(esa, lm)
-    pert = {"kind": "row_mean", "target": "super_weights", "count": len(sites), "target_source": source}
-    result, ratio = _measure(lm, eval_windows, clean, _row_mean(lm.model, sites))
+def test_row_mean_control(lm, eval_windows, clean, recorder, super_weights):
+    if not super_weights:
+        recorder.not_applicable(ROW_MEAN, _none_reason(super_weights))
+        return
+    pert = {"kind": "row_mean", "target": "super_weights", **super_weights.describe()}
+    result, ratio = _measure(lm, eval_windows, clean, RowMean(lm.model, super_weights.fault_sites()))
     _record(recorder, clean, result, ratio, "super_weights", pert)
-    recorder.claim("row_mean_super_weight_ppl_ratio_min", ratio, method="super_weights", perturbation=pert)
+    recorder.claim(ROW_MEAN, ratio, method="super_weights", perturbation=pert)
 
 
-def test_restore_exact(lm, eval_windows, clean, esa, recorder):
-    sites, source = _super_weights(esa, lm)
+def test_restore_exact(lm, eval_windows, clean, recorder, super_weights):
+    sites = super_weights.fault_sites() or [super_weights.candidate.site]  # the candidate where none is detected
     before = fingerprint(lm.model)
-    with ablate(lm.model, sites, "zero"):
-        assert all(float(lm.model.get_parameter(s.param)[s.index]) == 0.0 for s in sites)
+    with ablate(lm.model, sites, "zero"), RowMean(lm.model, sites):
         assert changed(before, fingerprint(lm.model)), "zeroing the super weights changed nothing"
     assert not changed(before, fingerprint(lm.model)), "the super weights were not restored bit-exactly"
     after = evaluate(lm.model, eval_windows, clean.reference)
     assert after.perplexity == clean.result.perplexity, "perplexity after restore differs from the clean model's"
     recorder.record("perplexity", after.perplexity, clean_value=clean.result.perplexity, method="super_weights",
                     perturbation={"kind": "restored", "target": "super_weights", "count": len(sites),
-                                  "target_source": source})
+                                  "detection": super_weights.id})
 
 
-def test_known_super_weights(lm, esa, recorder):
+def test_known_super_weights(lm, recorder, super_weights):
     known = known_super_weights(lm)
     if not known:
-        pytest.skip(f"no published super-weight coordinates for {lm.name} (harness.scoring.known)")
-    found = {s.site for s in score(lm, "activation").top_k(TOP_K)}
-    missing = [k for k in known if k.site not in found]
+        pytest.skip(f"no published or measured super-weight coordinates for {lm.name} (harness.scoring.known)")
+    found = {s.coords for s in super_weights.sites}
+    missing = [(k.layer, k.row, k.col) for k in known if (k.layer, k.row, k.col) not in found]
     recorder.record("known_found_fraction", 1 - len(missing) / len(known), method="activation",
-                    higher_is_better=True, perturbation={"kind": "score"},
-                    extra={"known": [(k.layer, k.row, k.col) for k in known],
-                           "missing": [(k.layer, k.row, k.col) for k in missing]})
-    assert not missing, f"activation missed the published super weights {[(k.layer, k.row, k.col) for k in missing]}"
+                    higher_is_better=True, perturbation={"kind": "score", "detection": super_weights.id},
+                    extra={"known": [(k.layer, k.row, k.col) for k in known], "missing": missing,
+                           "source": known[0].source})
+    assert not missing, f"detection {super_weights.id} missed the known super weights {missing}"

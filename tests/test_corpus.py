@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from harness.data import generation_prompts, load_corpus, token_windows
+from harness.data.corpus import bos_token_id, window_metadata
 from harness.errors import HarnessError
 
 
@@ -30,6 +32,57 @@ def test_windows_are_the_stream_prefix():
     assert w.shape == (3, 64)
     text = "\n\n".join(corpus.eval_docs)
     assert w.reshape(-1).tolist() == [ord(c) % 256 for c in text[:192]]
+
+
+def _bos_byte_tokenizer():
+    """The tiny models' byte tokenizer, made to add ``<s>`` (id 1) in front of a text, as Gemma's adds its BOS."""
+    from tokenizers import processors
+
+    from harness.models.tiny import byte_tokenizer
+
+    tok = byte_tokenizer()
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return tok
+
+
+def test_bos_is_what_the_tokenizer_adds_not_what_it_names():
+    from harness.models.tiny import byte_tokenizer
+
+    plain = byte_tokenizer()
+    assert plain.bos_token_id == 1 and bos_token_id(plain) is None  # names <s>, never adds it
+    assert bos_token_id(_bos_byte_tokenizer()) == 1
+    assert bos_token_id(_CharTokenizer()) is None
+
+
+def test_bos_windows_predict_the_same_tokens():
+    """With BOS the window is [BOS] + (length-1) stream tokens: only the context-only first position differs."""
+    docs = load_corpus().eval_docs
+    tok = _bos_byte_tokenizer()
+    with_bos = token_windows(tok, docs, 32, 4)
+    without = token_windows(tok, docs, 32, 4, bos=False)
+    assert with_bos.shape == without.shape == (4, 32)
+    assert with_bos[:, 0].tolist() == [1] * 4 and 1 not in without[:, 0].tolist()
+    assert torch.equal(with_bos[:, 1:], without[:, 1:])
+    assert window_metadata(tok, with_bos) == {"windows": 4, "window": 32, "predicted_tokens": 124, "bos": True,
+                                              "bos_token_id": 1}
+    assert window_metadata(tok, without)["bos"] is False
+
+
+def test_a_bos_window_is_what_the_tokenizer_makes_of_its_text():
+    """The window equals the tokenizer's own encoding (special tokens on) of the text it predicts."""
+    tok = _bos_byte_tokenizer()
+    windows = token_windows(tok, load_corpus().eval_docs, 24, 3)
+    for window in windows:
+        text = tok.decode(window[1:].tolist())
+        assert tok(text)["input_ids"] == window.tolist()
+
+
+def test_bos_option():
+    docs = load_corpus().eval_docs
+    assert torch.equal(token_windows(_CharTokenizer(), docs, 16, 2, bos=None),
+                       token_windows(_CharTokenizer(), docs, 16, 2, bos=False))
+    with pytest.raises(HarnessError, match="adds no BOS token"):
+        token_windows(_CharTokenizer(), docs, 16, 2, bos=True)
 
 
 def test_too_many_tokens_is_a_clear_error():

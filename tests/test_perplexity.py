@@ -81,3 +81,26 @@ def test_kl_and_top1_equal_a_direct_float64_computation(tiny, level):
     expected_top1 = float((perturbed.argmax(-1) == clean.argmax(-1)).double().mean())
     assert result.top1 == pytest.approx(expected_top1)
     assert result.kl > 0
+
+
+def test_bos_windows_are_scored_as_transformers_scores_bos_plus_text():
+    """With a tokenizer that adds BOS, each window is scored like HF scores ``tokenizer(text)`` with
+    ``labels=input_ids``, and predicts the same tokens as the windows without BOS."""
+    from tokenizers import processors
+
+    loaded = load_model("tiny-llama")
+    tok = loaded.tokenizer
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    docs = load_corpus().eval_docs
+    with_bos = token_windows(tok, docs, 48, 3)
+    without = token_windows(tok, docs, 48, 3, bos=False)
+    losses = []
+    with torch.no_grad():
+        for window in with_bos:
+            ids = tok(tok.decode(window[1:].tolist()), return_tensors="pt")["input_ids"]  # (1, 48), BOS first
+            assert ids[0, 0] == 1 and ids.shape == (1, 48)
+            losses.append(loaded.model(input_ids=ids, labels=ids).loss.double())
+    result, plain = evaluate(loaded.model, with_bos), evaluate(loaded.model, without)
+    assert result.perplexity == pytest.approx(math.exp(float(torch.stack(losses).mean())), rel=1e-5)
+    assert result.n_tokens == plain.n_tokens == 3 * 47
+    assert result.perplexity != plain.perplexity  # the BOS is seen: the first predicted token's context differs

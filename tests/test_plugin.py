@@ -12,13 +12,24 @@ pytest_plugins = ["pytester"]
 
 SUITE = """
 import torch
+from harness.claims import ClaimSet, greater
+
+CLAIMS = ClaimSet("demo")
+PPL = CLAIMS.bound("clean_perplexity", "perplexity stays low", side="max", statistic="perplexity")
+ABOVE_ONE = CLAIMS.relation("perplexity_above_one", "perplexity exceeds 1", statistic="perplexity",
+                            pretrained_only=False)
+TRAINED = CLAIMS.relation("trained_only", "only about trained models", statistic="perplexity")
 
 def test_measure(lm, eval_windows, clean, recorder):
     recorder.record("perplexity", clean.result.perplexity, method="none")
     assert clean.result.perplexity > 1
 
 def test_claim(lm, clean, recorder):
-    recorder.claim("clean_perplexity_max", clean.result.perplexity)
+    recorder.claim(PPL, clean.result.perplexity)
+
+def test_relations(lm, clean, recorder):
+    recorder.claim(ABOVE_ONE, greater(clean.result.perplexity, 1.0))
+    recorder.claim(TRAINED, greater(clean.result.perplexity, 1.0))
 """
 
 LEAK = """
@@ -53,25 +64,60 @@ def _rows(pytester: pytest.Pytester, sql: str) -> list[tuple]:
         return conn.execute(sql).fetchall()
 
 
+def _bounds(pytester: pytest.Pytester, text: str) -> None:
+    bounds = pytester.path / "suites" / "bounds"
+    bounds.mkdir(parents=True, exist_ok=True)
+    (bounds / "demo.toml").write_text(text)
+
+
 def test_ids_selection_and_records(pytester: pytest.Pytester):
     pytester.makepyfile(test_demo=SUITE)
-    bounds = pytester.mkdir("suites") / "bounds"
-    bounds.mkdir()
-    (bounds / "demo.toml").write_text("# test bound\n[tiny-llama]\nclean_perplexity_max = 1e9\n"
-                                      "[tiny-opt]\nclean_perplexity_max = 1.0\n")
+    _bounds(pytester, "# test bound\n[tiny-llama]\nclean_perplexity = 1e9\n[tiny-opt]\nclean_perplexity = 1.0\n")
     result = _run(pytester, "--model", "tiny-llama,tiny-opt", "--eval-tokens", "64", "--window", "32", "-v")
-    result.assert_outcomes(passed=3, failed=1)
+    result.assert_outcomes(passed=5, failed=1)
     result.stdout.fnmatch_lines(["*test_measure?tiny-llama? PASSED*", "*test_claim?tiny-opt? FAILED*",
-                                 "*claim clean_perplexity_max failed for tiny-opt*"])
-    rows = _rows(pytester, "SELECT suite, model, metric, bound, passed, seed, dtype FROM records ORDER BY id")
-    assert ("demo", "tiny-llama", "clean_perplexity_max", 1e9, 1, 0, "float32") in rows
-    assert ("demo", "tiny-opt", "clean_perplexity_max", 1.0, 0, 0, "float32") in rows
+                                 "*claim demo.clean_perplexity failed: * is not <= 1 on tiny-opt*"])
+    rows = _rows(pytester, "SELECT suite, model, metric, bound, passed, seed, dtype, outcome FROM records ORDER BY id")
+    assert ("demo", "tiny-llama", "clean_perplexity", 1e9, 1, 0, "float32", "passed") in rows
+    assert ("demo", "tiny-opt", "clean_perplexity", 1.0, 0, 0, "float32", "failed") in rows
+    assert ("demo", "tiny-opt", "perplexity_above_one", 1.0, 1, 0, "float32", "passed") in rows
+    assert ("demo", "tiny-opt", "trained_only", None, None, 0, "float32", "not_applicable") in rows
     runs = _rows(pytester, "SELECT run_id, git_commit, device, torch, transformers, python, command FROM runs")
     assert len(runs) == 1 and runs[0][2].startswith("cpu") and runs[0][3]
 
     result = _run(pytester, "--model", "tiny-llama,tiny-opt", "--eval-tokens", "64", "--window", "32",
                   "-k", "tiny-opt and measure")
-    result.assert_outcomes(passed=1, deselected=3)
+    result.assert_outcomes(passed=1, deselected=5)
+
+
+def test_claims_summary_and_strict_claims(pytester: pytest.Pytester):
+    """Four outcomes in the terminal summary; --strict-claims fails on an unverified bound and says how to fix it."""
+    pytester.makepyfile(test_demo=SUITE)
+    _bounds(pytester, "[tiny-opt]\nclean_perplexity = 1e9\n")
+    args = ("--model", "tiny-llama,tiny-opt", "--eval-tokens", "64", "--window", "32")
+    result = _run(pytester, *args)
+    result.assert_outcomes(passed=6)
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["*= claims =*", "claims: 3 passed, 0 failed, 1 unverified, 2 not applicable",
+                                 "UNVERIFIED demo.clean_perplexity ?tiny-llama?*", "*python -m reports export-bounds*"])
+    result = _run(pytester, *args, "--strict-claims")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*--strict-claims: 1 unverified claim(s) fail the session*"])
+    result = _run(pytester, "--model", "tiny-opt", "--eval-tokens", "64", "--window", "32", "--strict-claims")
+    assert result.ret == 0
+
+
+def test_bounds_file_naming_an_undeclared_claim_is_one_line(pytester: pytest.Pytester):
+    pytester.makepyfile(test_demo=SUITE)
+    for text, message in (("[tiny-llama]\nclean_perplexity_max = 30\n",
+                           "*demo.toml: ?tiny-llama? clean_perplexity_max is not declared; suite demo declares the "
+                           "bounds clean_perplexity*"),
+                          ("[tiny-llama]\nperplexity_above_one = 2\n", "*perplexity_above_one is a relation*")):
+        _bounds(pytester, text)
+        result = _run(pytester, "--model", "tiny-llama")
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines([message])
+        assert "Traceback" not in result.stderr.str()
 
 
 def test_family_markers(pytester: pytest.Pytester):
@@ -115,11 +161,14 @@ def test_eval_tokens_beyond_corpus(pytester: pytest.Pytester):
 
 
 def test_dotted_claim_name_in_a_bounds_file_is_an_error(tmp_path):
-    """TOML reads `a_0.01_max = 1` as a table; a silently missing bound would let a claim go unchecked."""
-    from fixtures.session import bound_for
+    """TOML reads `a_0.01 = 1` as a table; a silently missing bound would let a claim go unchecked."""
+    from harness.claims import ClaimSet, bound_for
 
-    (tmp_path / "dotted.toml").write_text('[m]\nok_max = 1.0\nx_0.01_ppl_ratio_max = 1.0\n')
+    claims = ClaimSet("dotted_demo")
+    ok = claims.bound("ok", "ok", side="max", statistic="x")
+    quoted = claims.bound("x_0.01_ppl_ratio", "x", side="max", statistic="ppl_ratio")
+    (tmp_path / "dotted_demo.toml").write_text('[m]\nok = 1.0\nx_0.01_ppl_ratio = 1.0\n')
     with pytest.raises(HarnessError, match="quote them"):
-        bound_for(tmp_path, "dotted", "m", "ok_max")
-    (tmp_path / "quoted.toml").write_text('[m]\n"x_0.01_ppl_ratio_max" = 2.0\n')
-    assert bound_for(tmp_path, "quoted", "m", "x_0.01_ppl_ratio_max") == 2.0
+        bound_for(tmp_path, ok, "m")
+    (tmp_path / "dotted_demo.toml").write_text('[m2]\n"x_0.01_ppl_ratio" = 2.0\n')
+    assert bound_for(tmp_path, quoted, "m2") == 2.0

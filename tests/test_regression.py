@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from pathlib import Path
 
 import pytest
 
@@ -20,25 +22,40 @@ from reports.regression import (
     load_baseline,
     load_tolerances,
 )
-from reports.synthetic import build_store, write_run
+from reports.sample import replay_run, sample_store
 
 pytest_plugins = ["pytester"]
 
-SUITES = ("smoke", "ablation", "bitflip", "pruning", "super_weights", "targeted")
-# lower-bound claims get worse when smaller, upper-bound claims when larger
-WORSE = {"wanda_50_ppl_ratio_max": 1.5,           # <= 2.0: 1.57 -> 2.35 (also fails its bound)
-         "zero_super_weight_ppl_ratio_min": 0.5,  # >= 10: 41 -> 20.5 (still passes its bound)
-         "mantissa_64_ppl_ratio_max": 0.8}        # <= 1.1: 1.06 -> 0.85 is an improvement
+
+def _sample_base(tmp_path_factory) -> Path:
+    return Path(os.environ.get("ESA_SAMPLE_STORES") or tmp_path_factory.getbasetemp())
+
+
+def _pick(records) -> dict[str, str]:
+    """From a real run's claims with positive finite values: an upper-side claim to worsen (x1.5), a
+    lower-side claim to worsen (x0.5) and another upper-side claim to improve (x0.8)."""
+    from reports.load import claim_direction
+
+    c = records[records["is_claim"] & (records["value"] > 0) & (records["value"] < math.inf)]
+    c = c.drop_duplicates("claim", keep=False)  # one row per name: the test id is then unambiguous
+    side = {r["claim"]: claim_direction(r["metric"], r["value"], r["bound"], r["passed"], r["xtra"],
+                                        higher_is_better=r["higher_is_better"]) for r in c.to_dict("records")}
+    upper = sorted(n for n, d in side.items() if d is False)
+    lower = sorted(n for n, d in side.items() if d is True)
+    assert len(upper) >= 2 and lower, f"the sample run should hold claims of both sides: {side}"
+    return {"upper": upper[0], "lower": lower[0], "improved": upper[1]}
 
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
-    d = tmp_path_factory.mktemp("reg")
-    first = build_store(d, suites=SUITES)[0]
+    """The real sample run, its baseline file, and a replay of it (commit 2222222) with one upper-side and
+    one lower-side claim worsened and one upper-side claim improved."""
+    d, first = sample_store(_sample_base(tmp_path_factory))
+    names = _pick(load_run(d, first).records)
     path = export_baseline(d, d / "baselines" / "tiny-llama.json", run_id=first)
-    with ResultStore(d) as store:
-        second = write_run(store, d, commit="2222222", seed=0, suites=SUITES, worsen=WORSE)
-    return d, path, first, second
+    second = replay_run(d, first, info={"git_commit": "2222222"},
+                        scale={names["upper"]: 1.5, names["lower"]: 0.5, names["improved"]: 0.8})
+    return d, path, first, second, names
 
 
 def _claims(d, run_id):
@@ -47,47 +64,50 @@ def _claims(d, run_id):
 
 
 def test_check_fails_exactly_the_regressed_claims(two_runs):
-    d, path, _, second = two_runs
+    d, path, first, second, names = two_runs
     base = load_baseline(path)
     messages = {r["claim"]: base.check(r) for r in _claims(d, second)}
     flagged = {c for c, m in messages.items() if m}
-    assert flagged == {"wanda_50_ppl_ratio_max", "zero_super_weight_ppl_ratio_min"}
-    msg = messages["zero_super_weight_ppl_ratio_min"]
-    assert "\n" not in msg and "20.5 vs 41" in msg and "-50.0%" in msg and "lower bound (>= 10)" in msg
-    assert str(path) in msg and "commit 0000001" in msg
+    assert flagged == {names["upper"], names["lower"]}
+    before = {r["claim"]: r["value"] for r in _claims(d, first)}
+    msg = messages[names["lower"]]
+    low = before[names["lower"]]
+    assert "\n" not in msg and f"{low * 0.5:.4g} vs {low:.4g}" in msg and "-50.0%" in msg and "a lower bound" in msg
+    assert str(path) in msg and "+50.0%" in messages[names["upper"]] and "an upper bound" in messages[names["upper"]]
 
 
 def test_same_run_has_no_regression(two_runs):
-    d, path, first, _ = two_runs
+    d, path, first, _, _ = two_runs
     base = load_baseline(path)
     assert all(base.check(r) is None for r in load_run(d, first).records.to_dict("records"))
 
 
 def test_check_takes_the_recorder_dict(two_runs):
     """The plugin passes what it wrote: JSON columns as dicts, no parsed columns."""
-    _, path, _, _ = two_runs
+    d, path, first, _, names = two_runs
     base = load_baseline(path)
-    rec = {"run_id": "r", "test_id": "suites/test_pruning.py::test_wanda_50[tiny-llama]", "suite": "pruning",
-           "model": "tiny-llama", "metric": "wanda_50_ppl_ratio_max", "value": 1.9, "seed": 0, "dtype": "float32",
-           "higher_is_better": None, "collapsed": False, "bound": 2.0, "passed": True,
-           "extra": {"claim": "wanda_50_ppl_ratio_max"}, "perturbation": {"kind": "prune"}}
-    assert "wanda_50_ppl_ratio_max regressed" in base.check(rec)
-    assert base.check({**rec, "value": 1.6}) is None  # within 5%
+    row = next(r for r in _claims(d, first) if r["claim"] == names["upper"])
+    rec = {k: row[k] for k in ("run_id", "test_id", "suite", "model", "metric", "value", "seed", "dtype",
+                               "higher_is_better", "collapsed", "bound", "passed", "outcome")}
+    rec.update(extra=row["xtra"], perturbation=row["pert"])
+    assert base.check(rec) is None
+    assert f"{names['upper']} regressed" in base.check({**rec, "value": rec["value"] * 1.5})
+    allowed = base.tolerances.for_row(rec["metric"], names["upper"]).allowed(rec["value"])
+    assert base.check({**rec, "value": rec["value"] + 0.9 * allowed}) is None  # within tolerance
+    assert base.check({**rec, "value": rec["value"] + 1.1 * allowed + 1e-12}) is not None
     assert base.check({**rec, "model": "other-model"}) is None  # nothing to compare with
-    collapsed = {**rec, "value": None, "collapsed": True}
-    assert "inf (collapsed)" in base.check(collapsed)
+    assert "inf (collapsed)" in base.check({**rec, "value": None, "collapsed": True})
 
 
 def test_compare_against_previous_run_lists_statuses(two_runs):
-    d, _path, first, second = two_runs
+    d, _path, first, second, names = two_runs
     base = Baseline.from_store(d, first)
     cmp = base.compare(load_run(d, second).records)
-    claims = cmp[cmp["kind"] == "claim"].set_index("name")["status"]
-    assert claims["wanda_50_ppl_ratio_max"] == "regressed"
-    assert claims["zero_super_weight_ppl_ratio_min"] == "regressed"
-    assert claims["mantissa_64_ppl_ratio_max"] == "improved"
-    assert claims["clean_perplexity_max"] == "ok"
-    assert (cmp[cmp["metric"] == "super_weight_score"]["status"] == "ignored").all()
+    claims = cmp[cmp["kind"] == "claim"].drop_duplicates("name", keep=False).set_index("name")["status"]
+    assert claims[names["upper"]] == "regressed" and claims[names["lower"]] == "regressed"
+    assert claims[names["improved"]] == "improved"
+    others = claims.drop([names["upper"], names["lower"], names["improved"]])
+    assert set(others) <= {"ok", "ignored"}, others[~others.isin(["ok", "ignored"])]
     assert list(cmp["kind"].unique()) == ["claim", "metric"]  # claims first
 
 
@@ -124,14 +144,14 @@ def test_unknown_metric_is_two_sided(tmp_path):
 
 
 def test_baseline_file_roundtrip(two_runs):
-    d, path, first, _ = two_runs
+    d, path, first, _, names = two_runs
     data = json.loads(path.read_text())
     assert data["schema_version"] == BASELINE_SCHEMA_VERSION and data["kind"] == "esa-harness-baseline"
     assert data["models"] == ["tiny-llama"] and data["run"]["run_id"] == first
     assert {"device", "dtype", "torch", "transformers", "git_commit"} <= set(data["run"])
-    claim = next(r for r in data["rows"] if r["claim"] == "zero_super_weight_ppl_ratio_min")
-    assert claim["direction"] is True and claim["bound"] == 10.0 and claim["kind"] == "claim"
-    assert any(r["value"] == "inf" for r in data["rows"])  # collapsed trials survive JSON
+    claim = next(r for r in data["rows"] if r["claim"] == names["lower"])
+    assert claim["direction"] is True and claim["kind"] == "claim"
+    assert any(r["value"] == "inf" for r in data["rows"])  # attacks that never collapsed survive JSON as inf
     from_file = load_baseline(path).rows.set_index(["kind", "name", "test_id", "method", "perturbation"])
     from_store = Baseline.from_store(d, first).rows.set_index(["kind", "name", "test_id", "method", "perturbation"])
     assert from_file.index.sort_values().equals(from_store.index.sort_values())
@@ -153,7 +173,7 @@ def test_bad_baseline_file_is_one_line_error(tmp_path, content, message):
 
 
 def test_compatibility_warnings(two_runs):
-    _, path, _, _ = two_runs
+    _, path, _, _, _ = two_runs
     base = load_baseline(path)
     assert base.compatibility(dict(base.run), ["tiny-llama"]) == []
     warnings = base.compatibility({**base.run, "device": "cuda:0 (H100)", "torch": "9.9"}, ["opt-350m"])
@@ -162,13 +182,16 @@ def test_compatibility_warnings(two_runs):
     assert any("torch is '9.9'" in w for w in warnings)
 
 
-def test_report_warns_when_environment_differs(tmp_path):
-    with ResultStore(tmp_path) as store:
-        write_run(store, tmp_path, suites=("smoke",))
-        write_run(store, tmp_path, suites=("smoke",), info={"dtype": "bfloat16", "transformers": "9.0"})
+def test_report_warns_when_environment_differs(two_runs, tmp_path):
+    import shutil
+
     from reports.build import build_report
 
-    md = (build_report(tmp_path) / "analysis_report.md").read_text()
+    d, _, first, _, _ = two_runs
+    copy = tmp_path / "copy"
+    shutil.copytree(d, copy, ignore=shutil.ignore_patterns("report*", "root", "baselines"))
+    new = replay_run(copy, first, info={"dtype": "bfloat16", "transformers": "9.0"})
+    md = (build_report(copy, run_id=new) / "analysis_report.md").read_text()
     assert "WARNING (environment differs): dtype is 'bfloat16' in this run but 'float32'" in md
     assert "WARNING (environment differs): transformers" in md
 
@@ -190,14 +213,14 @@ def test_tolerance_table(tmp_path):
 
 
 def test_cli_export_and_compare(two_runs, tmp_path, capsys):
-    d, _, first, second = two_runs
+    d, _, first, second, names = two_runs
     out = tmp_path / "b.json"
     assert main(["export-baseline", str(d), "--run", first, "-o", str(out)]) == 0
     assert out.is_file()
     capsys.readouterr()
     assert main(["compare", str(d), "--baseline", str(out), "--run", second]) == 1
     text = capsys.readouterr().out
-    assert "REGRESSED: pruning tiny-llama wanda_50_ppl_ratio_max" in text
+    assert f"tiny-llama {names['upper']}" in text and "REGRESSED:" in text
     assert main(["compare", str(d), "--baseline", str(out), "--run", first]) == 0
     assert main(["compare", str(d), "--baseline", str(tmp_path / "missing.json")]) == 2
 
@@ -208,19 +231,26 @@ DEMO_SUITE = """
 import json
 from pathlib import Path
 
+from harness.claims import ClaimSet
+
 VALUES = json.loads(Path(__file__).with_name("values.json").read_text())
+CLAIMS = ClaimSet("demo")
+UPPER = CLAIMS.bound("upper_ppl_ratio", "stays low", side="max", statistic="ppl_ratio")
+LOWER = CLAIMS.bound("lower_ppl_ratio", "stays high", side="min", statistic="ppl_ratio")
+BETTER = CLAIMS.bound("better_top1", "stays high", side="min", statistic="top1")
+STEADY = CLAIMS.bound("steady_kl", "stays low", side="max", statistic="kl")
 
 def test_upper(model_name, recorder):
-    recorder.claim("upper_ppl_ratio_max", VALUES["upper"])
+    recorder.claim(UPPER, VALUES["upper"])
 
 def test_lower(model_name, recorder):
-    recorder.claim("lower_ppl_ratio_min", VALUES["lower"])
+    recorder.claim(LOWER, VALUES["lower"])
 
 def test_improved(model_name, recorder):
-    recorder.claim("better_top1_min", VALUES["better"])
+    recorder.claim(BETTER, VALUES["better"])
 
 def test_steady(model_name, recorder):
-    recorder.claim("steady_kl_max", VALUES["steady"])
+    recorder.claim(STEADY, VALUES["steady"])
 """
 
 
@@ -230,8 +260,8 @@ def test_plugin_baseline_fails_exactly_the_regressed_claims(pytester):
     pytester.makepyfile(test_demo=DEMO_SUITE)
     bounds = pytester.mkdir("suites") / "bounds"
     bounds.mkdir()
-    (bounds / "demo.toml").write_text("[tiny-llama]\nupper_ppl_ratio_max = 10.0\nlower_ppl_ratio_min = 5.0\n"
-                                      "better_top1_min = 0.5\nsteady_kl_max = 1.0\n")
+    (bounds / "demo.toml").write_text("[tiny-llama]\nupper_ppl_ratio = 10.0\nlower_ppl_ratio = 5.0\n"
+                                      "better_top1 = 0.5\nsteady_kl = 1.0\n")
     values = pytester.path / "values.json"
     res = pytester.path / "res"
     args = ("-p", "fixtures.plugin", "-p", "no:cacheprovider", "--results-dir", str(res), "--model", "tiny-llama")
@@ -246,8 +276,8 @@ def test_plugin_baseline_fails_exactly_the_regressed_claims(pytester):
     # the plugin fails them in the recorder's teardown (an error) or in the call (a failure): either counts
     bad_reports = [r for r in result.reprec.getreports("pytest_runtest_logreport") if r.failed]
     assert {r.nodeid.split("::")[-1].split("[")[0] for r in bad_reports} == {"test_upper", "test_lower"}
-    result.stdout.fnmatch_lines(["*upper_ppl_ratio_max regressed against baseline*1.5 vs 1 (+50.0%)*"])
-    result.stdout.fnmatch_lines(["*lower_ppl_ratio_min regressed*20 vs 41 (-51.2%); a lower bound (>= 5)*"])
+    result.stdout.fnmatch_lines(["*upper_ppl_ratio regressed against baseline*1.5 vs 1 (+50.0%)*"])
+    result.stdout.fnmatch_lines(["*lower_ppl_ratio regressed*20 vs 41 (-51.2%); a lower bound (>= 5)*"])
 
     bad = pytester.path / "other.json"
     bad.write_text('{"kind": "esa-harness-baseline", "schema_version": 99}')

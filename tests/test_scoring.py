@@ -4,9 +4,7 @@ restored state, bad input, and the super_weights.json artifact."""
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 from types import SimpleNamespace
 
 import pytest
@@ -16,8 +14,7 @@ from harness.errors import HarnessError, UnknownNameError
 from harness.fingerprint import fingerprint
 from harness.models import build_tiny, byte_tokenizer, load_model, select
 from harness.models.specs import TINY_PARAMS
-from harness.scoring import SCORERS, known_super_weights, read_super_weights, score, write_super_weights
-from harness.scoring.artifacts import SUMMARY_FILENAME
+from harness.scoring import SCORERS, known_super_weights, score
 from harness.scoring.base import ScoredSite, ref_shape
 from harness.scoring.grads import batch_nll, grad_on
 from harness.scoring.hessian import hutchinson_diagonal, rademacher
@@ -137,19 +134,25 @@ def test_top_k_indices_match_top_k_on_fused_rows_and_sparse_sets():
     assert all(set(idx[:, 0].tolist()) <= set(ref.rows) for ref, (idx, _) in fused.items())
 
 
-# -- activation: the planted super weight ----------------------------------------------------------
+# -- activation: the shared detector as a scorer (the detector itself: tests/test_superweights.py) ----
 
 
-def _planted(layer: int = 0, row: int = 11, col: int = 37):
-    """A tiny llama with one super weight W_down[row, col] and an input spike on channel col."""
-    model = build_tiny("llama")
+def _planted(layer: int = 0, row: int = 11, col: int = 37, dim: int = 5):
+    """A tiny llama with one super weight W_down[row, col]: only the token 'A' spikes on input channel col."""
+    model, tok = build_tiny("llama"), byte_tokenizer()
+    token = tok("A", add_special_tokens=False)["input_ids"][0]
     with torch.no_grad():
+        emb = model.model.embed_tokens.weight
+        emb[:, dim] = 0.0
+        emb[token] = 0.0
+        emb[token, dim] = 1.0
         mlp = model.model.layers[layer].mlp
-        mlp.gate_proj.weight[col] = 2.0  # every token's intermediate channel col ~ 4 (sum of x)^2
-        mlp.up_proj.weight[col] = 2.0
+        for proj in (mlp.gate_proj, mlp.up_proj):
+            proj.weight[col] = 0.0
+            proj.weight[col, dim] = 6.0
         mlp.down_proj.weight[:, col] = 0.0  # no other weight of the column turns the spike into output
         mlp.down_proj.weight[row, col] = 5.0
-    return SimpleNamespace(model=model, tokenizer=byte_tokenizer())
+    return SimpleNamespace(model=model, tokenizer=tok)
 
 
 def test_activation_finds_the_planted_super_weight_and_restores_the_model():
@@ -161,17 +164,17 @@ def test_activation_finds_the_planted_super_weight_and_restores_the_model():
     assert [(s.site.param, s.site.index) for s in top] == [("model.layers.0.mlp.down_proj.weight", (11, 37))]
     assert top[0].value == 5.0 and top[0].score > 50 and top[0].component == "mlp_down"
     spike = result.details["spikes"][0]
-    assert spike["input_value"] > 50 and spike["round"] == 0
-    assert result.details["rounds"] == 2 and result.cost.forward == 2  # found, then nothing new
+    assert spike["input_spike"] > 50 and spike["round"] == 0
+    assert result.details["rounds"] == 1 and result.cost.forward == 1  # default: round 0 only
     dense = dict((ref.layer, s) for ref, s in result)
     assert dense[0][11, 37] == top[0].score and dense[0].count_nonzero() == 1 and dense[1].count_nonzero() == 0
 
 
-def test_activation_repeats_until_no_new_spike():
+def test_activation_rounds_option_repeats_until_no_new_spike():
     planted = _planted()
     with torch.no_grad():  # a second, smaller weight in the same column: found once the first is zeroed
         planted.model.model.layers[0].mlp.down_proj.weight[20, 37] = 2.0
-    result = score(planted, "activation")
+    result = score(planted, "activation", rounds=4)
     spikes = [(s["round"], s["row"], s["col"]) for s in result.details["spikes"]]
     assert spikes == [(0, 11, 37), (1, 20, 37)] and result.details["rounds"] == 3
 
@@ -189,22 +192,22 @@ def test_activation_restores_the_model_when_the_forward_fails():
     handle = planted.model.model.layers[1].mlp.down_proj.register_forward_hook(fail_second_round)
     try:
         with pytest.raises(RuntimeError, match="boom"):
-            score(planted, "activation")
+            score(planted, "activation", rounds=2)  # round 1 runs with the found weight zeroed
     finally:
         handle.remove()
     assert fingerprint(planted.model) == before
 
 
-def test_activation_threshold_that_finds_nothing_returns_empty(llama, caplog):
-    with caplog.at_level(logging.WARNING):
-        result = score(llama, "activation", input_threshold=1e6)
+def test_activation_factor_that_finds_nothing_returns_empty(llama, caplog):
+    with caplog.at_level(logging.INFO):
+        result = score(llama, "activation", factor=1e9)
     assert result.top_k(3) == [] and result.sites == []
-    assert "found nothing" in caplog.text and "largest |input|" in caplog.text
+    assert "strongest candidate" in caplog.text
 
 
 def test_activation_on_windows_without_tokenizer(llama):
-    result = score(llama.model, "activation", windows=_windows(), input_threshold=0.0, output_threshold=0.0)
-    assert len(result.top_k(2)) == 2  # with zero thresholds every layer has a "spike"
+    result = score(llama.model, "activation", windows=_windows())
+    assert result.sites == [] and result.details["detection"].token_ids[0] == tuple(_windows()[0].tolist())
     with pytest.raises(HarnessError, match="tokenizer"):
         score(llama.model, "activation")
 
@@ -411,42 +414,6 @@ def test_family_without_a_locatable_down_projection_is_named():
 
 
 # -- artifacts and known coordinates -------------------------------------------------------------
-
-
-def test_super_weights_json_merges_by_method_and_summarises_per_layer(tmp_path):
-    planted = _planted()
-    found = score(planted, "activation").top_k(5)
-    path = write_super_weights(tmp_path, "tiny/planted", found, "activation")
-    assert path == tmp_path / "tiny--planted" / "super_weights.json"
-    magnitude = score(planted, "magnitude", components="mlp_down").top_k(3)
-    write_super_weights(tmp_path, "tiny/planted", magnitude, "magnitude")
-    entries = read_super_weights(tmp_path, "tiny/planted")
-    assert [(e["method"], e["rank"]) for e in entries] == [("activation", 0)] + [("magnitude", i) for i in range(3)]
-    first = entries[0]
-    assert {k: first[k] for k in ("module", "layer", "row", "col", "value")} == {
-        "module": "model.layers.0.mlp.down_proj.weight", "layer": 0, "row": 11, "col": 37, "value": 5.0}
-    assert first["score"] > 50
-    write_super_weights(tmp_path, "tiny/planted", [], "activation")  # a rerun that found nothing
-    assert {e["method"] for e in read_super_weights(tmp_path, "tiny/planted")} == {"magnitude"}
-    summary = json.loads((path.parent / SUMMARY_FILENAME).read_text())
-    layers = sorted({s.layer for s in magnitude})
-    assert summary == [{"method": "magnitude", "layer": layer, "count": sum(s.layer == layer for s in magnitude),
-                        "max_score": max(s.score for s in magnitude if s.layer == layer)} for layer in layers]
-    assert sorted(p.name for p in path.parent.iterdir() if not p.name.endswith(".lock")) == [
-        "super_weights.json", SUMMARY_FILENAME]
-
-
-def test_super_weights_json_handles_signed_and_infinite_scores(tmp_path):
-    from harness.faults.sites import FaultSite
-
-    sites = [ScoredSite(FaultSite("a.weight", (3,)), 1, "attn_norm", -0.5, -math.inf),
-             ScoredSite(FaultSite("b.weight", (1, 2)), 2, "value", 0.25, -3.0)]
-    write_super_weights(tmp_path, "m", sites, "hessian")
-    entries = read_super_weights(tmp_path, "m")
-    assert entries[0]["col"] is None and entries[0]["score"] is None and entries[1]["score"] == -3.0
-    (tmp_path / "m" / "super_weights.json").write_text("{")
-    with pytest.raises(HarnessError, match="not valid JSON"):
-        write_super_weights(tmp_path, "m", sites, "hessian")
 
 
 def test_known_super_weights_are_data_keyed_by_hub_id():

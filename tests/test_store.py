@@ -84,3 +84,74 @@ def test_killed_writer_keeps_what_it_committed(tmp_path):
     proc.wait()
     ids = set(ResultStore(path).records(run_id).id)
     assert set(committed) <= ids
+
+
+# -- bad input: one-line errors, the file left as it was ------------------------------------------------
+
+
+def test_results_dir_that_cannot_be_created_is_one_line_error(tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the results directory should go")
+    with pytest.raises(HarnessError, match=r"cannot create the results directory .*blocker") as err:
+        ResultStore(blocker / "results")
+    assert "\n" not in str(err.value)
+    assert blocker.read_text() == "a file where the results directory should go"
+
+
+@pytest.mark.parametrize("readonly", [False, True])
+def test_file_that_is_not_sqlite_is_left_untouched(tmp_path, readonly):
+    path = tmp_path / "results.sqlite"
+    junk = b"not a database\n" * 100
+    path.write_bytes(junk)
+    with pytest.raises(HarnessError, match=r"not a readable results store .*left as it is") as err:
+        ResultStore(tmp_path, readonly=readonly)
+    assert "\n" not in str(err.value)
+    assert path.read_bytes() == junk
+    with pytest.raises(HarnessError):  # a second try does not find a "repaired" store either
+        ResultStore(path)
+    assert path.read_bytes() == junk
+
+
+def test_foreign_sqlite_database_gets_no_tables_added(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "results.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE notes (x TEXT)")
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+    with pytest.raises(HarnessError, match="not a results store"):
+        ResultStore(path)
+    assert path.read_bytes() == before
+
+
+def test_commits_are_synced_and_readonly_opens_write_nothing(tmp_path):
+    store = ResultStore(tmp_path)
+    assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    run_id = store.start_run({"device": "cpu"})
+    store.record(run_id=run_id, test_id="t", suite="s", model="m", metric="x", value=1.0, outcome="passed")
+    store.close()
+    with ResultStore(tmp_path, readonly=True) as ro:
+        assert list(ro.records().outcome) == ["passed"]
+        with pytest.raises(Exception, match="readonly"):
+            ro.record(run_id=run_id, test_id="t", suite="s", model="m", metric="x", value=2.0)
+    with pytest.raises(HarnessError, match="no results store"):
+        ResultStore(tmp_path / "elsewhere", readonly=True)
+
+
+def test_schema_1_store_is_migrated_with_outcome(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "results.sqlite"
+    ResultStore(path).close()
+    conn = sqlite3.connect(path)  # make it look like a schema-1 store: no outcome column
+    conn.execute("ALTER TABLE records DROP COLUMN outcome")
+    conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    with ResultStore(path) as store:
+        run_id = store.start_run({"device": "cpu"})
+        store.record(run_id=run_id, test_id="t", suite="s", model="m", metric="x", value=1.0, outcome="failed")
+        assert store._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
+        assert list(store.records().outcome) == ["failed"]

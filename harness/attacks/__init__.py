@@ -14,7 +14,9 @@ level) and ``gcg``, ``hotflip`` (token-level suffix search).
 
 from __future__ import annotations
 
-from harness.attacks import guided, progressive, random_flips  # noqa: F401 - register
+# importing the package registers every attack: gcg and hotflip live in suffix_search, which builds on
+# input_attacks (the registry of input attacks), so input_attacks never imports it back
+from harness.attacks import guided, progressive, random_flips, suffix_search  # noqa: F401 - register
 from harness.attacks.base import (
     ATTACKS,
     COLLAPSE_RATIO,
@@ -28,13 +30,14 @@ from harness.attacks.base import (
 )
 from harness.attacks.defenses import DEFENSES, ChecksumDefense, ClampDefense, Defense, make_defense
 from harness.attacks.guided import detect_super_weights
+from harness.attacks.input_attacks import INPUT_ATTACKS, InputAttackResult, run_input_attack
 from harness.attacks.metrics import register_metrics
 from harness.attacks.result import AttackResult
 
 register_metrics()
 
 __all__ = [
-    "ATTACKS", "COLLAPSE_RATIO", "DEFENSES", "SUPPORTED_DTYPES", "AttackResult", "AttackSession",
-    "ChecksumDefense", "ClampDefense", "Defense", "Target", "attack", "attack_options", "attack_targets",
-    "detect_super_weights", "make_defense", "run_attack",
+    "ATTACKS", "COLLAPSE_RATIO", "DEFENSES", "INPUT_ATTACKS", "SUPPORTED_DTYPES", "AttackResult", "AttackSession",
+    "ChecksumDefense", "ClampDefense", "Defense", "InputAttackResult", "Target", "attack", "attack_options",
+    "attack_targets", "detect_super_weights", "make_defense", "run_attack", "run_input_attack",
 ]

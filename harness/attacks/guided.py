@@ -1,7 +1,8 @@
 """``guided``: flip exponent bits of the detected super weights and of their neighbours.
 
-Super weights come from the activation-spike detector (``harness.scoring`` method ``activation``,
-Yu et al. 2024) unless given. The flip order is: the strongest super weight, then its
+Super weights come from the shared super-weight detector (:mod:`harness.scoring.superweights`,
+Yu et al. 2024): pass the session's ``Detection`` (or its sites) as ``super_weights``; otherwise the
+model is scanned with the detector's defaults. The flip order is: the strongest super weight, then its
 ``neighbours`` largest-magnitude neighbours (the other weights of the same down-projection input
 channel, which read the same massive activation), then the next super weight and its neighbours;
 when the list is spent and budget is left, further neighbours round-robin.
@@ -16,8 +17,8 @@ Bit per target (``bit``):
 For int8 codes both modes flip bit 7 (the two's-complement sign bit): a code of +-127 becomes -+1
 (about 0) and a small code moves by 128 steps.
 
-Cost per flip: one forward pass of the evaluation windows; detection adds a forward pass of one
-attack window per detection round.
+Cost per flip: one forward pass of the evaluation windows; detection (when not given) adds one
+forward pass of the detector's prompt.
 """
 
 from __future__ import annotations
@@ -36,28 +37,38 @@ log = logging.getLogger(__name__)
 BIT_MODES = ("exp_msb", "shrink")
 
 
-def detect_super_weights(model: Any, windows: torch.Tensor, count: int = 4,
-                         max_rounds: int = 4) -> tuple[list[FaultSite], str]:
-    """Up to ``count`` super weights by down-projection activation spikes on ``windows``.
+def detect_super_weights(source: Any, windows: torch.Tensor | None = None, count: int = 4,
+                         max_rounds: int | None = None, *, model: Any = None) -> tuple[list[FaultSite], str]:
+    """Up to ``count`` super weights, strongest first, and where they come from.
 
-    Where no spike passes the detector's thresholds (tiny random models), the ``count``
-    largest-magnitude weights of the down projections stand in (the usual super-weight candidates).
+    Args:
+        source: a ``Detection`` (the shared one; preferred), or a model / ``LoadedModel`` to scan
+            with the detector's defaults.
+        windows: ignored (kept for old callers: the detector scans its own prompts, so that every
+            suite means the same weights).
+        count: most sites returned.
+        max_rounds: detector rounds when scanning (default: the detector's).
+        model: the model for the magnitude fallback when ``source`` is a ``Detection``.
+
+    Where the detection holds no site (tiny random models), the ``count`` largest-magnitude weights
+    of the down projections stand in (the usual super-weight candidates).
 
     Returns:
-        (sites, source): source is ``activation`` or ``magnitude`` (the fallback).
-
-    Cost: one forward pass of ``windows`` per detection round (at most ``max_rounds``).
+        (sites, source): source is ``detection:<id>`` or ``magnitude`` (the fallback).
     """
     from harness.faults import top_magnitude_sites
     from harness.models.archmap import select
-    from harness.scoring import score
+    from harness.scoring.superweights import ROUNDS, Detection, detect
 
-    found = score(model, "activation", windows=windows, max_rounds=max_rounds)
-    sites = [s.site for s in found.top_k(min(count, found.numel()))]
-    if sites:
-        return sites, "activation"
-    module = model if isinstance(model, torch.nn.Module) else model.model
-    log.warning("guided: no activation spike found; using the %d largest-magnitude down-projection weights", count)
+    detection = source if isinstance(source, Detection) else detect(source, rounds=max_rounds or ROUNDS)
+    if detection.sites:
+        return detection.fault_sites()[:count], f"detection:{detection.id}"
+    module = model if isinstance(source, Detection) else source
+    if module is None:
+        raise HarnessError(f"detection {detection.id} of {detection.model} holds no super weight; "
+                           "pass model= for the magnitude fallback, or give super weight sites")
+    module = module if isinstance(module, torch.nn.Module) else module.model
+    log.warning("guided: no super weight detected; using the %d largest-magnitude down-projection weights", count)
     refs = select(module, components="mlp_down")
     return [s.with_bits(()) for s in top_magnitude_sites(module, refs, count)], "magnitude"
 
@@ -102,26 +113,27 @@ def _targets(model: torch.nn.Module, supers: list[FaultSite], neighbours: int, b
 
 
 @attack("guided")
-def guided(session: AttackSession, *, loaded: Any = None, super_weights: list[FaultSite] | None = None,
-           count: int = 4, neighbours: int = 2, bit: str = "exp_msb", max_rounds: int = 4) -> dict[str, Any]:
+def guided(session: AttackSession, *, loaded: Any = None, super_weights: Any = None,
+           count: int = 4, neighbours: int = 2, bit: str = "exp_msb", max_rounds: int | None = None) -> dict[str, Any]:
     """Super-weight-guided exponent flips (see the module docstring).
 
     Options:
-        super_weights: the super weights (2-d sites of target matrices), strongest first; default:
-            detected on the first attack window.
+        super_weights: the shared ``Detection``, or the super weights as 2-d sites of target
+            matrices, strongest first; default: detected now with the detector's defaults.
         count: super weights to use (default 4).
         neighbours: neighbours flipped after each super weight before moving on (default 2).
         bit: ``exp_msb`` or ``shrink``.
-        max_rounds: detection rounds of the activation scorer.
+        max_rounds: detector rounds when detecting here (default: the detector's).
     """
     if bit not in BIT_MODES:
         raise HarnessError(f"guided bit mode {bit!r} is unknown; use one of {', '.join(BIT_MODES)}")
     model = session.model
     params = {t.param for t in session.targets}
     source = "given"
-    if super_weights is None:
-        super_weights, source = detect_super_weights(loaded if loaded is not None else model,
-                                                     session.attack_windows[:1], count, max_rounds)
+    if super_weights is None or not isinstance(super_weights, (list, tuple)):
+        super_weights, source = detect_super_weights(
+            super_weights if super_weights is not None else (loaded if loaded is not None else model),
+            count=count, max_rounds=max_rounds, model=model)
     supers = [s for s in super_weights if s.param in params and len(s.index) == 2][:count]
     if not supers:
         raise HarnessError("guided attack found no super weight among its target matrices; pass super_weights= "

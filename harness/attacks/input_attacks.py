@@ -240,8 +240,6 @@ for _kind in EDITS:
 
 def input_attack_options(method: str) -> dict[str, Any]:
     """The keyword options of input attack ``method`` with their defaults."""
-    from harness.attacks import suffix_search  # noqa: F401 - registers gcg and hotflip
-
     params = inspect.signature(INPUT_ATTACKS.get(method)).parameters.values()
     return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.name != "generator"}
 
@@ -264,8 +262,6 @@ def run_input_attack(model_or_loaded: Any, method: str, prompt: str, target: str
     Raises:
         HarnessError: unknown method, an empty prompt or a target that tokenizes to nothing, bad options.
     """
-    from harness.attacks import suffix_search  # noqa: F401 - registers gcg and hotflip
-
     fn = INPUT_ATTACKS.get(method)
     allowed = input_attack_options(method)
     unknown = sorted(set(options) - set(allowed))

@@ -1,14 +1,51 @@
-"""pytest options of the attack and adversarial suites (added to the plugin's "esa" group)."""
+"""pytest options of the attack and adversarial suites (added to the plugin's "esa" group).
+
+The choices are the registries' names, read when the option is parsed: ``ATTACKS`` (weight attacks),
+``DEFENSES`` and ``INPUT_ATTACKS`` (:mod:`harness.attacks`). A new attack registered with its
+decorator is a valid choice and part of the default grid with no change here. The functions
+:func:`weight_attacks`, :func:`defense_names` and :func:`input_attack_names` give the defaults; the
+old constant names (``WEIGHT_ATTACKS``, ...) still resolve, to the same registry names.
+"""
 
 from __future__ import annotations
 
 from argparse import ArgumentTypeError
 from collections.abc import Callable
+from typing import Any
 
-WEIGHT_ATTACKS = ("progressive", "guided", "random")
-DEFENSE_NAMES = ("none", "checksum", "clamp")
-ATTACK_DTYPES = ("fp32", "bf16", "int8")
-INPUT_ATTACK_NAMES = ("typo", "homoglyph", "insertion", "gcg", "hotflip")
+ATTACK_DTYPES = ("fp32", "bf16", "int8")  # the weight representations the attack suite attacks
+
+
+def weight_attacks() -> tuple[str, ...]:
+    """Every registered weight attack (``harness.attacks.ATTACKS``), in registration order."""
+    from harness.attacks import ATTACKS
+
+    return tuple(ATTACKS.names())
+
+
+def defense_names() -> tuple[str, ...]:
+    """Every registered defense (``harness.attacks.DEFENSES``), ``none`` first."""
+    from harness.attacks import DEFENSES
+
+    return tuple(DEFENSES.names())
+
+
+def input_attack_names() -> tuple[str, ...]:
+    """Every registered input attack (``harness.attacks.INPUT_ATTACKS``), in registration order."""
+    from harness.attacks import INPUT_ATTACKS
+
+    return tuple(INPUT_ATTACKS.names())
+
+
+_DEFAULTS: dict[str, Callable[[], tuple[str, ...]]] = {
+    "WEIGHT_ATTACKS": weight_attacks, "DEFENSE_NAMES": defense_names, "INPUT_ATTACK_NAMES": input_attack_names,
+}
+
+
+def __getattr__(name: str) -> Any:  # the constants suites imported before the lists came from the registries
+    if name in _DEFAULTS:
+        return _DEFAULTS[name]()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _flip_budget(text: str) -> int:
@@ -21,27 +58,36 @@ def _flip_budget(text: str) -> int:
     return value
 
 
-def _names(allowed: tuple[str, ...], what: str) -> Callable[[str], tuple[str, ...]]:
+def _names(allowed: Callable[[], tuple[str, ...]], what: str) -> Callable[[str], tuple[str, ...]]:
+    """A parser of a comma list of names, each in ``allowed()`` (read at parse time)."""
+
     def parse(text: str) -> tuple[str, ...]:
         names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
-        bad = [n for n in names if n not in allowed]
+        known = allowed()
+        bad = [n for n in names if n not in known]
         if bad or not names:
             raise ArgumentTypeError(f"unknown {what} {bad[0] if bad else text!r}; "
-                                    f"use a comma list of {', '.join(allowed)}")
+                                    f"use a comma list of {', '.join(known)}")
         return names
 
+    parse.__name__ = what.replace(" ", "_")
     return parse
 
 
+def _dtypes() -> tuple[str, ...]:
+    return ATTACK_DTYPES
+
+
 def add_options(group) -> None:
+    attacks, defenses, inputs = weight_attacks(), defense_names(), input_attack_names()
     group.addoption("--flip-budget", dest="esa_flip_budget", type=_flip_budget, default=None,
                     help="most bit flips per weight-attack run (default: the preset's, quick 12, full 64)")
-    group.addoption("--attacks", dest="esa_attacks", type=_names(WEIGHT_ATTACKS, "weight attack"), default=None,
-                    help=f"weight attacks of -k attack, comma list (default: {','.join(WEIGHT_ATTACKS)})")
-    group.addoption("--defenses", dest="esa_defenses", type=_names(DEFENSE_NAMES, "defense"), default=None,
-                    help=f"defenses of -k attack, comma list (default: {','.join(DEFENSE_NAMES)})")
-    group.addoption("--attack-dtypes", dest="esa_attack_dtypes", type=_names(ATTACK_DTYPES, "attack dtype"),
+    group.addoption("--attacks", dest="esa_attacks", type=_names(weight_attacks, "weight attack"), default=None,
+                    help=f"weight attacks of -k attack, comma list (default: all registered: {','.join(attacks)})")
+    group.addoption("--defenses", dest="esa_defenses", type=_names(defense_names, "defense"), default=None,
+                    help=f"defenses of -k attack, comma list (default: all registered: {','.join(defenses)})")
+    group.addoption("--attack-dtypes", dest="esa_attack_dtypes", type=_names(_dtypes, "attack dtype"),
                     default=None, help=f"weight dtypes of -k attack (default: {','.join(ATTACK_DTYPES)})")
-    group.addoption("--input-attacks", dest="esa_input_attacks", type=_names(INPUT_ATTACK_NAMES, "input attack"),
+    group.addoption("--input-attacks", dest="esa_input_attacks", type=_names(input_attack_names, "input attack"),
                     default=None,
-                    help=f"input attacks of -k adversarial, comma list (default: {','.join(INPUT_ATTACK_NAMES)})")
+                    help=f"input attacks of -k adversarial, comma list (default: all registered: {','.join(inputs)})")

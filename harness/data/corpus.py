@@ -127,20 +127,59 @@ def token_stream(tokenizer, docs: tuple[str, ...] | list[str]) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
+_PROBE = "The probe text."
+
+
+def bos_token_id(tokenizer) -> int | None:
+    """The special token ``tokenizer`` puts in front of a text when it adds special tokens (its BOS), or None.
+
+    Found by encoding a probe text with and without special tokens, so it follows what the tokenizer
+    does (Gemma, Llama-2, OPT: yes; SmolLM2, GPT-NeoX, the tiny byte tokenizer: no), not what its
+    config names: many tokenizers define a ``bos_token`` they never add.
+    """
+    plain = tokenizer(_PROBE, add_special_tokens=False)["input_ids"]
+    full = tokenizer(_PROBE, add_special_tokens=True)["input_ids"]
+    if len(full) <= len(plain) or full[1:1 + len(plain)] != plain:
+        return None
+    special = set(getattr(tokenizer, "all_special_ids", None) or ())
+    first = int(full[0])
+    return first if first in special or first == getattr(tokenizer, "bos_token_id", None) else None
+
+
 def token_windows(tokenizer, docs: tuple[str, ...] | list[str], length: int, count: int,
-                  corpus_name: str = "corpus") -> torch.Tensor:
-    """The first ``count`` non-overlapping windows of ``length`` tokens of the document stream.
+                  corpus_name: str = "corpus", *, bos: bool | None = None) -> torch.Tensor:
+    """``count`` windows of ``length`` tokens cut from the document stream, in the model's own convention.
+
+    Window ``i`` covers stream tokens ``[i*length, (i+1)*length)``. Its first position is context
+    only: without BOS it is the stream token ``i*length``; with BOS that token is replaced by the
+    tokenizer's BOS, so the window is ``[BOS] + (length-1)`` stream tokens, exactly what the tokenizer
+    makes of that text (as HF and lm-eval score it). Either way the predicted tokens are stream
+    tokens ``i*length+1 .. (i+1)*length-1``: the same tokens, ``count * (length-1)`` of them, so
+    perplexities with and without BOS compare token for token.
+
+    Args:
+        tokenizer: a transformers tokenizer (called with ``add_special_tokens``).
+        docs: the documents, joined by blank lines into one stream.
+        length: tokens per window (model positions), >= 2.
+        count: number of windows, >= 1.
+        corpus_name: for the error message.
+        bos: None (default): BOS exactly when the tokenizer adds one (:func:`bos_token_id`);
+            False: never; True: always (the tokenizer must add one).
 
     Returns:
         LongTensor (count, length).
 
     Raises:
-        HarnessError: when length or count is below 1 or the corpus is too short.
+        HarnessError: when length < 2 or count < 1, the corpus is too short, or ``bos=True`` with a
+            tokenizer that adds no BOS.
     """
     if length < 2 or count < 1:
         raise HarnessError(
             f"need a window length >= 2 and at least one window (got length={length}, count={count})"
         )
+    bos_id = bos_token_id(tokenizer) if bos is not False else None
+    if bos and bos_id is None:
+        raise HarnessError("bos=True, but this tokenizer adds no BOS token; use bos=None (its own convention) or False")
     stream = token_stream(tokenizer, docs)
     need = length * count
     if stream.numel() < need:
@@ -148,7 +187,22 @@ def token_windows(tokenizer, docs: tuple[str, ...] | list[str], length: int, cou
             f"{need} tokens asked for, but {corpus_name} has only {stream.numel()} tokens "
             f"with this tokenizer; ask for at most {stream.numel() // length * length}"
         )
-    return stream[:need].view(count, length)
+    windows = stream[:need].view(count, length).clone()  # (count, length)
+    if bos_id is not None:
+        windows[:, 0] = bos_id
+    return windows
+
+
+def window_metadata(tokenizer, windows: torch.Tensor) -> dict[str, int | bool | None]:
+    """What a record needs to say about evaluation windows: count, length, predicted tokens and BOS.
+
+    ``bos`` is True when the windows start with the tokenizer's BOS (:func:`token_windows`' convention).
+    """
+    bos_id = bos_token_id(tokenizer)
+    with_bos = bos_id is not None and bool((windows[:, 0] == bos_id).all())
+    return {"windows": int(windows.shape[0]), "window": int(windows.shape[1]),
+            "predicted_tokens": int(windows.shape[0] * (windows.shape[1] - 1)),
+            "bos": with_bos, "bos_token_id": bos_id if with_bos else None}
 
 
 def _is_prose(paragraph: str, words: int) -> bool:

@@ -9,17 +9,7 @@ from harness.faults.ablation import Ablation, ablate, ablate_layer
 from harness.faults.activation import ActivationFault, activation_fault
 from harness.faults.base import PERTURBATIONS, Perturbation, save_block
 from harness.faults.ber import BitErrorRate, bit_error_rate, expected_flips, sample_ber_sites
-from harness.faults.bits import (
-    BIT_CLASSES,
-    LAYOUTS,
-    BitLayout,
-    bit_class,
-    check_bits,
-    flip_tensor_bits,
-    layout,
-    resolve_bits,
-    stored_bits,
-)
+from harness.faults.bits import BIT_CLASSES, bit_class, check_bits, flip_tensor_bits, resolve_bits
 from harness.faults.injector import BitFlip, flip_bits
 from harness.faults.noise import Noise, add_noise
 from harness.faults.quant import Int8Quantization, QuantizedLinear, quantize_int8
@@ -33,7 +23,8 @@ from harness.faults.samplers import (
     top_magnitude_sites,
     uniform_sites,
 )
-from harness.faults.sites import FaultSite, Region, as_regions, find_tensor
+from harness.faults.sites import FaultSite, Region, as_regions
+from harness.faults.storage import LAYOUTS, BitLayout, find_tensor, layout, stored_bits
 
 __all__ = [
     "BIT_CLASSES", "LAYOUTS", "PERTURBATIONS", "Ablation", "ActivationFault", "BitErrorRate",

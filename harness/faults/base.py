@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from harness.errors import HarnessError
-from harness.faults.bits import layout
+from harness.faults.storage import layout
 from harness.registry import Registry
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Stored-bit layouts, named bit classes, and XOR flips on integer views of stored tensors.
+"""Named bit classes and XOR flips on integer views of stored tensors.
 
 Every flip works on the bits a tensor actually stores: a float32 tensor is viewed as int32, float16
 and bfloat16 as int16, int8 codes as themselves, and the requested bits are XORed in. Bit 0 is the
@@ -8,81 +8,26 @@ least significant bit. Flipping the same bit twice restores the element exactly.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
 from harness.errors import HarnessError
+from harness.faults.storage import (
+    BitLayout,
+    layout,
+    requantize,
+    stored_bits,  # noqa: F401 - re-exported for harness.faults.ber
+)
 from harness.registry import Registry
-
-
-@dataclass(frozen=True)
-class BitLayout:
-    """Where the sign, exponent and mantissa bits of one dtype sit (bit 0 = LSB).
-
-    For integer dtypes ``mantissa`` holds the value bits below the sign bit (all bits if unsigned)
-    and ``exponent`` is empty.
-    """
-
-    dtype: torch.dtype
-    int_dtype: torch.dtype  # same-width integer type the stored bits are viewed as
-    width: int
-    sign: int | None
-    exponent: tuple[int, ...]  # LSB..MSB
-    mantissa: tuple[int, ...]  # LSB..MSB
-
-
-def _float(dtype: torch.dtype, int_dtype: torch.dtype, width: int, n_exp: int) -> BitLayout:
-    n_mant = width - 1 - n_exp
-    return BitLayout(
-        dtype, int_dtype, width, width - 1, tuple(range(n_mant, width - 1)), tuple(range(n_mant))
-    )
-
-
-def _int(dtype: torch.dtype, width: int, signed: bool) -> BitLayout:
-    value_bits = width - 1 if signed else width
-    return BitLayout(dtype, dtype, width, width - 1 if signed else None, (), tuple(range(value_bits)))
-
-
-LAYOUTS: dict[torch.dtype, BitLayout] = {
-    torch.float32: _float(torch.float32, torch.int32, 32, 8),
-    torch.float16: _float(torch.float16, torch.int16, 16, 5),
-    torch.bfloat16: _float(torch.bfloat16, torch.int16, 16, 8),
-    torch.float64: _float(torch.float64, torch.int64, 64, 11),
-    torch.int8: _int(torch.int8, 8, True),
-    torch.uint8: _int(torch.uint8, 8, False),
-    torch.int16: _int(torch.int16, 16, True),
-    torch.int32: _int(torch.int32, 32, True),
-    torch.int64: _int(torch.int64, 64, True),
-}
-for _name, _n_exp in (("float8_e4m3fn", 4), ("float8_e5m2", 5)):
-    if hasattr(torch, _name):
-        LAYOUTS[getattr(torch, _name)] = _float(getattr(torch, _name), torch.int8, 8, _n_exp)
-
-# torch's quantized dtypes store their integer codes (int_repr) with these layouts
-_QUANTIZED_CODES = {torch.qint8: torch.int8, torch.quint8: torch.uint8, torch.qint32: torch.int32}
-
-
-def layout(dtype: torch.dtype) -> BitLayout:
-    """The bit layout of ``dtype`` (torch quantized dtypes: the layout of their integer codes).
-
-    Raises:
-        HarnessError: for a dtype without a supported layout.
-    """
-    dtype = _QUANTIZED_CODES.get(dtype, dtype)
-    try:
-        return LAYOUTS[dtype]
-    except KeyError:
-        known = ", ".join(str(d) for d in LAYOUTS)
-        raise HarnessError(f"no bit layout for {dtype}; supported: {known}") from None
-
 
 # ---------------------------------------------------------------------------------------------
 # Named bit classes
 
 BIT_CLASSES: Registry[Callable[[BitLayout], tuple[int, ...]]] = Registry("bit class")
+# classes the bit-flip campaign runs (``BIT_CLASSES.names(tag="campaign")``); the widest, ``mantissa`` and
+# ``any``, stay out of its grid
+CAMPAIGN = ("campaign",)
 
 
 def _need(bits: tuple[int, ...], what: str, lay: BitLayout) -> tuple[int, ...]:
@@ -91,27 +36,27 @@ def _need(bits: tuple[int, ...], what: str, lay: BitLayout) -> tuple[int, ...]:
     return bits
 
 
-@BIT_CLASSES.register("sign")
+@BIT_CLASSES.register("sign", tags=CAMPAIGN)
 def _sign(lay: BitLayout) -> tuple[int, ...]:
     return _need(() if lay.sign is None else (lay.sign,), "sign", lay)
 
 
-@BIT_CLASSES.register("exp_msb")
+@BIT_CLASSES.register("exp_msb", tags=CAMPAIGN)
 def _exp_msb(lay: BitLayout) -> tuple[int, ...]:
     return _need(lay.exponent, "exponent", lay)[-1:]
 
 
-@BIT_CLASSES.register("exponent")
+@BIT_CLASSES.register("exponent", tags=CAMPAIGN)
 def _exponent(lay: BitLayout) -> tuple[int, ...]:
     return _need(lay.exponent, "exponent", lay)
 
 
-@BIT_CLASSES.register("mantissa_msb")
+@BIT_CLASSES.register("mantissa_msb", tags=CAMPAIGN)
 def _mantissa_msb(lay: BitLayout) -> tuple[int, ...]:
     return _need(lay.mantissa, "mantissa", lay)[-1:]
 
 
-@BIT_CLASSES.register("mantissa_lsb")
+@BIT_CLASSES.register("mantissa_lsb", tags=CAMPAIGN)
 def _mantissa_lsb(lay: BitLayout) -> tuple[int, ...]:
     return _need(lay.mantissa, "mantissa", lay)[:1]
 
@@ -252,8 +197,6 @@ def flip_tensor_bits(t: torch.Tensor, flat_indices: Any, bits: Any) -> torch.Ten
         HarnessError: a bit outside the dtype's width or an index out of range.
     """
     if t.is_quantized:
-        from harness.faults.quant import requantize  # quant imports bits
-
         codes = flip_tensor_bits(t.int_repr(), flat_indices, bits)
         return requantize(t, codes)
     lay = layout(t.dtype)
@@ -266,65 +209,3 @@ def flip_tensor_bits(t: torch.Tensor, flat_indices: Any, bits: Any) -> torch.Ten
     elems, masks = elems.to(dev), masks.to(device=dev, dtype=lay.int_dtype)
     codes[elems] = codes[elems] ^ masks
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Stored tensors a flip can address
-
-
-class TensorStore:
-    """The stored bits of one parameter or buffer, read and written through its integer view."""
-
-    def __init__(self, name: str, tensor: torch.Tensor) -> None:
-        self.name = name
-        self.tensor = tensor
-        self.layout = layout(tensor.dtype)
-
-    @property
-    def shape(self) -> torch.Size:
-        return self.tensor.shape
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.tensor.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.tensor.device
-
-    def _locate(self, elems: torch.Tensor) -> tuple[torch.Tensor, tuple]:
-        codes = self.tensor.detach().view(self.layout.int_dtype)  # shares the tensor's storage
-        if codes.is_contiguous():
-            return codes.view(-1), (elems,)
-        return codes, torch.unravel_index(elems, tuple(self.shape))
-
-    def read(self, elems: torch.Tensor) -> torch.Tensor:
-        """Stored codes (int view) of the given flat elements, a copy. ``elems`` on ``device``."""
-        codes, index = self._locate(elems)
-        return codes[index].clone()
-
-    def write(self, elems: torch.Tensor, values: torch.Tensor) -> None:
-        """Store integer codes at the given flat elements (distinct), bit for bit."""
-        codes, index = self._locate(elems)
-        codes[index] = values
-
-
-def stored_bits(model: nn.Module, name: str) -> TensorStore:
-    """The stored tensor called ``name``: a parameter or buffer, or the packed weight of a torch
-    quantized Linear (``<module>.weight``).
-
-    Raises:
-        HarnessError: unknown name or a dtype without a bit layout.
-    """
-    from harness.faults.quant import PackedWeightStore, is_packed_quantized
-    from harness.faults.sites import find_tensor
-
-    prefix, _, attr = name.rpartition(".")
-    if attr == "weight":
-        try:
-            module = model.get_submodule(prefix) if prefix else model
-        except AttributeError:
-            module = None
-        if module is not None and is_packed_quantized(module):
-            return PackedWeightStore(name, module)
-    return TensorStore(name, find_tensor(model, name))

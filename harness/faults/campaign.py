@@ -16,11 +16,10 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.errors import HarnessError
 from harness.metrics import EvalResult, Reference, evaluate, make_reference
+from harness.stats import Z95, wilson  # noqa: F401  (re-exported: the campaign statistics)
 
 COLLAPSE_RATIO = 10.0  # a trial whose perplexity ratio reaches this counts as a collapse
-Z95 = 1.959964  # two-sided 95% normal quantile
 
 
 @dataclass(frozen=True)
@@ -76,18 +75,3 @@ def run_trial(model: torch.nn.Module, windows: torch.Tensor, clean: Clean,
         result = evaluate(model, windows, clean.reference)
     ratio = result.ratio_to(clean.result)
     return Trial(result, ratio, is_collapse(result, ratio))
-
-
-def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (95% by default).
-
-    Raises:
-        HarnessError: ``n < 1`` or ``successes`` outside ``0..n``.
-    """
-    if n < 1 or not 0 <= successes <= n:
-        raise HarnessError(f"a Wilson interval needs n >= 1 and 0 <= successes <= n, got {successes}/{n}")
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)

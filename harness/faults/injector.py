@@ -15,8 +15,9 @@ from torch import nn
 
 from harness.errors import HarnessError
 from harness.faults.base import PERTURBATIONS, Perturbation
-from harness.faults.bits import check_bits, combine_flips, stored_bits
+from harness.faults.bits import check_bits, combine_flips
 from harness.faults.sites import FaultSite
+from harness.faults.storage import stored_bits
 
 
 def _as_site(site: Any) -> FaultSite:

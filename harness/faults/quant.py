@@ -5,13 +5,19 @@ fp32 scale per output channel; its ``weight`` keeps the original parameter name 
 sites and ComponentRefs stay valid. ``quantize_int8(model, modules)`` swaps modules in place and
 swaps the originals back on restore (the original modules are kept, not copied).
 
+Tied weights are never untied silently: a Linear whose weight is tied to another parameter
+(``lm_head`` tied to ``embed_tokens``) is left in float when ``modules`` is None (logged), and
+naming it explicitly raises, since an int8 copy would cut the tie (a flip would then hit the head
+but no longer the embedding).
+
 ``backend="torch"`` swaps in torch's own dynamic quantized Linear instead (CPU only; its weight is
 a ``torch.quantize_per_channel`` qint8 tensor and its activations are quantized on the fly too).
-Flips on such a weight go through ``int_repr`` and repack the weight (``PackedWeightStore``).
+Flips on such a weight go through ``int_repr`` and repack the weight (``harness.faults.storage.PackedWeightStore``).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,7 +27,9 @@ from torch import nn
 
 from harness.errors import HarnessError
 from harness.faults.base import Perturbation
-from harness.faults.bits import layout
+from harness.faults.sites import tied_names
+
+log = logging.getLogger(__name__)
 
 QMAX = 127  # symmetric: codes in [-127, 127]; -128 is reachable only by a flip
 
@@ -111,13 +119,15 @@ class Int8Quantization(Perturbation):
 
     Args:
         model: the model to edit in place.
-        modules: None (every nn.Linear/Conv1D, lm_head included), module names, module objects,
-            or ComponentRefs (their ``param``'s module; refs to norms are skipped).
+        modules: None (every nn.Linear/Conv1D whose weight is not tied, lm_head included when
+            untied), module names, module objects, or ComponentRefs (their ``param``'s module;
+            refs to norms are skipped).
         backend: ``"int8"`` (``QuantizedLinear``, any device) or ``"torch"`` (torch's dynamic
             quantized Linear with a per-channel qint8 weight; CPU only).
 
     Raises:
-        HarnessError: unknown module, a module that is not Linear/Conv1D, or an unknown backend.
+        HarnessError: unknown module, a module that is not Linear/Conv1D, a module whose weight is
+            tied to another parameter, or an unknown backend.
     """
 
     kind = "int8"
@@ -160,8 +170,14 @@ def _module_names(model: nn.Module, modules: Any) -> list[str]:
     quantizable = lambda m: isinstance(m, nn.Linear) or _is_conv1d(m)  # noqa: E731
     if modules is None:
         names = [n for n, m in model.named_modules() if n and quantizable(m)]
+        tied = [n for n in names if len(tied_names(model, f"{n}.weight")) > 1]
+        if tied:
+            log.info("int8: leaving %s in float: its weight is tied to %s (an int8 copy would untie it)",
+                     ", ".join(tied), ", ".join(t for n in tied for t in tied_names(model, f"{n}.weight")
+                                                if t != f"{n}.weight"))
+        names = [n for n in names if n not in tied]
         if not names:
-            raise HarnessError(f"{type(model).__name__} has no nn.Linear or Conv1D modules to quantize")
+            raise HarnessError(f"{type(model).__name__} has no untied nn.Linear or Conv1D modules to quantize")
         return names
     if isinstance(modules, (str, nn.Module)) or hasattr(modules, "param"):
         modules = [modules]
@@ -186,69 +202,15 @@ def _module_names(model: nn.Module, modules: Any) -> list[str]:
             raise HarnessError(f"unknown module {name!r} in {type(model).__name__}") from None
         if not quantizable(module):
             raise HarnessError(f"{name} is {type(module).__name__}; only nn.Linear and Conv1D can be quantized")
+        ties = tied_names(model, f"{name}.weight")
+        if len(ties) > 1:
+            raise HarnessError(f"{name}.weight is tied ({', '.join(ties)}): an int8 copy would untie it; "
+                               "quantize untied modules only")
         if name not in names:
             names.append(name)
     if not names:
         raise HarnessError("nothing to quantize: no nn.Linear or Conv1D among the given modules")
     return names
-
-
-# ---------------------------------------------------------------------------------------------
-# torch quantized tensors
-
-
-def is_packed_quantized(module: nn.Module) -> bool:
-    """True for torch's quantized Linear modules, whose ``weight()`` is a method."""
-    weight = getattr(module, "weight", None)
-    return hasattr(module, "set_weight_bias") and callable(weight) and not isinstance(weight, torch.Tensor)
-
-
-def requantize(q: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    """A quantized tensor with ``q``'s quantization parameters and the given integer codes."""
-    if q.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
-        return torch._make_per_channel_quantized_tensor(
-            codes, q.q_per_channel_scales(), q.q_per_channel_zero_points(), q.q_per_channel_axis()
-        )
-    if q.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric):
-        return torch._make_per_tensor_quantized_tensor(codes, q.q_scale(), q.q_zero_point())
-    raise HarnessError(f"unsupported quantization scheme {q.qscheme()}")
-
-
-class PackedWeightStore:
-    """The int8 codes of a torch quantized Linear's packed weight (``int_repr``, then repack).
-
-    Reads and writes cost a repack of the whole weight (time O(weight)); the injector still saves
-    only the touched codes.
-    """
-
-    def __init__(self, name: str, module: nn.Module) -> None:
-        self.name = name
-        self.module = module
-        self.layout = layout(module.weight().dtype)
-
-    @property
-    def shape(self) -> torch.Size:
-        return self.module.weight().shape
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.module.weight().dtype
-
-    @property
-    def device(self) -> torch.device:
-        return torch.device("cpu")
-
-    def read(self, elems: torch.Tensor) -> torch.Tensor:
-        return self.module.weight().int_repr().reshape(-1)[elems].clone()
-
-    def write(self, elems: torch.Tensor, values: torch.Tensor) -> None:
-        w = self.module.weight()
-        codes = w.int_repr().contiguous()
-        codes.view(-1)[elems] = values
-        self.module.set_weight_bias(requantize(w, codes), self.module.bias())
-
-    def dequantized(self) -> torch.Tensor:
-        return self.module.weight().dequantize()
 
 
 def int8_modules(model: nn.Module) -> Sequence[str]:

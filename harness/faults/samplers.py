@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from harness.errors import HarnessError
-from harness.faults.bits import BitSpec, resolve_bits, stored_bits
-from harness.faults.quant import PackedWeightStore, QuantizedLinear
+from harness.faults.bits import BitSpec, resolve_bits
+from harness.faults.quant import QuantizedLinear
 from harness.faults.sites import (
     FaultSite,
     Region,
@@ -26,6 +26,7 @@ from harness.faults.sites import (
     region_shape,
     region_size,
 )
+from harness.faults.storage import PackedWeightStore, stored_bits
 
 RANDPERM_MAX = 1 << 24  # randperm only up to this many candidates...
 RANDPERM_MIN_FRACTION = 0.25  # ...and only when drawing at least this fraction of them

@@ -8,7 +8,6 @@ a ``ComponentRef`` from the architecture map, a ``Region``) into regions.
 
 from __future__ import annotations
 
-import difflib
 import math
 import numbers
 from collections.abc import Iterable, Sequence
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from harness.errors import HarnessError
+from harness.faults.storage import find_tensor, stored_bits  # find_tensor is also re-exported from here
 
 
 def _int_tuple(values: Any, what: str) -> tuple[int, ...]:
@@ -191,30 +191,24 @@ def region_index(region: Region, device: torch.device | str) -> tuple:
     return (rows[:, None], cols[None, :])
 
 
-def find_tensor(model: nn.Module, name: str) -> torch.Tensor:
-    """The parameter or buffer called ``name``.
+def tied_names(model: nn.Module, param_name: str) -> tuple[str, ...]:
+    """Every name under which the parameter ``param_name`` is reachable (``lm_head.weight`` and
+    ``model.embed_tokens.weight`` when tied), in ``named_parameters`` order; one name when untied.
+
+    A site on a tied weight edits all of them: record it once, under the first name, with the others named.
 
     Raises:
-        HarnessError: no such parameter or buffer (naming the closest one).
+        HarnessError: no such parameter.
     """
-    try:
-        return model.get_parameter(name)
-    except AttributeError:
-        pass
-    try:
-        return model.get_buffer(name)
-    except AttributeError:
-        pass
-    names = [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_buffers()]
-    close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise HarnessError(f"unknown parameter {name!r} in {type(model).__name__}{hint}")
+    target = find_tensor(model, param_name)
+    names = tuple(n for n, p in model.named_parameters(remove_duplicate=False)
+                  if p is target or (p.data_ptr() == target.data_ptr() and p.shape == target.shape
+                                     and p.dtype == target.dtype))
+    return names or (param_name,)
 
 
 def stored_shape(model: nn.Module, name: str) -> torch.Size:
     """Shape of the stored tensor called ``name`` (torch-quantized module weights included)."""
-    from harness.faults.bits import stored_bits  # bits imports sites
-
     return stored_bits(model, name).shape
 
 

@@ -1,7 +1,8 @@
 """Command-line options of the ``evaluate`` suite, added to the plugin's "esa" group.
 
 Cheap to import (no lm-eval, no torch): the plugin imports it while pytest parses options. The
-values land in ``esa.options.extra["tasks"]`` and ``esa.options.extra["perturb"]``.
+values land in ``esa.options.extra["tasks"]`` and ``esa.options.extra["perturb"]``. The default tasks
+are the shipped offline tasks (``harness.metrics.lmeval.OFFLINE_TASKS``), read when the option is added.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import argparse
 import re
 from dataclasses import dataclass
 
-DEFAULT_TASKS = "pydoc_rolling,pydoc_cloze"
 DEFAULT_PERTURB = "super_weight_zero"
 PERTURB_KINDS = ("super_weight_zero", "noise:STD")
 _NOISE = re.compile(r"^noise:([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)$")
@@ -56,13 +56,21 @@ def parse_tasks(text: str) -> tuple[str, ...]:
     return names
 
 
+def default_tasks() -> tuple[str, ...]:
+    """The evaluate suite's default tasks: every offline task shipped in ``harness/metrics/tasks/``."""
+    from harness.metrics.lmeval import OFFLINE_TASKS
+
+    return tuple(OFFLINE_TASKS)
+
+
 def add_options(group) -> None:
     """Add ``--tasks`` and ``--perturb`` to the plugin's option group."""
-    group.addoption("--tasks", dest="esa_tasks", type=parse_tasks, default=parse_tasks(DEFAULT_TASKS),
+    tasks = default_tasks()
+    group.addoption("--tasks", dest="esa_tasks", type=parse_tasks, default=tasks,
                     metavar="NAMES",
                     help=f"lm-eval tasks of the evaluate suite, comma list; 'offline' = the shipped tasks; "
                          f"hub tasks (wikitext, hellaswag, arc_easy, ...) skip without the hub "
-                         f"(default: {DEFAULT_TASKS})")
+                         f"(default: {','.join(tasks)})")
     group.addoption("--perturb", dest="esa_perturb", type=parse_perturb, default=parse_perturb(DEFAULT_PERTURB),
                     metavar="SPEC",
                     help=f"perturbation of the evaluate suite: {' or '.join(PERTURB_KINDS)} "

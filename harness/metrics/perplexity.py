@@ -2,10 +2,15 @@
 
 Convention (document it wherever a number is reported): the evaluation text is one token stream
 (documents joined by a blank line, no special tokens) cut into ``count`` non-overlapping windows of
-``length`` tokens (:func:`harness.data.token_windows`). Each window is scored on its own, with no
-BOS token and no context from the previous window; every token but the first of a window is
-predicted. Perplexity is ``exp(sum of NLL / number of predicted tokens)`` over all windows, which
-for equal-length windows equals the mean of transformers' ``labels=input_ids`` loss, exponentiated.
+``length`` tokens (:func:`harness.data.corpus.token_windows`), each scored on its own with no context
+from the previous window, **in the model's own convention**: where the tokenizer adds a BOS token
+(Gemma, Llama-2, OPT), the window's first position holds that BOS instead of its first stream token,
+so the model sees ``[BOS] + (length-1)`` tokens, as HF and lm-eval feed it; where it adds none
+(SmolLM2, GPT-NeoX, the tiny models) the window is ``length`` stream tokens. Every position but the
+first is predicted, so both conventions predict the *same* stream tokens, ``count * (length-1)`` of
+them, and ``bos`` in the records (:func:`harness.data.corpus.window_metadata`) says which one was used.
+Perplexity is ``exp(sum of NLL / number of predicted tokens)`` over all windows, which for
+equal-length windows equals the mean of transformers' ``labels=input_ids`` loss, exponentiated.
 
 KL is ``KL(clean || perturbed)`` of the next-token distributions, averaged over the predicted
 positions; top-1 agreement is the share of those positions whose argmax token equals the clean
@@ -112,7 +117,8 @@ def evaluate(model: torch.nn.Module, windows: torch.Tensor, reference: Reference
 
     Args:
         model: a causal LM returning ``.logits``.
-        windows: LongTensor (count, length) from :func:`harness.data.token_windows`.
+        windows: LongTensor (count, length) from :func:`harness.data.corpus.token_windows` (BOS, if any,
+            already in place: positions 1..length-1 of each window are predicted).
         reference: the clean model's :class:`Reference` on the same windows, for KL and top-1.
         batch_size: windows per forward pass (default: about 2048 tokens per batch).
 

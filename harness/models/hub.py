@@ -91,11 +91,18 @@ def in_local_cache(hub_id: str) -> bool:
         return False
 
 
-def _offline_message(what: str) -> str:
+def offline_message(what: str) -> str:
+    """One line: ``what`` needs the hub, why it cannot be reached, and the models that load offline."""
     from harness.models.specs import offline_models
 
     why = "HF_HUB_OFFLINE is set" if _offline_env() else "the hub cannot be reached from this machine"
     return f"{what} needs the Hugging Face hub and {why}; models that load offline: {', '.join(offline_models())}"
+
+
+def gated_message(name: str, hub_id: str) -> str:
+    """One line: ``name`` is gated, and how to give the harness a token."""
+    return (f"model {name!r} ({hub_id}) is gated on the Hugging Face hub: set HF_TOKEN (or HUGGINGFACE_TOKEN, "
+            "or a line HF_TOKEN=... in ./.env) to a token whose account has accepted its licence")
 
 
 def load_from_hub(
@@ -126,13 +133,11 @@ def load_from_hub(
             model = AutoModelForCausalLM.from_pretrained(hub_id, local_files_only=True, **kwargs)
             tokenizer = AutoTokenizer.from_pretrained(hub_id, local_files_only=True)
         except OSError:
-            raise OfflineError(_offline_message(f"model {name!r} ({hub_id})")) from None
+            raise OfflineError(offline_message(f"model {name!r} ({hub_id})")) from None
         log.info("loaded %s from the local hub cache (hub unreachable)", hub_id)
         return model, tokenizer
     token = hub_token()
     if gated and token is None:
-        from harness.models.preflight import gated_message
-
         raise HarnessError(gated_message(name, hub_id))
     log.info("loading %s from the hub", hub_id)
     try:

@@ -19,7 +19,7 @@ def preflight(name_or_path: str | os.PathLike) -> ModelSpec:
         OfflineError: a hub model, not in the local hub cache, on a machine that cannot reach the hub.
         HarnessError: a path that is not a model directory; a gated model without a token.
     """
-    from harness.models.hub import _offline_message, hub_reachable, hub_token, in_local_cache
+    from harness.models.hub import gated_message, hub_reachable, hub_token, in_local_cache, offline_message
     from harness.models.loading import resolve_spec
 
     spec = resolve_spec(name_or_path)
@@ -29,12 +29,7 @@ def preflight(name_or_path: str | os.PathLike) -> ModelSpec:
     if in_local_cache(hub_id):
         return spec
     if not hub_reachable():
-        raise OfflineError(_offline_message(f"model {spec.name!r} ({hub_id})"))
+        raise OfflineError(offline_message(f"model {spec.name!r} ({hub_id})"))
     if spec.gated and hub_token() is None:
         raise HarnessError(gated_message(spec.name, hub_id))
     return spec
-
-
-def gated_message(name: str, hub_id: str) -> str:
-    return (f"model {name!r} ({hub_id}) is gated on the Hugging Face hub: set HF_TOKEN (or HUGGINGFACE_TOKEN, "
-            "or a line HF_TOKEN=... in ./.env) to a token whose account has accepted its licence")

@@ -18,7 +18,6 @@ SUITE_SCORERS = ("magnitude", "wanda", "gradient", "magnitude+protect")  # +prot
 FULL_SCORERS = (*SUITE_SCORERS, "taylor", "wanda+protect")
 
 
-
 def _items(text: str) -> list[str]:
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:
@@ -67,7 +66,15 @@ def prune_method(text: str) -> str:
 
 
 def add_options(group) -> None:
-    """Add the pruning options to the plugin's option group."""
+    """Add the pruning options to the plugin's option group (choices in the help come from the registries
+    and tables they are checked against: ``PRUNE_METHODS``, ``GRANULARITIES``, the archmap's components)."""
+    from harness.models.archmap import GROUPS
+    from harness.pruning.masks import GRANULARITIES
+    from harness.pruning.methods import PRUNE_METHODS
+
+    granularity_help = ", ".join(g if g != "N:M" else "N:M (2:4, 4:8)" for g in GRANULARITIES)
+    weights = GROUPS["linear"]  # the weight matrices; norms are not pruned
+    components_help = " ".join([*weights, *(g for g, members in GROUPS.items() if set(members) <= set(weights))])
     group.addoption("--prune-scorers", dest="esa_prune_scorers", type=as_option_type(scorers), default=None,
                     help="scorers of the pruning and selective suites, comma list; 'NAME+protect' keeps the "
                          f"super weights (default: quick {','.join(SUITE_SCORERS)}; full adds taylor, wanda+protect; "
@@ -76,15 +83,15 @@ def add_options(group) -> None:
                     help="sparsities in [0, 1) of the pruning suite, comma list (default: quick "
                          f"{','.join(map(str, QUICK_SPARSITIES))}; full {','.join(map(str, FULL_SPARSITIES))})")
     group.addoption("--granularity", dest="esa_granularity", type=as_option_type(granularities), default=None,
-                    help="pruning granularities, comma list of matrix, row, global, N:M (2:4, 4:8), head, neuron "
+                    help=f"pruning granularities, comma list of {granularity_help} "
                          f"(default: quick {','.join(QUICK_GRANULARITIES)}; "
                          f"full {','.join(FULL_GRANULARITIES)})")
     group.addoption("--prune-layers", dest="esa_prune_layers", default=None,
                     help="selective pruning: layers as 'all', '3,4', '0-5' or block paths like model.layers.3 "
                          "(default: the suite's built-in selections; 'all' when another selective option is given)")
     group.addoption("--prune-component", dest="esa_prune_component", default=None,
-                    help="selective pruning: component(s) or group: query key value attn_out mlp_up mlp_gate "
-                         "mlp_down attention mlp linear (default: built-in selections; 'linear' otherwise)")
+                    help=f"selective pruning: component(s) or group: {components_help} "
+                         "(default: built-in selections; 'linear' otherwise)")
     group.addoption("--percentile", dest="esa_percentile", type=as_option_type(percentile), default=None,
                     help="selective pruning: prune scores below this percentile of each matrix, in [0, 100] "
                          "(default: built-in selections; 50 otherwise)")
@@ -92,7 +99,7 @@ def add_options(group) -> None:
                     help="selective pruning: prune scores below this share of the matrix's largest score, "
                          "in [0, 1] (default: none)")
     group.addoption("--prune-method", dest="esa_prune_method", type=as_option_type(prune_method), default=None,
-                    help="what pruned weights become: zero, mean or noise (default: zero)")
+                    help=f"what pruned weights become: {', '.join(PRUNE_METHODS.names())} (default: zero)")
     group.addoption("--save-pruned", dest="esa_save_pruned", default=None, metavar="DIR",
                     help="selective suite: also save each pruned model to DIR/<model>/<cell> as safetensors "
                          "(default: not saved)")

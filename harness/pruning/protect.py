@@ -1,8 +1,9 @@
-"""Which weights pruning must keep: the super weights of a model.
+"""Which weights pruning must keep: the super weights of a model (the shared detector's sites).
 
-From ``<results-dir>/<model>/super_weights.json`` (the super-weights suite writes it) when it holds
-entries of the ``activation`` method, else found now with the ``activation`` scorer (one prompt, a
-few forward passes; see :mod:`harness.scoring.activation`).
+Pass the session's :class:`~harness.scoring.superweights.Detection` (the ``super_weights`` fixture)
+so that pruning protects exactly the weights every other suite calls super weights. Given a model
+instead, the detection is read from ``<results-dir>/<model>/super_weights.json`` when that file
+holds one made with the detector's defaults on the same dtype, else detected now (defaults).
 """
 
 from __future__ import annotations
@@ -16,22 +17,27 @@ from harness.faults.sites import FaultSite
 log = logging.getLogger(__name__)
 
 
-def super_weight_sites(loaded: Any, results_dir: str | os.PathLike | None = None,
-                       method: str = "activation") -> list[FaultSite]:
-    """The super weights of ``loaded`` as fault sites (possibly none: logged).
+def super_weight_sites(source: Any, results_dir: str | os.PathLike | None = None) -> list[FaultSite]:
+    """The super weights as fault sites (possibly none: logged).
 
     Args:
-        loaded: a ``LoadedModel``.
-        results_dir: where to look for ``super_weights.json`` first (None: detect only).
-        method: entries of which method in the file count as super weights.
+        source: a ``Detection``, or a ``LoadedModel`` to detect on.
+        results_dir: where to look for a stored detection first (None: detect only).
     """
-    from harness.scoring import read_super_weights, score
+    from harness.scoring.superweights import Detection, DetectorParams, detect
 
-    if results_dir is not None:
-        entries = [e for e in read_super_weights(results_dir, loaded.name) if e.get("method") == method]
-        if entries:
-            log.info("protecting %d %s super weights from super_weights.json", len(entries), method)
-            return [FaultSite(e["module"], tuple(e["index"])) for e in entries]
-    sites = [s.site for s in score(loaded, "activation").sites or ()]
-    log.info("protecting %d super weights found by the activation scorer", len(sites))
-    return sites
+    if isinstance(source, Detection):
+        detection = source
+    else:
+        detection = None
+        if results_dir is not None:
+            from harness.scoring.artifacts import read_detection
+
+            stored = read_detection(results_dir, source.name)
+            dtype = str(source.dtype).removeprefix("torch.")
+            if stored is not None and stored.params == DetectorParams() and stored.dtype == dtype:
+                detection = stored
+        if detection is None:
+            detection = detect(source)
+    log.info("protecting %d super weights (detection %s)", len(detection), detection.id)
+    return detection.fault_sites()

@@ -3,6 +3,13 @@
 Every record is committed as soon as it is measured, so a run killed midway keeps everything it
 measured, and several processes (pytest-xdist workers) can write at once: each write is one short
 transaction and writers wait on the database lock (``busy_timeout``) instead of failing.
+``synchronous = FULL``: every commit is fsynced, so a committed record also survives a power loss or an
+OS crash (NORMAL in WAL mode survives a killed process but may lose the last commits on power loss);
+records are a few per test, so the fsync per commit costs little next to a model forward.
+
+A path that cannot hold a store (a results directory that cannot be created, a file that is not a
+SQLite database, a SQLite database that is not a results store) raises a one-line HarnessError; such a
+file is never written to, overwritten or deleted.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from harness.errors import HarnessError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: records.outcome
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -60,7 +67,8 @@ CREATE TABLE IF NOT EXISTS records (
     dtype TEXT,
     higher_is_better INTEGER,
     collapsed INTEGER NOT NULL DEFAULT 0,
-    extra TEXT
+    extra TEXT,
+    outcome TEXT
 );
 CREATE INDEX IF NOT EXISTS records_run ON records(run_id);
 CREATE INDEX IF NOT EXISTS records_suite ON records(suite, model, metric);
@@ -69,8 +77,10 @@ CREATE INDEX IF NOT EXISTS records_suite ON records(suite, model, metric);
 RECORD_COLUMNS = (
     "run_id", "test_id", "suite", "model", "method", "perturbation", "seed", "metric", "value",
     "clean_value", "bound", "passed", "seconds", "created_at", "dtype", "higher_is_better",
-    "collapsed", "extra",
+    "collapsed", "extra", "outcome",
 )
+# outcome of a claim row: passed, failed, unverified, not_applicable (harness.claims.Outcome); NULL on a
+# measurement row.
 
 
 def _now() -> str:
@@ -99,25 +109,67 @@ class ResultStore:
     Args:
         path: the database file, or a results directory (then ``results.sqlite`` inside it).
         create: create the file and schema when missing; with False a missing store is an error.
+        readonly: open an existing store for reading only (no schema update, nothing written, even to
+            the ``-wal``/``-shm`` files' owner directory beyond what SQLite needs to read).
 
     Raises:
-        HarnessError: when ``create`` is False and there is no store at ``path``, or when the
-            store was written by a newer schema version.
+        HarnessError: when there is no store at ``path`` and ``create`` is False or ``readonly`` is True;
+            when the results directory cannot be created; when the file is not a SQLite database or a
+            SQLite database that is not a results store (the file is left untouched); or when the store
+            was written by a newer schema version.
     """
 
-    def __init__(self, path: str | Path, create: bool = True) -> None:
+    def __init__(self, path: str | Path, create: bool = True, readonly: bool = False) -> None:
         path = Path(path)
         if path.suffix != ".sqlite":
             path = path / "results.sqlite"
-        if not path.exists() and not create:
-            raise HarnessError(f"no results store at {path} (run the suites first, or pass --results-dir)")
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._conn = sqlite3.connect(path, timeout=60.0, isolation_level=None)
+        self.readonly = readonly
+        if not path.exists() and (readonly or not create):
+            raise HarnessError(f"no results store at {path} (run the suites first, or pass --results-dir)")
+        if path.exists() and not path.is_file():
+            raise HarnessError(f"{path} is not a file: move it away or pass another --results-dir")
+        if not readonly:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise HarnessError(f"cannot create the results directory {path.parent}: "
+                                   f"{err.strerror or err}; pass a writable --results-dir") from None
+        try:
+            self._conn = self._connect()
+        except sqlite3.Error as err:
+            raise HarnessError(f"cannot open the results store {path}: {err}; it was left as it is: move it away "
+                               "or pass another --results-dir") from None
+        try:
+            self._open()
+        except sqlite3.DatabaseError as err:
+            self._conn.close()
+            raise HarnessError(f"{path} is not a readable results store ({err}); it was left as it is: "
+                               "move it away or pass another --results-dir") from None
+        except HarnessError:
+            self._conn.close()
+            raise
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.readonly:
+            return sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=60.0,
+                                   isolation_level=None)
+        return sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+
+    def _open(self) -> None:
+        """Check that the file is a results store (or empty), then set it up for writing."""
         self._conn.execute("PRAGMA busy_timeout = 60000")
+        tables = {row[0] for row in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if tables and "meta" not in tables:  # someone else's database: never add our tables to it
+            raise HarnessError(f"{self.path} is a SQLite database but not a results store (tables: "
+                               f"{', '.join(sorted(tables)[:5])}); it was left as it is: pass another --results-dir")
+        if self.readonly:
+            self._check_schema()
+            return
         self._conn.execute("PRAGMA journal_mode = WAL")
-        self._conn.execute("PRAGMA synchronous = NORMAL")
+        self._conn.execute("PRAGMA synchronous = FULL")
         self._write_script(_SCHEMA)
+        self._migrate()
         self._check_schema()
 
     # -- writing -------------------------------------------------------------------------------
@@ -139,12 +191,32 @@ class ResultStore:
                 time.sleep(0.05 * (attempt + 1))
         raise AssertionError("unreachable")
 
+    def _write_many(self, sql: str, rows: list[tuple]) -> None:
+        """``executemany`` in one transaction (all rows or none)."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._conn.executemany(sql, rows)
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+
     def _write_script(self, script: str) -> None:
         for stmt in filter(str.strip, script.split(";")):
             self._write(stmt)
 
+    def _migrate(self) -> None:
+        """Bring a store of an older schema up to date in place (columns are only ever added)."""
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(records)")}
+        if "outcome" not in columns:
+            self._write("ALTER TABLE records ADD COLUMN outcome TEXT")
+        self._write("UPDATE meta SET value = ? WHERE key = 'schema_version' AND CAST(value AS INTEGER) < ?",
+                    (str(SCHEMA_VERSION), SCHEMA_VERSION))
+
     def _check_schema(self) -> None:
         row = self._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None and self.readonly:
+            raise HarnessError(f"{self.path} has no schema version: not a results store")
         if row is None:
             self._write("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         elif int(row[0]) > SCHEMA_VERSION:
@@ -195,17 +267,19 @@ class ResultStore:
         higher_is_better: bool | None = None,
         collapsed: bool = False,
         extra: Mapping | None = None,
+        outcome: str | None = None,
     ) -> int:
         """Commit one measured value and return its row id.
 
-        A record with a ``bound`` and ``passed`` is a *claim*; without them it is a measurement.
+        A record with an ``outcome`` is a *claim* (``bound`` then holds its bound, or the other side of a
+        relation); without one it is a measurement.
         A non-finite ``value`` should come with ``collapsed=True``.
         """
         row = (
             run_id, test_id, suite, model, method, _json(perturbation), seed, metric, _real(value),
             _real(clean_value), _real(bound), None if passed is None else int(bool(passed)),
             seconds, _now(), dtype, None if higher_is_better is None else int(higher_is_better),
-            int(bool(collapsed)), _json(extra),
+            int(bool(collapsed)), _json(extra), None if outcome is None else str(outcome),
         )
         cur = self._write(
             f"INSERT INTO records ({', '.join(RECORD_COLUMNS)}) VALUES ({', '.join('?' * len(row))})", row

@@ -1,16 +1,20 @@
-"""``<results-dir>/<model>/super_weights.json`` and its per-layer summary, written atomically.
+"""``<results-dir>/<model>/super_weights.json``: the model's super-weight detection, written atomically.
 
-``super_weights.json`` is a JSON list, one object per scored weight::
+One file per model and run: the :class:`~harness.scoring.superweights.Detection` the run used (the
+session fixture writes it once), as a JSON object::
 
-    {"method": "activation", "rank": 0, "module": "model.layers.2.mlp.down_proj.weight",
-     "layer": 2, "component": "mlp_down", "row": 3968, "col": 7003, "index": [3968, 7003],
-     "value": -1.75, "score": 2300.0}
+    {"detection": {"id": "1ba7584922b5", "detector": "activation", "model": "smollm2-135m",
+                   "dtype": "float32", "params": {"prompts": [...], "factor": 50.0, "rounds": 1},
+                   "token_ids": [[...]], "input_scale": 2.47, "output_scale": 13.07, "rounds_run": 2,
+                   "candidate": {...}},
+     "sites": [{"method": "activation", "rank": 0, "module": "model.layers.11.mlp.down_proj.weight",
+                "layer": 11, "component": "mlp_down", "row": 507, "col": 1229, "index": [507, 1229],
+                "value": 5.876, "score": 24021.9, "round": 0, "token": 0, "input_spike": 2996.0,
+                "output_spike": 24021.9, "strength": 1211.8, "detection": "1ba7584922b5"}, ...]}
 
-(``col`` is null for a 1-D parameter.) ``super_weights_summary.json`` is a list of
-``{"method", "layer", "count", "max_score"}`` for the per-layer plot (``max_score`` is the largest
-|score|). Writing one method replaces that method's entries and keeps the others; both files are
-replaced with ``os.replace`` under a lock file, so readers never see a half-written file and
-parallel writers (xdist) do not lose each other's methods.
+``score`` is |output spike| (the super activation). An empty ``sites`` list records that the
+detector found nothing (``detection.candidate`` says how close the strongest block came). The file
+is replaced with ``os.replace`` under a lock file, so readers never see a half-written file.
 """
 
 from __future__ import annotations
@@ -20,16 +24,15 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
-from harness.scoring.base import ScoredSite
+from harness.scoring.superweights import DETECTOR, Detection
 
 FILENAME = "super_weights.json"
-SUMMARY_FILENAME = "super_weights_summary.json"
 
 
 def model_dir_name(model_name: str) -> str:
@@ -44,84 +47,73 @@ def super_weights_path(results_dir: str | os.PathLike, model_name: str) -> Path:
     return Path(results_dir) / model_dir_name(model_name) / FILENAME
 
 
-def read_super_weights(results_dir: str | os.PathLike, model_name: str) -> list[dict[str, Any]]:
-    """The entries of ``super_weights.json`` (empty when the file does not exist).
-
-    Raises:
-        HarnessError: the file exists but is not a JSON list.
-    """
-    return _read_list(super_weights_path(results_dir, model_name))
-
-
-def _read_list(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise HarnessError(f"{path} is not valid JSON ({err.msg} at line {err.lineno}); delete it or fix it") from None
-    if not isinstance(data, list):
-        raise HarnessError(f"{path} should hold a JSON list of super-weight objects")
-    return data
-
-
 def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None  # JSON has no inf/nan
 
 
-def _entry(method: str, rank: int, s: ScoredSite, extra: dict[str, Any] | None) -> dict[str, Any]:
-    d = s.to_dict()
-    out = {"method": method, "rank": rank, **d, "value": _finite(d["value"]), "score": _finite(d["score"])}
-    if extra:
-        out.update(extra)
+def site_entries(detection: Detection) -> list[dict[str, Any]]:
+    """The detection's sites as ``super_weights.json`` entries (best first)."""
+    out = []
+    for rank, s in enumerate(detection.sites):
+        out.append({"method": DETECTOR, "rank": rank, "module": s.param, "layer": s.layer, "component": "mlp_down",
+                    "row": s.row, "col": s.col, "index": [s.row, s.col], "value": _finite(s.value),
+                    "score": _finite(abs(s.output_spike)), "round": s.round, "prompt": s.prompt, "token": s.token,
+                    "input_spike": _finite(s.input_spike), "output_spike": _finite(s.output_spike),
+                    "strength": _finite(s.strength), "detection": detection.id})
     return out
 
 
-def summarize(entries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (method, layer): how many weights and the largest |score|."""
-    table: dict[tuple[str, int], dict[str, Any]] = {}
-    for e in entries:
-        row = table.setdefault((e["method"], e["layer"]),
-                               {"method": e["method"], "layer": e["layer"], "count": 0, "max_score": None})
-        row["count"] += 1
-        if e.get("score") is not None:
-            score = abs(e["score"])
-            row["max_score"] = score if row["max_score"] is None else max(row["max_score"], score)
-    return [table[key] for key in sorted(table)]
-
-
-def write_super_weights(results_dir: str | os.PathLike, model_name: str, sites: Iterable[ScoredSite],
-                        method: str, *, extra: list[dict[str, Any]] | None = None) -> Path:
-    """Write ``sites`` as ``method``'s entries of ``<results_dir>/<model>/super_weights.json``.
-
-    Args:
-        results_dir: the results directory (``--results-dir``).
-        model_name: model name, hub id or path (made safe for a directory name).
-        sites: the weights, best first (``ScoreSet.top_k``); an empty list records that the method
-            found nothing (its earlier entries are removed).
-        method: the scorer's name; entries of other methods are kept.
-        extra: per-site extra fields (same length as ``sites``), e.g. the activations of a spike.
+def write_super_weights(results_dir: str | os.PathLike, detection: Detection) -> Path:
+    """Write ``detection`` as ``<results_dir>/<model>/super_weights.json`` (replacing the file).
 
     Returns:
-        Path of ``super_weights.json`` (the summary is written next to it).
+        The file's path.
+    """
+    path = super_weights_path(results_dir, detection.model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = {k: v for k, v in detection.to_dict().items() if k != "sites"}
+    with _locked(path):
+        _atomic_write(path, {"detection": header, "sites": site_entries(detection)})
+    return path
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise HarnessError(f"{path} is not valid JSON ({err.msg} at line {err.lineno}); delete it or fix it") from None
+    if not (isinstance(data, dict) and isinstance(data.get("sites"), list) and isinstance(data.get("detection"), dict)):
+        raise HarnessError(f"{path} should hold a JSON object with 'detection' and 'sites' (a super-weight "
+                           "detection); delete it to have it written again")
+    return data
+
+
+def read_super_weights(results_dir: str | os.PathLike, model_name: str) -> list[dict[str, Any]]:
+    """The site entries of ``super_weights.json`` (empty when the file does not exist).
 
     Raises:
-        HarnessError: an empty method name, ``extra`` of the wrong length, or an unreadable existing file.
+        HarnessError: the file exists but is not a detection object.
     """
-    if not method:
-        raise HarnessError("write_super_weights needs a method name")
-    sites = list(sites)
-    if extra is not None and len(extra) != len(sites):
-        raise HarnessError(f"extra has {len(extra)} entries for {len(sites)} sites")
-    path = super_weights_path(results_dir, model_name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = [_entry(method, i, s, extra[i] if extra else None) for i, s in enumerate(sites)]
-    with _locked(path):
-        kept = [e for e in _read_list(path) if e.get("method") != method]
-        entries = sorted(kept + new, key=lambda e: (e["method"], e["rank"]))
-        _atomic_write(path, entries)
-        _atomic_write(path.with_name(SUMMARY_FILENAME), summarize(entries))
-    return path
+    data = _read(super_weights_path(results_dir, model_name))
+    return [] if data is None else data["sites"]
+
+
+def read_detection(results_dir: str | os.PathLike, model_name: str) -> Detection | None:
+    """The :class:`Detection` stored in ``super_weights.json``, or None when there is no file.
+
+    Raises:
+        HarnessError: the file exists but is not a detection object.
+    """
+    data = _read(super_weights_path(results_dir, model_name))
+    if data is None:
+        return None
+    from harness.scoring.superweights import SuperWeight
+
+    sites = [SuperWeight(e["layer"], e["module"], e["row"], e["col"], e["value"], e["round"], e["prompt"],
+                         e["token"], e["input_spike"], e["output_spike"], e["strength"]) for e in data["sites"]]
+    return Detection.from_dict({**data["detection"], "sites": [s.to_dict() for s in sites]})
 
 
 def _atomic_write(path: Path, data: Any) -> None:

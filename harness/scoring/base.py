@@ -46,7 +46,9 @@ class Cost:
         forward: model forward calls (each over one batch of windows or one prompt).
         backward: backward passes (a Hessian-vector product's second backward counts as one more).
         tokens: tokens through the forward calls.
-        seconds: wall time of the whole scoring call.
+        seconds: wall time of the whole scoring call, including one pass that computes every selected
+            matrix's scores: scorers that compute at access (``magnitude``, ``z_score``, and the last
+            elementwise step of the others) are timed doing that work, not only building the ScoreSet.
     """
 
     forward: int = 0
@@ -141,6 +143,17 @@ class ScoreSet:
     def __iter__(self) -> Iterator[tuple[ComponentRef, torch.Tensor]]:
         for ref in self.refs:
             yield ref, self.scores(ref)
+
+    def materialize(self) -> None:
+        """Compute every selected matrix's scores once and drop them (what :func:`score` times in
+        ``cost.seconds``); a no-op for sparse sets (``sites`` without ``compute``)."""
+        if self._compute is None:
+            return
+        device = None
+        for ref in self.refs:
+            device = self._compute(ref).device
+        if device is not None and device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     def numel(self) -> int:
         """Number of scored weights."""
@@ -454,6 +467,7 @@ def score(model_or_loaded: Any, method: str, *, layers: Any = None, components: 
         if training:
             model.eval()  # no dropout: scores must not depend on the RNG
         result = entry.fn(ctx, **options)
+        result.materialize()  # lazy scorers do their work at access: time it as part of the scoring
     finally:
         if training:
             model.train()

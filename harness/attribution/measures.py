@@ -1,0 +1,122 @@
+"""How far a perturbation moves an attribution: clean versus perturbed, per prompt.
+
+All measures compare ``seq_attr`` vectors over the same prompt tokens (the target is fixed):
+
+- ``target_logprob_change``: log p(target | prompt) perturbed minus clean (nats; below 0 = the
+  perturbed model finds the clean continuation less likely).
+- ``attr_spearman``: Spearman rank correlation of the two vectors (ties get their mean rank; NaN
+  when one side is constant or not finite).
+- ``attr_shift``: ``1 - attr_spearman`` (0 = same ranking, 2 = reversed); +inf when the perturbed
+  attribution is not finite (a collapsed model), so a collapse counts as the largest move.
+- ``attr_topk_jaccard``: Jaccard index of the ``k`` tokens with the largest ``|attribution|``.
+- ``attr_sign_flip_share``: share of the tokens with a nonzero clean attribution whose sign is
+  reversed (a zero perturbed attribution is not a flip).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+from harness.attribution.llm import TokenAttribution
+from harness.errors import HarnessError
+from harness.metrics.registry import metric
+
+metric("target_logprob_change", True, description="log p(fixed target | prompt), perturbed minus clean (nats)")
+metric("attr_spearman", True, description="Spearman correlation of per-token attributions, clean vs perturbed")
+metric("attr_shift", False, description="1 - Spearman of per-token attributions clean vs perturbed; inf: collapse")
+metric("attr_topk_jaccard", True, description="Jaccard index of the top-k |attribution| prompt tokens")
+metric("attr_sign_flip_share", False, description="share of prompt tokens whose attribution changed sign")
+metric("attr_method_spearman", True, description="Spearman of two attribution methods' per-token attributions")
+metric("attr_repeat_max_abs_diff", False, description="largest |difference| of an attribution computed twice")
+
+
+def _ranks(x: torch.Tensor) -> torch.Tensor:
+    """Ranks 0..n-1 of a 1-D tensor, ties sharing their mean rank (float64)."""
+    _, inverse, counts = torch.unique(x, sorted=True, return_inverse=True, return_counts=True)
+    counts = counts.double()
+    mean_rank = counts.cumsum(0) - counts + (counts - 1) / 2
+    return mean_rank[inverse]
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation of two equal-length vectors; NaN when either is constant or not finite.
+
+    Raises:
+        HarnessError: different lengths or fewer than two elements.
+    """
+    a, b = a.detach().double().reshape(-1).cpu(), b.detach().double().reshape(-1).cpu()
+    if a.numel() != b.numel() or a.numel() < 2:
+        raise HarnessError(f"Spearman needs two vectors of one length >= 2, got {a.numel()} and {b.numel()}")
+    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+        return math.nan
+    ra, rb = _ranks(a), _ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denom = float(ra.norm() * rb.norm())
+    return float((ra * rb).sum()) / denom if denom > 0 else math.nan
+
+
+def top_k_jaccard(a: torch.Tensor, b: torch.Tensor, k: int) -> float:
+    """Jaccard index of the ``k`` largest-``|value|`` positions of ``a`` and of ``b`` (ties: lower index first).
+
+    Raises:
+        HarnessError: different lengths, or ``k`` outside ``1..len``.
+    """
+    a, b = a.detach().reshape(-1).cpu(), b.detach().reshape(-1).cpu()
+    if a.numel() != b.numel() or not 1 <= k <= a.numel():
+        raise HarnessError(f"top-k Jaccard needs equal lengths and 1 <= k <= length, got k={k}, "
+                           f"lengths {a.numel()} and {b.numel()}")
+    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+        return math.nan
+    top_a = set(torch.sort(a.abs(), descending=True, stable=True).indices[:k].tolist())
+    top_b = set(torch.sort(b.abs(), descending=True, stable=True).indices[:k].tolist())
+    return len(top_a & top_b) / len(top_a | top_b)
+
+
+def sign_flip_share(clean: torch.Tensor, perturbed: torch.Tensor) -> float:
+    """Share of the nonzero clean attributions whose perturbed sign is the opposite one (NaN if none or not finite)."""
+    c, p = clean.detach().reshape(-1).cpu(), perturbed.detach().reshape(-1).cpu()
+    if c.numel() != p.numel():
+        raise HarnessError(f"sign flips need equal lengths, got {c.numel()} and {p.numel()}")
+    if not (torch.isfinite(c).all() and torch.isfinite(p).all()):
+        return math.nan
+    nonzero = c != 0
+    if not nonzero.any():
+        return math.nan
+    return float((torch.sign(c[nonzero]) * torch.sign(p[nonzero]) < 0).double().mean())
+
+
+@dataclass(frozen=True)
+class AttributionChange:
+    """Clean versus perturbed attribution of one prompt (see the module docstring)."""
+
+    target_logprob_change: float
+    attr_spearman: float
+    attr_shift: float
+    attr_topk_jaccard: float
+    attr_sign_flip_share: float
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def compare(clean: TokenAttribution, perturbed: TokenAttribution, k: int = 3) -> AttributionChange:
+    """The measures of the module docstring for one prompt; ``k`` is cut to the number of prompt tokens.
+
+    Raises:
+        HarnessError: the two attributions are over different prompt tokens.
+    """
+    if clean.input_tokens != perturbed.input_tokens or clean.target_tokens != perturbed.target_tokens:
+        raise HarnessError("compare needs two attributions of the same prompt and target")
+    rho = spearman(clean.seq_attr, perturbed.seq_attr) if clean.seq_attr.numel() >= 2 else math.nan
+    shift = math.inf if not perturbed.finite else 1.0 - rho
+    k = min(k, clean.seq_attr.numel())
+    change = perturbed.target_logprob - clean.target_logprob
+    return AttributionChange(
+        target_logprob_change=change if math.isfinite(change) else -math.inf,
+        attr_spearman=rho, attr_shift=shift,
+        attr_topk_jaccard=top_k_jaccard(clean.seq_attr, perturbed.seq_attr, k),
+        attr_sign_flip_share=sign_flip_share(clean.seq_attr, perturbed.seq_attr),
+    )

@@ -1,0 +1,123 @@
+"""The report's shared views: the :class:`Report` every writer shows, and the display frames that the
+Markdown and HTML writers both use (outcome labels, claims, collapse rates, regressions).
+
+Writers (``markdown``, ``html``, ``compare``) import this module; it imports none of them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from reports.figures import Figure
+from reports.load import OUTCOMES, RunData
+from reports.tables import fmt
+
+# outcome -> how a table cell shows it; "unverified" is marked so it never reads as a pass
+OUTCOME_LABELS = {"failed": "FAILED", "unverified": "UNVERIFIED (no bound)", "passed": "passed",
+                  "not_applicable": "not applicable"}
+ATTENTION = ("failed", "unverified")
+
+
+@dataclass
+class Report:
+    """Everything the Markdown and HTML writers show."""
+
+    data: RunData
+    run_info: dict
+    claims: pd.DataFrame
+    summaries: dict[str, pd.DataFrame]
+    collapse: pd.DataFrame
+    sensitive_layers: pd.DataFrame
+    super_weights: pd.DataFrame
+    outputs: pd.DataFrame
+    trend: pd.DataFrame
+    history: pd.DataFrame = field(default_factory=pd.DataFrame)
+    changes: pd.DataFrame = field(default_factory=pd.DataFrame)
+    comparison: pd.DataFrame | None = None
+    baseline_label: str = ""
+    tolerance_note: str = ""
+    warnings: list[str] = field(default_factory=list)
+    highlights: list[str] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
+
+    def outcome_counts(self) -> dict[str, int]:
+        """Claims per outcome (every outcome present, 0 when none)."""
+        counts = self.claims["outcome"].value_counts() if not self.claims.empty else {}
+        return {o: int(counts.get(o, 0)) for o in OUTCOMES}
+
+    def regressed(self) -> pd.DataFrame:
+        """Claims that moved the worse way beyond tolerance against the baseline (empty without one)."""
+        if self.comparison is None:
+            return pd.DataFrame()
+        cmp = self.comparison
+        return cmp[(cmp["kind"] == "claim") & cmp["status"].isin(["regressed", "changed"])]
+
+    def suites(self) -> list[str]:
+        """Suites of the run, those with claims that need attention first."""
+        recs = self.data.records
+        names = sorted(recs["suite"].dropna().unique())
+        bad = set(self.claims.loc[self.claims["outcome"].isin(ATTENTION), "suite"]) if not self.claims.empty \
+            else set()
+        bad |= set(self.regressed().get("suite", []))
+        return sorted(names, key=lambda s: (s not in bad, s))
+
+
+def present(df: pd.DataFrame) -> pd.DataFrame:
+    """Every cell as display text (numbers via :func:`reports.tables.fmt`)."""
+    return df.map(fmt) if not df.empty else df
+
+
+def claims_view(claims: pd.DataFrame, *, suite: bool = True) -> pd.DataFrame:
+    """Claims for display: outcome label first, the two sides, the statement or the reason."""
+    if claims.empty:
+        return claims
+    out = pd.DataFrame({
+        "outcome": claims["outcome"].map(lambda o: OUTCOME_LABELS.get(o, str(o))),
+        "suite": claims["suite"], "model": claims["model"], "claim": claims["claim"],
+        "value": claims["value"], "op": claims["op"], "bound / other side": claims["bound"],
+        "statement or reason": [r if isinstance(r, str) and r and o == "not_applicable" else (s or "")
+                                for s, r, o in zip(claims["statement"], claims["reason"], claims["outcome"],
+                                                   strict=True)],
+    })
+    return out.drop(columns="suite") if not suite else out
+
+
+def short_json(text, limit: int = 90) -> str:
+    """A perturbation for display: without per-trial site lists, cut at ``limit`` characters."""
+    if not isinstance(text, str) or not text:
+        return ""
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        obj = None
+    if isinstance(obj, dict):
+        obj.pop("sites", None)
+        text = json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _pct(x) -> str:
+    return "" if x is None or pd.isna(x) or abs(x) == float("inf") else f"{x:+.1%}"
+
+
+def regression_view(df: pd.DataFrame) -> pd.DataFrame:
+    """Regression rows for display: status, where, baseline and current value, relative change."""
+    if df.empty:
+        return df
+    out = df[["status", "suite", "model", "name", "method", "perturbation", "value_base", "value", "rel"]].rename(
+        columns={"name": "claim / metric", "value_base": "baseline", "rel": "change"})
+    return out.assign(change=out["change"].map(_pct), perturbation=out["perturbation"].map(short_json))
+
+
+def collapse_view(df: pd.DataFrame) -> pd.DataFrame:
+    """Collapse rates as percentages with their Wilson 95% interval."""
+    if df.empty:
+        return df
+    return pd.DataFrame({"suite": df["suite"], "model": df["model"], "series": df["series"], "x": df["x"],
+                         "collapsed": [f"{k}/{n}" for k, n in zip(df["collapsed"], df["trials"], strict=True)],
+                         "rate": df["collapse_rate"].map(lambda v: f"{v:.0%}"),
+                         "95% CI": [f"{lo:.0%}–{hi:.0%}"
+                                    for lo, hi in zip(df["collapse_low"], df["collapse_high"], strict=True)]})
