@@ -1,3 +1,4 @@
-"""Root conftest: loads the esa-harness plugin (all wiring lives in fixtures/plugin.py)."""
+"""Root conftest: loads the esa-harness plugins (fixtures/plugin.py: options, fixtures, claims; superweights.py:
+the shared super-weight detection; scaleout.py: xdist devices, shards, run ids)."""
 
-pytest_plugins = ["fixtures.plugin", "fixtures.superweights"]
+pytest_plugins = ["fixtures.plugin", "fixtures.superweights", "fixtures.scaleout"]

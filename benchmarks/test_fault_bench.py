@@ -10,19 +10,27 @@ flip ``K`` stored bits (``flip_bits``), evaluate on the eval windows against the
 (pytorchfi, the research code): ``copy.deepcopy`` the model, flip the copy, evaluate, drop it. It
 exists here only as the baseline being measured; nothing else in the project copies a model.
 
+The campaign engine (``harness.campaign.Campaign``: prefix reuse, exact early stops, chunked reduction) is
+measured against the per-trial path in ``test_sign_trial_engine`` (a uniform one-flip *sign* trial over the
+same tokens, with a breakdown: blocks skipped, head, reduction, the rest) and ``test_bitflip_campaign_engine``
+(the whole quick bitflip campaign, cell by cell interleaved, both paths' records compared: they must be
+identical); ``test_campaign_peak_memory`` also measures an engine campaign, its kept block outputs included.
+
 pytest-benchmark times each approach in group ``fault-trial`` (its table shows them side by side);
 ``test_fault_trial_overhead`` also times them interleaved round by round — robust to a machine whose
 load drifts — and puts the median ratios in ``extra_info``; ``test_inject_restore`` times the fault
 alone (build, apply and restore the ``K`` flips, no evaluation). ``test_campaign_peak_memory`` puts the
 peak memory of the clean evaluation, of a campaign and of a deep-copy campaign in ``extra_info``
 (CPU: peak RSS, reset through ``/proc/self/clear_refs`` or sampled; CUDA: peak allocated). No timing
-or memory is asserted.
+or memory is asserted; the engine's records are (they must equal the per-trial path's).
 """
 
 from __future__ import annotations
 
 import copy
 import gc
+import logging
+import math
 import re
 import statistics
 import threading
@@ -32,11 +40,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.faults import flip_bits, uniform_sites
-from harness.faults.campaign import clean_baseline, run_trial
+from harness.campaign import Campaign, clean_baseline, run_trial, trial_seed, trial_specs
+from harness.campaign.bitflip import TARGETS, sample_sites, site_pool
+from harness.campaign.prefix import batches
+from harness.campaign.reduce import reduce_batch
+from harness.faults import BIT_CLASSES, flip_bits, uniform_sites
 from harness.metrics import evaluate
 from harness.metrics.perplexity import default_batch_size
-from harness.models.archmap import select
+from harness.models.archmap import arch_map, select
 
 pytestmark = pytest.mark.benchmark_only
 
@@ -45,6 +56,13 @@ BIT_CLASS = "mantissa_lsb"  # keeps the evaluation on the finite path, like the 
 ROUNDS = 5
 CAMPAIGN_TRIALS = 5
 GROUP = "fault-trial"
+SIGN_TRIALS = 8  # uniform one-flip sign trials per round of test_sign_trial_engine
+# the quick preset of suites/test_bitflip.py: every target x campaign bit class, 1 flip, native dtype, 2 windows
+CAMPAIGN_BITS = tuple(BIT_CLASSES.names(tag="campaign"))
+CELL_TRIALS = {"uniform": (20, 40), "largest": (5, 20), "list": (5, 20)}
+QUICK_WINDOWS = 2
+
+log = logging.getLogger(__name__)
 
 
 @pytest.fixture
@@ -233,10 +251,17 @@ def test_campaign_peak_memory(benchmark, bench):
         with PeakMemory(device) as campaign_peak:
             for _ in range(CAMPAIGN_TRIALS):
                 _fault_trial(model, windows, clean, sites)
+        with PeakMemory(device) as engine_peak:  # the kept block outputs are made inside: they count
+            kept = clean_baseline(model, windows, keep_blocks=True)
+            campaign = Campaign(model, windows, kept, trials_per_forward=1)
+            for _ in range(CAMPAIGN_TRIALS):
+                campaign.trial(flip_bits(model, sites))
+            del campaign, kept
         with PeakMemory(device) as deepcopy_peak:  # last: what it frees may stay in the process
             for _ in range(CAMPAIGN_TRIALS):
                 _deepcopy_trial(model, windows, clean, sites)
         peaks.update(clean=clean_peak.peak, campaign=campaign_peak.peak, deepcopy=deepcopy_peak.peak,
+                     engine=engine_peak.peak,
                      method=clean_peak.method)
 
     benchmark.pedantic(measure, rounds=1, warmup_rounds=0)
@@ -245,5 +270,172 @@ def test_campaign_peak_memory(benchmark, bench):
         method=peaks["method"], trials=CAMPAIGN_TRIALS, flips=K, weights_bytes=weights,
         peak_clean_bytes=peaks["clean"], peak_campaign_bytes=peaks["campaign"], peak_deepcopy_bytes=peaks["deepcopy"],
         campaign_over_clean=peaks["campaign"] / peaks["clean"],
+        peak_engine_bytes=peaks["engine"], engine_over_clean=peaks["engine"] / peaks["clean"],
         deepcopy_over_clean=peaks["deepcopy"] / peaks["clean"],
     )
+
+
+# -- the campaign engine ---------------------------------------------------------------------------------
+
+
+def _sign_sites(model, seed: int, n: int) -> list:
+    refs = select(model, components="linear")
+    return [uniform_sites(model, refs, 1, generator=torch.Generator().manual_seed(trial_seed(seed, t)), bits="sign")
+            for t in range(n)]
+
+
+def _same_result(a, b) -> bool:
+    return (a.ratio, a.result.kl, a.result.top1, a.collapsed) == (b.ratio, b.result.kl, b.result.top1, b.collapsed)
+
+
+def test_sign_trial_engine(benchmark, lm, eval_windows, esa):
+    """Uniform one-flip sign trials: engine vs per-trial path vs plain forward (interleaved medians), with
+    the engine's breakdown; every engine trial must equal its per-trial twin."""
+    model, windows = lm.model, eval_windows
+    benchmark.group = GROUP + "-engine"
+    clean = esa.cached((lm.name, "bench", "clean-kept", tuple(windows.shape), esa.options.corpus),
+                       lambda: clean_baseline(model, windows, keep_blocks=True))
+    campaign = Campaign(model, windows, clean, trials_per_forward=1)
+    site_sets = _sign_sites(model, esa.options.seed, SIGN_TRIALS)
+    amap = arch_map(model)
+    head = torch.nn.Sequential(model.get_submodule(amap.final_norm), model.get_output_embeddings())
+    size = clean.batch_size or default_batch_size(windows)
+    with torch.no_grad():
+        logits = [model(input_ids=b, use_cache=False).logits for _, b in batches(windows, size)]
+
+    def head_only():
+        with torch.no_grad():
+            for kept in clean.prefix.outputs:
+                head(kept[-1])
+
+    def reduction():
+        for (start, batch), lg in zip(batches(windows, size), logits, strict=True):
+            reduce_batch(lg, batch, clean.reference, start)
+
+    trials = {"engine": [], "per_trial": []}
+    fns = {"plain_forward": lambda: _plain_forward(model, windows),
+           "clean_evaluate": lambda: evaluate(model, windows, clean.reference),
+           "per_trial": lambda: trials["per_trial"].append(
+               [run_trial(model, windows, clean, flip_bits(model, s)) for s in site_sets]),
+           "engine": lambda: trials["engine"].append([campaign.trial(flip_bits(model, s)) for s in site_sets]),
+           "head": head_only, "reduction": reduction}
+    per_call = {"per_trial": SIGN_TRIALS, "engine": SIGN_TRIALS}
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():  # warm-up
+        fn()
+
+    def one_round():
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) / per_call.get(name, 1))
+
+    benchmark.pedantic(one_round, rounds=_rounds(benchmark), warmup_rounds=0)
+    engine, full = trials["engine"][-1], trials["per_trial"][-1]
+    assert all(_same_result(a, b) for a, b in zip(engine, full, strict=True)), "engine and per-trial results differ"
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    n_blocks = clean.prefix.n_blocks
+    skipped = statistics.mean(t.start_block for t in engine) / n_blocks
+    info = {f"median_s_{name}": value for name, value in med.items()}
+    info.update(
+        rounds=len(times["engine"]), tokens=windows.numel(), trials_per_round=SIGN_TRIALS,
+        engine_over_forward=med["engine"] / med["plain_forward"],
+        per_trial_over_forward=med["per_trial"] / med["plain_forward"],
+        engine_over_per_trial=med["engine"] / med["per_trial"],
+        blocks_skipped_share=skipped, masked=sum(t.masked for t in engine), collapsed=sum(t.collapsed for t in engine),
+        head_over_forward=med["head"] / med["plain_forward"],
+        reduction_over_forward=med["reduction"] / med["plain_forward"],
+        evaluate_reduction_over_forward=(med["clean_evaluate"] - med["plain_forward"]) / med["plain_forward"],
+        suffix_over_forward=(med["engine"] - med["head"] - med["reduction"]) / med["plain_forward"],
+        kept_bytes=clean.prefix.nbytes,
+    )
+    benchmark.extra_info.update(info)
+    log.warning("sign trial engine: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in info.items()})
+
+
+def _campaign_cells(lm, esa) -> list[tuple[str, str, int]]:
+    return [(t, b, esa.trials(lm.name, *CELL_TRIALS[t])) for t in TARGETS for b in CAMPAIGN_BITS]
+
+
+def test_bitflip_campaign_engine(benchmark, lm, eval_windows, esa):
+    """The whole quick bitflip campaign (every target x campaign bit class, 1 flip, first 2 windows), per-trial
+    path vs engine, cell by cell interleaved; both clean baselines included; records must be identical.
+    The ``list`` target uses its fallback pool (top-|w| mlp_down) here: no super-weight detection."""
+    model = lm.model
+    windows = eval_windows[:QUICK_WINDOWS]
+    benchmark.group = GROUP + "-campaign"
+    cells = _campaign_cells(lm, esa)
+    seconds = {"per_trial": 0.0, "engine": 0.0}
+    records: dict[str, list] = {"per_trial": [], "engine": []}
+    pools = {t: site_pool(model, t) for t in TARGETS}
+
+    def sample(target, bit_class, g):
+        return sample_sites(model, target, bit_class, 1, generator=g, pool=pools[target][0])
+
+    def measure():
+        start = time.perf_counter()
+        clean_old = clean_baseline(model, windows)
+        seconds["per_trial"] += time.perf_counter() - start
+        start = time.perf_counter()
+        clean_new = clean_baseline(model, windows, keep_blocks=True)
+        campaign = Campaign(model, windows, clean_new)
+        seconds["engine"] += time.perf_counter() - start
+        for target, bit_class, n in cells:
+            start = time.perf_counter()
+            for spec in trial_specs(esa.options.seed, n):
+                sites = sample(target, bit_class, torch.Generator().manual_seed(spec.seed))
+                t = run_trial(model, windows, clean_old, flip_bits(model, sites))
+                records["per_trial"].append((target, bit_class, spec.trial, sites, t.ratio, t.result.kl, t.collapsed))
+            seconds["per_trial"] += time.perf_counter() - start
+            start = time.perf_counter()
+            for rec in campaign.run(trial_specs(esa.options.seed, n),
+                                    lambda spec, g, t=target, b=bit_class: flip_bits(model, sample(t, b, g)),
+                                    cell=f"{target}-{bit_class}"):
+                t = rec.trial
+                records["engine"].append((target, bit_class, rec.spec.trial, list(rec.perturbation.sites), t.ratio,
+                                          t.result.kl, t.collapsed))
+            seconds["engine"] += time.perf_counter() - start
+
+    benchmark.pedantic(measure, rounds=1, warmup_rounds=0)
+    n_trials = len(records["engine"])
+    identical = records["engine"] == records["per_trial"]
+    info = dict(cells=len(cells), trials=n_trials, identical_records=identical,
+                seconds_per_trial_path=seconds["per_trial"], seconds_engine=seconds["engine"],
+                trials_per_s_per_trial_path=n_trials / seconds["per_trial"],
+                trials_per_s_engine=n_trials / seconds["engine"],
+                engine_over_per_trial=seconds["engine"] / seconds["per_trial"])
+    benchmark.extra_info.update(info)
+    log.warning("bitflip campaign engine: %s", info)
+    assert identical, "the engine's campaign records differ from the per-trial path's"
+
+
+@pytest.mark.parametrize("per_forward", [4, 8])
+def test_batched_trials(benchmark, lm, eval_windows, esa, per_forward):
+    """Trials/s of ``per_forward`` one-flip sign trials in one forward vs the engine one trial at a time (same
+    sites, first 2 windows), and the largest relative ratio difference between the two."""
+    model = lm.model
+    windows = eval_windows[:QUICK_WINDOWS]
+    benchmark.group = GROUP + "-batched"
+    clean = esa.cached((lm.name, "bench", "clean-kept", tuple(windows.shape), esa.options.corpus),
+                       lambda: clean_baseline(model, windows, keep_blocks=True))
+    site_sets = _sign_sites(model, esa.options.seed, per_forward)
+    single = Campaign(model, windows, clean, trials_per_forward=1)
+    batched = Campaign(model, windows, clean, trials_per_forward=per_forward)
+    times: dict[str, list[float]] = {"single": [], "batched": []}
+    results = {}
+
+    def one_round():
+        for name, campaign in (("single", single), ("batched", batched)):
+            start = time.perf_counter()
+            results[name] = campaign.trials([flip_bits(model, s) for s in site_sets])
+            times[name].append(time.perf_counter() - start)
+
+    benchmark.pedantic(one_round, rounds=_rounds(benchmark), warmup_rounds=1 if not benchmark.disabled else 0)
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    diff = max((abs(a.ratio - b.ratio) / b.ratio for a, b in zip(results["batched"], results["single"], strict=True)
+                if math.isfinite(b.ratio)), default=0.0)
+    info = dict(per_forward=per_forward, trials_per_s_single=per_forward / med["single"],
+                trials_per_s_batched=per_forward / med["batched"], batched_speedup=med["single"] / med["batched"],
+                max_rel_ratio_diff=diff, device=str(next(model.parameters()).device))
+    benchmark.extra_info.update(info)
+    log.warning("batched trials: %s", info)

@@ -136,12 +136,15 @@ class Comparison:
         value: the side that must be larger (recorded as the claim's value).
         other: the side it is compared with (recorded as the claim's ``bound`` column).
         detail: what decided it (intervals, pair counts, factor), recorded in the row's extra.
+        undecidable: why the measurement cannot decide the relation at all (e.g. too few trials for
+            any two rates to be apart); the claim is then recorded as not applicable with this reason.
     """
 
     holds: bool
     value: float
     other: float
     detail: dict = field(default_factory=dict)
+    undecidable: str = ""
 
 
 def _big(x: float) -> float:
@@ -174,8 +177,11 @@ def rate_greater(hits: int, trials: int, other_hits: int, other_trials: int, *, 
     o_low, o_high = wilson(other_hits, other_trials, z)
     detail = {"test": "wilson", "z": z, "ci": [low, high], "other_ci": [o_low, o_high],
               "hits": hits, "trials": trials, "other_hits": other_hits, "other_trials": other_trials}
-    return Comparison(low > o_high, hits / trials if trials else math.nan,
-                      other_hits / other_trials if other_trials else math.nan, detail)
+    undecidable = ""
+    if wilson(trials, trials, z)[0] <= wilson(0, other_trials, z)[1]:
+        undecidable = (f"{trials} vs {other_trials} trials cannot separate any two rates at this confidence "
+                       "(even all vs none overlap): run the preset's trial count")
+    return Comparison(low > o_high, hits / trials, other_hits / other_trials, detail, undecidable)
 
 
 def paired_greater(values: Sequence[float], others: Sequence[float], *, factor: float = 1.0) -> Comparison:

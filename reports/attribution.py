@@ -75,8 +75,7 @@ def token_heatmap(model: str, prompt: str, rows: list[dict], outdir: Path) -> Fi
         elif lp is None or not math.isfinite(lp):
             text += "  collapsed"
         labels.append(text)
-    cmap = colormaps["RdBu_r"].copy()
-    cmap.set_bad("#bbbbbb")
+    cmap = colormaps["RdBu_r"].with_extremes(bad="#bbbbbb")
     fig = MplFigure(figsize=(max(6.0, 0.55 * len(tokens) + 3.0), 0.5 * len(rows) + 1.8))
     ax = fig.add_subplot()
     im = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, vmin=-1, vmax=1, aspect="auto")

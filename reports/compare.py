@@ -353,9 +353,10 @@ def noise_curves(records: pd.DataFrame, models: list[str]) -> list[CompareFigure
             d = df[(df["series"] == s) & (df["model"] == model)].sort_values("x")
             if d.empty:
                 continue
-            ax.plot(d["x"], d["median"], marker="o", ms=3, label=model)
+            color = f"C{models.index(model) % 10}"  # the model's colour in every figure of the page
+            ax.plot(d["x"], d["median"], marker="o", ms=3, label=model, color=color)
             if (d["q25"] != d["q75"]).any():
-                ax.fill_between(d["x"], d["q25"], d["q75"], alpha=0.15, lw=0)
+                ax.fill_between(d["x"], d["q25"], d["q75"], alpha=0.15, lw=0, color=color)
         xs = df["x"].to_numpy(dtype=float)
         if (xs > 0).all() and xs.max() / xs.min() >= 20:
             ax.set_xscale("log")

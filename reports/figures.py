@@ -168,7 +168,7 @@ def grouped_bars(ax, groups: list, hues: list, value, low=None, high=None, *, co
             ok = np.isfinite(ys) & np.isfinite(lo) & np.isfinite(hi)
             ax.errorbar(xs[ok], ys[ok], yerr=[ys[ok] - lo[ok], hi[ok] - ys[ok]], fmt="none", ecolor="black",
                          elinewidth=0.9, capsize=2.5)
-    ax.set_xticks(range(len(groups)), [str(g) for g in groups])
+    ax.set_xticks(range(len(groups)), [str(g) for g in groups], fontsize=8)
 
 
 def _sweep_bars(suite: str, model: str, g: pd.DataFrame, *, metric: str, xlabel: str, outdir: Path) -> Figure:

@@ -55,7 +55,7 @@ details.suite{border:1px solid #d0d7de;border-radius:6px;margin:8px 0;padding:0 
 details.suite>summary{font-size:16px;padding:8px 0}details{margin:4px 0}summary{cursor:pointer;font-weight:600}
 .suite-body{display:flex;flex-wrap:wrap;gap:18px;align-items:flex-start}.suite-body>div{flex:1 1 560px;min-width:0;
 overflow-x:auto}.muted{color:#57606a}ul.compact{margin:4px 0;padding-left:20px}ul.compact li{margin:2px 0}
-svg.spark{vertical-align:middle}code{font-size:12px}
+svg.spark{vertical-align:middle}code{font-size:12px}.suite-body td:first-child{white-space:nowrap}
 """
 
 JS = """

@@ -32,9 +32,12 @@ def _loads(text) -> dict:
 
 
 def canonical_json(obj) -> str:
-    """The JSON text used as a matching key (sorted keys, no spaces)."""
+    """The JSON text used as a matching key (sorted keys, no spaces); a missing perturbation (None, NaN) is
+    ``{}``."""
     if isinstance(obj, str):
         obj = _loads(obj)
+    elif obj is None or (isinstance(obj, float) and math.isnan(obj)):
+        obj = {}
     return json.dumps(obj or {}, sort_keys=True, separators=(",", ":"), default=str)
 
 

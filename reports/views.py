@@ -18,7 +18,7 @@ from reports.tables import fmt
 # outcome -> how a table cell shows it; "unverified" is marked so it never reads as a pass
 OUTCOME_LABELS = {"failed": "FAILED", "unverified": "UNVERIFIED (no bound)", "passed": "passed",
                   "not_applicable": "not applicable"}
-ATTENTION = ("failed", "unverified")
+ATTENTION = ("failed", "unverified")  # outcomes the run page lists first
 
 
 @dataclass
@@ -56,13 +56,12 @@ class Report:
         return cmp[(cmp["kind"] == "claim") & cmp["status"].isin(["regressed", "changed"])]
 
     def suites(self) -> list[str]:
-        """Suites of the run, those with claims that need attention first."""
-        recs = self.data.records
-        names = sorted(recs["suite"].dropna().unique())
-        bad = set(self.claims.loc[self.claims["outcome"].isin(ATTENTION), "suite"]) if not self.claims.empty \
-            else set()
-        bad |= set(self.regressed().get("suite", []))
-        return sorted(names, key=lambda s: (s not in bad, s))
+        """Suites of the run: those with failed or regressed claims first, then those with unverified ones."""
+        names = sorted(self.data.records["suite"].dropna().unique())
+        c = self.claims
+        failed = set(c.loc[c["outcome"] == "failed", "suite"]) | set(self.regressed().get("suite", []))
+        unverified = set(c.loc[c["outcome"] == "unverified", "suite"])
+        return sorted(names, key=lambda s: (s not in failed, s not in unverified, s))
 
 
 def present(df: pd.DataFrame) -> pd.DataFrame:

@@ -13,8 +13,8 @@ candidates (quick sizes in ``_options``). Weights are never touched.
 Records (suite ``adversarial``; ``method`` = attack; ``perturbation`` = {kind, attack, options};
 ``extra`` = {prompt, target, adversarial, clean_logprob, attacked_logprob, queries}), per prompt:
 ``target_logprob_delta`` (attacked - clean, nats; negative = damage), ``greedy_changed`` (0/1),
-``greedy_agreement``, ``seconds``. Per cell the claim ``<attack>_mean_logprob_delta_max`` (the mean
-over prompts is at most the bound) from ``suites/bounds/adversarial.toml``.
+``greedy_agreement``, ``seconds``; suffix attacks also ``random_suffix_logprob_delta`` (the same prompt with
+as many uniformly random tokens appended: the control, seeded like the attack). And the claims below.
 """
 
 from __future__ import annotations
@@ -26,8 +26,23 @@ import torch
 
 from harness.attacks.input_attacks import run_input_attack
 from harness.attacks.options import INPUT_ATTACK_NAMES
+from harness.attacks.random_suffix import random_suffix_logprob
+from harness.claims import ClaimSet, paired_greater
 
 PROMPT_WORDS, TARGET_WORDS = 10, 6
+SUFFIX_ATTACKS = ("gcg", "hotflip")
+SUFFIX_FACTOR = 1.0
+
+CLAIMS = ClaimSet("adversarial")
+BEATS_RANDOM_SUFFIX = {a: CLAIMS.relation(
+    f"{a}_beats_random_suffix",
+    f"On every prompt, the {a} suffix lowers the target's log-probability more than a suffix of as many random "
+    "tokens", statistic="target log-prob drop (nats)", margin="paired over the prompts, factor 1")
+    for a in SUFFIX_ATTACKS}
+MEAN_DELTA = {a: CLAIMS.bound(f"{a}_mean_logprob_delta", f"The {a} attack lowers the target's log-probability "
+                              "(mean over prompts, nats; negative = damage) at least as much as measured",
+                              side="max", statistic="target_logprob_delta")
+              for a in INPUT_ATTACK_NAMES}
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -61,7 +76,7 @@ def test_input_attack(esa, lm, recorder, input_attack):
     prompts = _prompts(esa, lm)
     assert prompts, "the corpus gave no prompts"
     perturbation = {"kind": "input_attack", "attack": input_attack, "options": options}
-    deltas = []
+    deltas, controls = [], []
     for i, (prompt, target) in enumerate(prompts):
         seed = esa.options.seed + i
         r = run_input_attack(lm, input_attack, prompt, target, generator=torch.Generator().manual_seed(seed),
@@ -74,5 +89,17 @@ def test_input_attack(esa, lm, recorder, input_attack):
         recorder.record("greedy_agreement", r.greedy_agreement, **common)
         recorder.record("seconds", r.seconds, **common)
         deltas.append(r.logprob_delta)
-    recorder.claim(f"{input_attack}_mean_logprob_delta_max", statistics.mean(deltas), method=input_attack,
-                   perturbation=perturbation, extra={"prompts": len(deltas), "deltas": deltas})
+        if input_attack in SUFFIX_ATTACKS:
+            lp, text = random_suffix_logprob(lm, prompt, target, options["length"],
+                                             torch.Generator().manual_seed(seed))
+            controls.append(lp - r.clean_logprob)
+            recorder.record("random_suffix_logprob_delta", controls[-1], clean_value=r.clean_logprob,
+                            **{**common, "extra": {**extra, "adversarial": text, "attacked_logprob": lp}})
+    columns = {"method": input_attack, "perturbation": perturbation}
+    if input_attack in SUFFIX_ATTACKS:  # damage = -delta, paired per prompt
+        recorder.claim(BEATS_RANDOM_SUFFIX[input_attack],
+                       paired_greater([-d for d in deltas], [-c for c in controls], factor=SUFFIX_FACTOR),
+                       extra={"deltas": deltas, "random_suffix_deltas": controls}, **columns)
+    bound = MEAN_DELTA.get(input_attack)
+    if bound is not None:
+        recorder.claim(bound, statistics.mean(deltas), extra={"prompts": len(deltas), "deltas": deltas}, **columns)

@@ -50,10 +50,15 @@ QUICK_DEFENDED_DTYPES = ("fp32", "int8")  # quick preset: the defenses on these;
 SEARCHES = ("progressive", "guided")  # the attacks compared with random flips
 
 CLAIMS = ClaimSet("attack")
+# On int8 weights a flip moves a weight by at most 255 steps of its channel's scale, so random flips
+# rarely collapse the model within the budget and a search must beat them clearly. On fp32/bf16 one
+# random exponent-MSB flip collapses it, so a random run can collapse at its first flip at any seed
+# (history in attack.toml: random runs at 4 and 5 flips vs progressive 1, guided 2): no seed-proof
+# margin at the preset's trial count, so there the claim is not made; the attacks' flips are bounds.
 BEATS_RANDOM = {a: CLAIMS.relation(
-    f"{a}_beats_random",
-    f"Undefended, the {a} attack collapses the model in fewer flips than every seeded random-flip run "
-    "(a run that does not collapse within the budget counts as +inf flips)",
+    f"{a}_beats_random_int8",
+    f"Undefended on int8 weights, the {a} attack collapses the model in fewer flips than every seeded "
+    "random-flip run (a run that does not collapse within the budget counts as +inf flips)",
     statistic="flips_to_collapse", margin="paired over the random seeds: every random run needs more flips")
     for a in SEARCHES}
 DEFENSE_NO_WEAKER = {(d, a): CLAIMS.relation(
@@ -196,7 +201,8 @@ def test_attack(esa, cell, guided, recorder, attack_name, attack_dtype, defense_
         recorder.claim(DEFENSE_NO_WEAKER[(defense_name, attack_name)], paired_greater(flips, plain), **columns,
                        extra={"seeds": seeds if attack_name == "random" else None})
         return
-    if attack_name in SEARCHES:
+    if attack_name in SEARCHES and attack_dtype == "int8":
         recorder.claim(BEATS_RANDOM[attack_name], fewer_flips(flips[0], random_flips),
                        extra={"seeds": seeds}, **columns)
+    if attack_name in SEARCHES:
         recorder.claim(FLIPS[(attack_name, attack_dtype)], flips[0], **columns)

@@ -6,8 +6,8 @@ the fixed target. Feature ablation (Captum ``FeatureAblation`` through ``LLMAttr
 ``PERTURBATIONS_PER_EVAL`` ablated prompts per call) attributes the target's log-probability to each
 prompt token, on the clean model and under each perturbation (context managers, restored bit-exactly):
 
-- ``zero_super_weights``: the detected super weights zeroed (activation scan; on a model where it
-  finds none the largest |w| of the down projections stands in, so the code path runs);
+- ``zero_super_weights``: the session's detected super weights zeroed (``fixtures.superweights``; on a
+  model where none is detected the detector's strongest candidate stands in, so the code path runs);
 - ``zero_random``: as many seeded random weights of the same matrices zeroed (the control);
 - ``exp_msb_flip``: the exponent MSB of one seeded random weight of the linear layers flipped;
 - ``wanda_50``: Wanda pruning at 50% per row (calibration: the first ``CALIB_WINDOWS`` windows).
@@ -45,7 +45,7 @@ from harness.attribution import attribute, greedy_target
 from harness.attribution.measures import compare, spearman
 from harness.attribution.prompts import select_prompts
 from harness.claims import ClaimSet, greater, paired_greater
-from harness.faults import FaultSite, ablate, flip_bits, top_magnitude_sites, uniform_sites
+from harness.faults import FaultSite, ablate, flip_bits, uniform_sites
 from harness.models.archmap import select
 
 CLAIMS = ClaimSet("attribution")
@@ -71,9 +71,9 @@ TARGET_TOKENS = {"quick": 4, "full": 8}
 PERTURBATIONS_PER_EVAL = 8
 IG_STEPS = {"quick": 16, "full": 32}
 TINY_IG_STEPS = 4
+TINY_PROMPT_CHARS = 24
 TOP_K = 3
 CALIB_WINDOWS = {"quick": 2, "full": 8}
-SUPER_K = 8  # at most this many detected super weights are zeroed
 PERTURBATIONS = ("zero_super_weights", "zero_random", "exp_msb_flip", "wanda_50")
 
 
@@ -81,10 +81,14 @@ def _tiny(lm) -> bool:
     return lm.spec.source == "tiny"
 
 
-def _prompts(esa, lm):
-    """The preset's prompts; one on a random-weight tiny model (byte tokens: ~50 features a prompt), whose
-    numbers mean nothing and which only runs the code paths."""
-    return select_prompts(1 if _tiny(lm) else esa.pick(**PROMPTS))
+def _prompts(esa, lm) -> list[tuple[str, str]]:
+    """(id, text) of the preset's prompts; on a random-weight tiny model, whose numbers mean nothing and which
+    only runs the code paths, the first ``TINY_PROMPT_CHARS`` characters of one (its byte tokenizer makes
+    every character a feature)."""
+    if _tiny(lm):
+        first = select_prompts(1)[0]
+        return [(first.id, first.text[:TINY_PROMPT_CHARS])]
+    return [(p.id, p.text) for p in select_prompts(esa.pick(**PROMPTS))]
 
 
 def _steps(esa, lm) -> int:
@@ -96,37 +100,35 @@ def _clean(esa, lm) -> dict:
 
     def make():
         out = {}
-        for p in _prompts(esa, lm):
-            target = greedy_target(lm, p.text, 2 if _tiny(lm) else esa.pick(**TARGET_TOKENS))
-            out[p.id] = (target, attribute(lm, target, "feature_ablation",
+        for pid, text in _prompts(esa, lm):
+            target = greedy_target(lm, text, 2 if _tiny(lm) else esa.pick(**TARGET_TOKENS))
+            out[pid] = (target, attribute(lm, target, "feature_ablation",
                                            perturbations_per_eval=PERTURBATIONS_PER_EVAL))
         return out
 
     return esa.cached((lm.name, "attribution", "clean"), make)
 
 
-def _super_weights(esa, lm) -> tuple[list[FaultSite], str]:
-    """(sites, source): the activation scan's top ``SUPER_K``, or the largest |w| of mlp_down when it finds none."""
+def _super_weights(esa, lm) -> tuple[list[FaultSite], dict]:
+    """(sites, description): the session's detected super weights (``fixtures.superweights``), or, where none
+    is detected (random-weight tiny models), the detector's strongest candidate so the code path runs."""
+    from fixtures.superweights import shared_detection
 
-    def make():
-        from harness.scoring import score
-
-        found = [s.site for s in score(lm, "activation").top_k(SUPER_K)]
-        if found:
-            return [FaultSite(s.param, s.index) for s in found], "activation"
-        sites = top_magnitude_sites(lm.model, select(lm.model, components="mlp_down"), 1)
-        return [FaultSite(s.param, s.index) for s in sites], "largest_mlp_down"
-
-    return esa.cached((lm.name, "attribution", "super_weights"), make)
+    detection = shared_detection(esa, lm)
+    if detection:
+        return detection.fault_sites(), {**detection.describe(), "source": "detected"}
+    if detection.candidate is None:
+        pytest.skip(f"the super-weight detector scanned no block of {lm.name}")
+    return [detection.candidate.site], {**detection.describe(), "source": "candidate below the detector's factor"}
 
 
 def _perturbation(name: str, esa, lm, calib_windows):
     """A fresh context manager for perturbation ``name`` and its description for the record."""
     g = torch.Generator().manual_seed(esa.options.seed)
     if name in ("zero_super_weights", "zero_random"):
-        sw, source = _super_weights(esa, lm)
+        sw, described = _super_weights(esa, lm)
         if name == "zero_super_weights":
-            return ablate(lm.model, sw, "zero"), {"count": len(sw), "source": source}
+            return ablate(lm.model, sw, "zero"), described
         taken = {(s.param, tuple(s.index)) for s in sw}
         drawn = uniform_sites(lm.model, sorted({s.param for s in sw}), len(sw) + 8, generator=g)
         sites = [FaultSite(s.param, s.index) for s in drawn if (s.param, tuple(s.index)) not in taken][: len(sw)]
@@ -182,10 +184,9 @@ def test_attribution_perturbed(lm, esa, recorder, calib_windows, perturbation):
                             extra={"prompt": pid, "top_k": TOP_K})
 
 
-def test_attribution_zero_super_weights_vs_random(lm, esa, recorder, calib_windows):
-    _, source = _super_weights(esa, lm)
-    if source != "activation":
-        recorder.not_applicable(ZERO_VS_RANDOM, "the activation scan found no super weight")
+def test_attribution_zero_super_weights_vs_random(lm, esa, recorder, calib_windows, super_weights):
+    if not super_weights:
+        recorder.not_applicable(ZERO_VS_RANDOM, f"no super weight detected (detection {super_weights.id})")
         return
     sw, _ = _changes(esa, lm, calib_windows, "zero_super_weights")
     rand, _ = _changes(esa, lm, calib_windows, "zero_random")

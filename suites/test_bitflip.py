@@ -10,7 +10,7 @@ a target (a paired design).
   mantissa_msb, mantissa_lsb).
 - target, where the flipped weights are:
   ``uniform``  uniform over the decoder blocks' linear weights (archmap group ``linear``);
-  ``largest``  drawn among the ``POOL`` largest-|w| of those weights;
+  ``largest``  drawn among the ``POOL`` (``harness.campaign.bitflip``) largest-|w| of those weights;
   ``list``     the detected super weights (one detector for every suite, ``super_weights``
                fixture); where none is detected (tiny random models) the ``POOL`` largest-|w| of
                the ``mlp_down`` matrices. The source is recorded as ``target_source``.
@@ -37,15 +37,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from harness.campaign import Campaign, clean_baseline, trial_specs, wilson
+from harness.campaign.bitflip import TARGETS, sample_sites, site_pool
 from harness.claims import ClaimSet, rate_greater
-from harness.faults import BIT_CLASSES, distinct_positions, flip_bits, target_sites, top_magnitude_sites, uniform_sites
-from harness.faults.campaign import clean_baseline, run_trial, wilson
+from harness.faults import BIT_CLASSES, flip_bits
 from harness.fingerprint import changed, fingerprint
-from harness.models.archmap import select
 
 CAMPAIGN_BITS = tuple(BIT_CLASSES.names(tag="campaign"))
-TARGETS = ("uniform", "largest", "list")
-POOL = 64  # candidates of the largest / fallback list targets
 QUICK_WINDOWS = 2
 TRIALS = {"quick": 5, "full": 20}
 UNIFORM_TRIALS = {"quick": 20, "full": 40}  # the relation's cells: Wilson intervals apart at this count
@@ -96,26 +94,12 @@ def _model_for(esa, lm, cell_dtype: str, copies: dict):
     return copies[lm.name]
 
 
-def _pool(esa, loaded, target: str, detection) -> tuple[list, str]:
-    """(candidate sites, where they come from) of the ``largest`` or ``list`` target, cached."""
-
-    def make():
-        model = loaded.model
-        if target == "largest":
-            return top_magnitude_sites(model, select(model, components="linear"), POOL), f"top{POOL}_abs_linear"
-        if detection is not None and detection.sites:
-            return [s.site for s in detection.sites], f"super_weights:{detection.id}"
-        return top_magnitude_sites(model, select(model, components="mlp_down"), POOL), f"top{POOL}_abs_mlp_down"
-
-    return esa.cached((loaded.name, "bitflip", "pool", target, str(loaded.dtype)), make)
-
-
-def _sites(loaded, target: str, bit_class: str, n: int, *, generator: torch.Generator, pool: list | None) -> list:
-    if target == "uniform":
-        refs = select(loaded.model, components="linear")
-        return uniform_sites(loaded.model, refs, n, generator=generator, bits=bit_class)
-    picks = distinct_positions(len(pool), min(n, len(pool)), generator).tolist()
-    return target_sites(loaded.model, [pool[i] for i in picks], bits=bit_class, generator=generator)
+def _pool(esa, loaded, target: str, detection) -> tuple[list | None, str]:
+    """(candidate sites, where they come from) of ``target``, cached per model and dtype."""
+    listed = [s.site for s in detection.sites] if detection is not None and detection.sites else None
+    source = f"super_weights:{detection.id}" if listed else "list"
+    return esa.cached((loaded.name, "bitflip", "pool", target, str(loaded.dtype)),
+                      lambda: site_pool(loaded.model, target, listed, source))
 
 
 def _cell(esa, lm, windows, recorder, copies, detection, target: str, bit_class: str, cell_dtype: str,
@@ -129,22 +113,25 @@ def _cell(esa, lm, windows, recorder, copies, detection, target: str, bit_class:
         model = loaded.model
         windows_ = windows[: esa.pick(quick=QUICK_WINDOWS, full=None)]
         clean = esa.cached((loaded.name, "bitflip", "clean", str(loaded.dtype), tuple(windows_.shape),
-                            esa.options.corpus), lambda: clean_baseline(model, windows_))
-        pool, source = _pool(esa, loaded, target, detection) if target != "uniform" else (None, "uniform_linear")
+                            esa.options.corpus), lambda: clean_baseline(model, windows_, keep_blocks=True))
+        pool, source = _pool(esa, loaded, target, detection)
         trials = esa.trials(lm.name, **(UNIFORM_TRIALS if target == "uniform" else TRIALS))
         before = fingerprint(model) if loaded is not lm else None
         ratios, collapses = [], 0
-        for trial in range(trials):
-            trial_seed = esa.options.seed * 100_003 + trial
-            g = torch.Generator().manual_seed(trial_seed)
-            sites = _sites(loaded, target, bit_class, n_flips, generator=g, pool=pool)
-            result = run_trial(model, windows_, clean, flip_bits(model, sites))
+
+        def perturb(spec, g):
+            return flip_bits(model, sample_sites(model, target, bit_class, n_flips, generator=g, pool=pool))
+
+        campaign = Campaign(model, windows_, clean)
+        cell = f"{lm.name} {target}-{bit_class}-{dtype}-{n_flips}flip"
+        for rec in campaign.run(trial_specs(esa.options.seed, trials), perturb, cell=cell):
+            result, sites = rec.trial, rec.perturbation.sites
             ratios.append(result.ratio)
             collapses += result.collapsed
             perturbation = {"kind": "bitflip", "bit_class": bit_class, "target": target, "target_source": source,
                             "dtype": dtype, "n_flips": len(sites), "sites": [s.to_dict() for s in sites]}
             columns = dict(method=target, perturbation=perturbation, dtype=str(loaded.dtype).removeprefix("torch."),
-                           collapsed=result.collapsed, extra={"trial": trial, "trial_seed": trial_seed})
+                           collapsed=result.collapsed, extra={"trial": rec.spec.trial, "trial_seed": rec.spec.seed})
             recorder.record("ppl_ratio", result.ratio, clean_value=clean.result.perplexity, **columns)
             recorder.record("kl", result.result.kl, **columns)
         if before is not None:

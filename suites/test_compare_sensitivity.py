@@ -4,11 +4,11 @@ and each scorer's wall time.
 Tests (per model):
 
 - ``test_method_cost[<method>]`` (``--methods``): score the decoder blocks' linear weights with one
-  method, time it (scoring plus the top-k pass, since the data-free scorers compute lazily), keep
-  its top ``K`` weights and its scores at a common sample of weights.
+  method (``harness.scoring.agreement.scored``), time it (scoring plus the top-k pass, since the
+  data-free scorers compute lazily), keep its top ``K`` weights and its scores at a common sample.
 - ``test_method_agreement``: for every pair of methods, the Jaccard similarity of their top-``K``
   sets and the Spearman rank correlation of their scores on the common sample (methods not yet
-  scored in this session are scored here).
+  scored in this session are scored here), and the claims below for the pairs that should agree.
 
 Choices:
 
@@ -23,32 +23,54 @@ Choices:
   (all of them in full), ``integrated`` runs ``steps=2`` and ``hessian`` ``probes=2`` in quick
   (8 and 16 in full). Both presets compare every registered method by default.
 
-Records (suite ``compare``; docs/RECORDS.md): ``seconds`` per scorer (method = scorer, perturbation
-``{kind: score, k}``, extra forward/backward/tokens); ``jaccard`` and ``spearman`` per pair (method
-``"a|b"`` sorted, perturbation ``{kind: score, k}``, extra ``method_a``, ``method_b``, ``k``, sizes /
-sample). The records carry ``suite="compare"``, the name the report reads.
+Records (suite ``compare_sensitivity``; docs/RECORDS.md): ``seconds`` per scorer (method = scorer,
+perturbation ``{kind: score, k}``, extra forward/backward/tokens); ``jaccard`` and ``spearman`` per pair
+(method ``"a|b"`` sorted, perturbation ``{kind: score, k}``, extra ``method_a``, ``method_b``, ``k``,
+sizes / sample, the random-ranking references).
 """
 
 from __future__ import annotations
 
 import itertools
-import math
-import time
 
 import pytest
 import torch
 
-from harness.models.archmap import select
-from harness.scoring import score
-from harness.scoring.base import ref_shape
+from harness.claims import ClaimSet, Comparison
+from harness.scoring.agreement import (
+    jaccard,
+    overlap_pvalue,
+    random_jaccard,
+    random_spearman_limit,
+    sample_positions,
+    scored,
+    spearman,
+)
 from harness.scoring.options import FULL_METHODS, QUICK_METHODS
 
-SUITE = "compare_sensitivity"
-RECORD_SUITE = "compare"  # the suite name docs/RECORDS.md and the report use
 K = {"quick": 100, "full": 1000}
 SAMPLE = {"quick": 20_000, "full": 200_000}
 CALIB_WINDOWS = {"quick": 2, "full": None}
 METHOD_OPTIONS = {"integrated": {"steps": (2, 8)}, "hessian": {"probes": (2, 16)}}  # (quick, full)
+P_RANDOM = 1e-3  # a random ranking reaches the claimed agreement with at most this probability
+
+# Pairs that should agree: wanda is |w| x ||x|| (magnitude scaled per input channel); taylor is |w g|
+# and fisher g^2 (both built on the gradient).
+AGREEING = (("magnitude", "wanda"), ("gradient", "taylor"), ("fisher", "gradient"))
+CLAIMS = ClaimSet("compare_sensitivity")
+RANKS_AGREE = {p: CLAIMS.relation(
+    f"{p[0]}_{p[1]}_rank_agreement",
+    f"{p[0]} and {p[1]} rank the sampled weights alike: Spearman's rho above what a random ranking reaches "
+    f"with probability {P_RANDOM:g}", statistic="spearman", margin="3.29 / sqrt(sample - 1) (99.9%)")
+    for p in AGREEING}
+TOP_K_OVERLAP = {p: CLAIMS.relation(
+    f"{p[0]}_{p[1]}_top_k_overlap",
+    f"The top-k sets of {p[0]} and {p[1]} share more weights than two random k-sets would with probability "
+    f"{P_RANDOM:g}", statistic="jaccard", margin="Poisson tail of the random overlap k_a k_b / n")
+    for p in AGREEING}
+SPEARMAN = {p: CLAIMS.bound(f"{p[0]}_{p[1]}_spearman", f"Spearman's rho of {p[0]} and {p[1]} stays at its measured "
+                            "level", side="min", statistic="spearman")
+            for p in AGREEING}
 
 
 def _methods(config) -> tuple[str, ...]:
@@ -64,60 +86,29 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("method", methods, ids=list(methods))
 
 
-def _sample(esa, lm, refs) -> list[torch.Tensor]:
-    """Per ref, flat indices into its scores: ``SAMPLE`` weights in all, in proportion to size, seeded."""
+def _scored(esa, lm, calib_windows, method: str):
+    """Score once per model and method (cached)."""
 
     def make():
-        g = torch.Generator().manual_seed(esa.options.seed)
-        sizes = [math.prod(ref_shape(lm.model, ref)) for ref in refs]
-        total, n = sum(sizes), esa.pick(**SAMPLE)
-        return [torch.randint(0, size, (max(1, round(n * size / total)),), generator=g) for size in sizes]
-
-    return esa.cached((lm.name, SUITE, "sample", esa.options.seed), make)
-
-
-def _scored(esa, lm, calib_windows, method: str) -> dict:
-    """Score once per model and method (cached): seconds, cost, top-k keys, sampled |scores|."""
-
-    def make():
-        windows = calib_windows[: esa.pick(**CALIB_WINDOWS)]
+        positions = esa.cached((lm.name, "compare-sample", esa.options.seed),
+                               lambda: sample_positions(lm.model, esa.pick(**SAMPLE),
+                                                        torch.Generator().manual_seed(esa.options.seed)))
         options = {k: esa.pick(*v) for k, v in METHOD_OPTIONS.get(method, {}).items()}
-        refs = select(lm.model, components="linear")
-        k = esa.pick(**K)
-        start = time.perf_counter()
-        found = score(lm, method, windows=windows, **options)
-        top = found.top_k(min(k, found.numel()))  # lazy scorers (magnitude, z_score) compute here
-        seconds = time.perf_counter() - start
-        sampled = None
-        if method != "activation":
-            positions = _sample(esa, lm, refs)
-            assert [r.param for r in found.refs] == [r.param for r in refs]
-            sampled = torch.cat([scores.reshape(-1)[pos.to(scores.device)].abs().float().cpu()
-                                 for (_, scores), pos in zip(found, positions, strict=True)])
-        return {"seconds": seconds, "cost": found.cost, "options": options,
-                "top": {(s.site.param, s.site.index) for s in top}, "sampled": sampled}
+        return scored(lm, method, calib_windows[: esa.pick(**CALIB_WINDOWS)], esa.pick(**K), positions, **options)
 
-    return esa.cached((lm.name, SUITE, method, esa.options.preset), make)
-
-
-def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    from scipy.stats import spearmanr
-
-    rho = spearmanr(a.numpy(), b.numpy()).statistic
-    return float(rho)
+    return esa.cached((lm.name, "compare", method, esa.options.preset, esa.options.seed), make)
 
 
 def test_method_cost(lm, calib_windows, esa, recorder, method):
     out = _scored(esa, lm, calib_windows, method)
     k = esa.pick(**K)
-    assert len(out["top"]) <= k
+    assert len(out.top) <= k
     if method != "activation":
-        assert len(out["top"]) == k, f"{method} ranked fewer than {k} weights"
-    c = out["cost"]
-    recorder.record("seconds", out["seconds"], suite=RECORD_SUITE, method=method,
-                    perturbation={"kind": "score", "k": k},
-                    extra={"forward": c.forward, "backward": c.backward, "tokens": c.tokens, "found": len(out["top"]),
-                           **out["options"]})
+        assert len(out.top) == k, f"{method} ranked fewer than {k} weights"
+    c = out.cost
+    recorder.record("seconds", out.seconds, method=method, perturbation={"kind": "score", "k": k},
+                    extra={"forward": c.forward, "backward": c.backward, "tokens": c.tokens, "found": len(out.top),
+                           **out.options})
 
 
 def test_method_agreement(lm, calib_windows, esa, recorder, request):
@@ -127,17 +118,33 @@ def test_method_agreement(lm, calib_windows, esa, recorder, request):
     k = esa.pick(**K)
     results = {m: _scored(esa, lm, calib_windows, m) for m in methods}
     for a, b in itertools.combinations(sorted(methods), 2):
-        ta, tb = results[a]["top"], results[b]["top"]
-        union = ta | tb
-        jaccard = len(ta & tb) / len(union) if union else math.nan
-        assert math.isnan(jaccard) or 0.0 <= jaccard <= 1.0
-        columns = dict(suite=RECORD_SUITE, method=f"{a}|{b}", perturbation={"kind": "score", "k": k})
-        recorder.record("jaccard", jaccard, higher_is_better=True,
-                        extra={"method_a": a, "method_b": b, "k": k, "size_a": len(ta), "size_b": len(tb)}, **columns)
-        sa, sb = results[a]["sampled"], results[b]["sampled"]
-        if sa is not None and sb is not None:
-            rho = _spearman(sa, sb)
-            assert math.isnan(rho) or -1.0 - 1e-9 <= rho <= 1.0 + 1e-9
+        ra, rb = results[a], results[b]
+        columns = {"method": f"{a}|{b}", "perturbation": {"kind": "score", "k": k}}
+        common = len(ra.top & rb.top)
+        extra = {"method_a": a, "method_b": b, "k": k, "size_a": len(ra.top), "size_b": len(rb.top),
+                 "common": common, "random_jaccard": random_jaccard(len(ra.top), len(rb.top), ra.numel),
+                 "random_overlap_p": overlap_pvalue(common, len(ra.top), len(rb.top), ra.numel)}
+        recorder.record("jaccard", jaccard(ra.top, rb.top), higher_is_better=True, extra=extra, **columns)
+        rho = None
+        if ra.sampled is not None and rb.sampled is not None:
+            rho = spearman(ra.sampled, rb.sampled)
+            n = int(ra.sampled.numel())
             recorder.record("spearman", rho, higher_is_better=True,
-                            extra={"method_a": a, "method_b": b, "sample": int(sa.numel()), "over": "common_sample"},
-                            **columns)
+                            extra={"method_a": a, "method_b": b, "sample": n, "over": "common_sample",
+                                   "random_limit": random_spearman_limit(n)}, **columns)
+        pair = (a, b) if (a, b) in RANKS_AGREE else (b, a) if (b, a) in RANKS_AGREE else None
+        if pair is None:
+            continue
+        recorder.claim(TOP_K_OVERLAP[pair], Comparison(extra["random_overlap_p"] < P_RANDOM, common,
+                                                       len(ra.top) * len(rb.top) / ra.numel,
+                                                       {"test": "random_overlap", **extra}), **columns)
+        if rho is not None:
+            limit = random_spearman_limit(int(ra.sampled.numel()))
+            recorder.claim(RANKS_AGREE[pair], Comparison(rho > limit, rho, limit, {"test": "random_ranking",
+                                                                                  "sample": n}), **columns)
+            recorder.claim(SPEARMAN[pair], rho, **columns)
+    for pair in AGREEING:
+        missing = [m for m in pair if m not in methods]
+        if missing:
+            for claim in (TOP_K_OVERLAP[pair], RANKS_AGREE[pair], SPEARMAN[pair]):
+                recorder.not_applicable(claim, f"--methods leaves out {', '.join(missing)}")

@@ -3,10 +3,9 @@
 Cells: model x task (``--tasks``, default the offline ``pydoc_rolling,pydoc_cloze``) x {clean,
 perturbed}, the perturbation chosen by ``--perturb``:
 
-- ``super_weight_zero`` (default): zero the model's super weight. Published coordinates
-  (``harness.scoring.known``) when the model has them; otherwise the top site of the ``activation``
-  scorer after one detection round (the paper's |activation| > 50 thresholds), or, when no spike
-  passes them (tiny random models), the largest-|output| down-projection weight of that round.
+- ``super_weight_zero`` (default): zero the model's strongest super weight, from the session's one
+  detection (``fixtures.superweights``); where none is detected (tiny random models) its strongest
+  candidate (the claims about it are then not applicable).
 - ``noise:STD``: Gaussian noise of STD x each matrix's own standard deviation on every linear
   weight of every block, seeded by ``--seed``.
 
@@ -19,11 +18,8 @@ perturbation's JSON): ``acc``, ``acc_norm`` (multiple choice), ``word_perplexity
 same documents), with ``extra`` = lm-eval metric key, documents, stderr, lm-eval version and the
 BOS/prefix conventions; perturbed rows carry ``clean_value``. ``seconds`` of each evaluation.
 
-Claims (``suites/bounds/evaluate.toml``, per model; offline tasks only):
-``clean_acc_min`` and ``clean_word_perplexity_max`` (the clean model is sane), and, per
-perturbation ``P`` (``super_weight_zero``, ``noise_0p01`` ...), ``P_acc_drop_min`` (clean acc -
-perturbed acc of ``pydoc_cloze``) and ``P_word_ppl_ratio_min`` (perturbed / clean word perplexity
-of ``pydoc_rolling``).
+The claims are declared below (relations need no per-model number; bounds in
+``suites/bounds/evaluate.toml``).
 """
 
 from __future__ import annotations
@@ -33,10 +29,30 @@ import time
 
 import pytest
 
+from harness.claims import ClaimSet, Comparison, greater
 from harness.errors import OfflineError
 from harness.metrics import lmeval
+from harness.metrics.chance import chance_accuracy
+from harness.stats import wilson
 
-SUPER_WEIGHT_ROUNDS = 1
+CLAIMS = ClaimSet("evaluate")
+SW_FACTOR = 2.0
+ABOVE_CHANCE = CLAIMS.relation(
+    "clean_acc_above_chance", "The clean model's multiple-choice accuracy is above chance: the Wilson 95% lower "
+    "limit of acc over the task's items exceeds the chance level (mean 1 / choices)",
+    statistic="acc", margin="Wilson 95% lower limit at the task's item count")
+SW_ZERO_RAISES_PPL = CLAIMS.relation(
+    "super_weight_zero_raises_word_ppl", f"Zeroing the super weight raises word perplexity at least {SW_FACTOR:g}x",
+    statistic="word_perplexity", margin=f"stated minimum effect x{SW_FACTOR:g} (Yu et al.: zeroing it destroys "
+    "the model)")
+CLEAN_ACC = CLAIMS.bound("clean_acc", "Clean pydoc_cloze accuracy stays at its measured level", side="min",
+                         statistic="acc")
+CLEAN_WORD_PPL = CLAIMS.bound("clean_word_perplexity", "Clean pydoc_rolling word perplexity stays at its measured "
+                              "level", side="max", statistic="word_perplexity")
+SW_ZERO_ACC_DROP = CLAIMS.bound("super_weight_zero_acc_drop", "Zeroing the super weight costs pydoc_cloze accuracy "
+                                "at least its measured drop", side="min", statistic="acc drop")
+SW_ZERO_PPL_RATIO = CLAIMS.bound("super_weight_zero_word_ppl_ratio", "Zeroing the super weight raises pydoc_rolling "
+                                 "word perplexity at least its measured ratio", side="min", statistic="word ppl ratio")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -67,29 +83,18 @@ def _clean_rows(esa, lm, task: str) -> tuple[list[lmeval.TaskMetric], float]:
     return esa.cached((lm.name, "lmeval-clean", task), measure)
 
 
-def _claim_prefix(spec) -> str:
-    return str(spec).replace(":", "_").replace(".", "p").replace("-", "m")
-
-
 def _super_weight(esa, lm):
-    """(FaultSite, how it was found) of ``lm``'s super weight, found once per session."""
+    """(FaultSite, how it was found): the strongest detected super weight, else the strongest candidate."""
+    from fixtures.superweights import shared_detection
 
-    def find():
-        from harness.scoring import score
-        from harness.scoring.known import known_super_weights
-
-        known = known_super_weights(lm)
-        if known:
-            return known[0].site, {"source": "published", "hub_id": known[0].hub_id}
-        found = score(lm, "activation", max_rounds=SUPER_WEIGHT_ROUNDS)
-        how = {"source": "activation scorer", "rounds": SUPER_WEIGHT_ROUNDS, "thresholds": "default"}
-        if not found.sites:
-            found = score(lm, "activation", max_rounds=SUPER_WEIGHT_ROUNDS, input_threshold=0, output_threshold=0)
-            how["thresholds"] = "none (no spike above the defaults): largest |output|"
-        top = found.top_k(1)[0]
-        return top.site, {**how, "score": top.score, "value": top.value}
-
-    return esa.cached((lm.name, "super-weight"), find)
+    detection = shared_detection(esa, lm)
+    if detection:
+        return detection.sites[0].site, {**detection.describe(), "source": "detected"}
+    if detection.candidate is None:
+        pytest.skip(f"the super-weight detector scanned no block of {lm.name}")
+    cand = detection.candidate
+    return cand.site, {**detection.describe(), "source": "candidate below the detector's factor",
+                       "strength": cand.strength}
 
 
 def _perturbation(esa, lm, rng):
@@ -116,9 +121,18 @@ def test_clean(lm, task, recorder, esa):
     values = {r.metric: r.value for r in rows if r.task == task}
     assert rows and all(math.isfinite(r.value) for r in rows), "the clean model gives finite metrics"
     if task == lmeval.CLOZE_TASK:
-        recorder.claim("clean_acc_min", values["acc"], method=task)
+        acc = next(r for r in rows if r.task == task and r.metric == "acc")
+        recorder.claim(ABOVE_CHANCE, above_chance(acc.value, int(acc.extra["n_docs"]), chance_accuracy(task)),
+                       method=task)
+        recorder.claim(CLEAN_ACC, values["acc"], method=task)
     elif task == lmeval.ROLLING_TASK:
-        recorder.claim("clean_word_perplexity_max", values["word_perplexity"], method=task)
+        recorder.claim(CLEAN_WORD_PPL, values["word_perplexity"], method=task)
+
+
+def above_chance(acc: float, items: int, chance: float) -> Comparison:
+    """Wilson 95% lower limit of ``acc`` over ``items`` above ``chance``."""
+    low, high = wilson(round(acc * items), items)
+    return Comparison(low > chance, acc, chance, {"test": "wilson_vs_chance", "ci": [low, high], "items": items})
 
 
 def test_perturbed(lm, task, recorder, esa, rng):
@@ -136,12 +150,20 @@ def test_perturbed(lm, task, recorder, esa, rng):
                         perturbation=described, **row.columns())
     recorder.record("seconds", seconds, method=task, perturbation=described)
     values = {r.metric: r.value for r in rows if r.task == task}
-    prefix = _claim_prefix(esa.options.extra["perturb"])
+    spec = esa.options.extra["perturb"]
+    if spec.kind != "super_weight_zero":
+        for claim in (SW_ZERO_RAISES_PPL, SW_ZERO_ACC_DROP, SW_ZERO_PPL_RATIO):
+            recorder.not_applicable(claim, f"--perturb is {spec}, the claim is about super_weight_zero", method=task)
+        return
+    columns = {"method": task, "perturbation": described}
     if task == lmeval.CLOZE_TASK:
-        drop = clean[(task, "acc")] - values["acc"]
-        recorder.claim(f"{prefix}_acc_drop_min", drop, clean_value=clean[(task, "acc")], method=task,
-                       perturbation=described)
+        recorder.claim(SW_ZERO_ACC_DROP, clean[(task, "acc")] - values["acc"], clean_value=clean[(task, "acc")],
+                       **columns)
     elif task == lmeval.ROLLING_TASK:
-        ratio = values["word_perplexity"] / clean[(task, "word_perplexity")]
-        recorder.claim(f"{prefix}_word_ppl_ratio_min", ratio, clean_value=clean[(task, "word_perplexity")],
-                       method=task, perturbation=described)
+        before, after = clean[(task, "word_perplexity")], values["word_perplexity"]
+        if described.get("source") != "detected":
+            recorder.not_applicable(SW_ZERO_RAISES_PPL, "no super weight detected (a candidate was zeroed)", **columns)
+        else:
+            recorder.claim(SW_ZERO_RAISES_PPL, greater(after, before, factor=SW_FACTOR), clean_value=before,
+                           **columns)
+        recorder.claim(SW_ZERO_PPL_RATIO, after / before, clean_value=before, **columns)

@@ -29,12 +29,11 @@ Claims per (noise kind, component):
 from __future__ import annotations
 
 import pytest
-import torch
 
+from harness.campaign import Campaign, clean_baseline, trial_specs
 from harness.claims import ClaimSet, paired_greater
 from harness.errors import HarnessError
 from harness.faults import add_noise
-from harness.faults.campaign import clean_baseline, run_trial
 from harness.models.archmap import COMPONENTS, select
 
 LOW, HIGH = 0.001, 0.5
@@ -80,27 +79,27 @@ def test_noise_robustness(lm, eval_windows, esa, recorder, timer, noise_kind, co
         pytest.skip(f"{lm.family}: {err}")
     windows = eval_windows[: esa.pick(quick=QUICK_WINDOWS, full=None)]
     clean = esa.cached((lm.name, "robustness", "clean", tuple(windows.shape), esa.options.corpus),
-                       lambda: clean_baseline(model, windows))
+                       lambda: clean_baseline(model, windows, keep_blocks=True))
     levels = esa.pick(quick=QUICK_LEVELS, full=FULL_LEVELS)
     trials = esa.options.trials or esa.pick(**TRIALS)
 
     ratios: dict[float, list[float]] = {level: [] for level in levels}
+    def perturb(spec, g):
+        return add_noise(model, refs, spec.values["level"], kind=noise_kind, scale=SCALE, generator=g)
+
+    campaign = Campaign(model, windows, clean)
+    specs = trial_specs(esa.options.seed, trials, level=levels)  # trial-major: every level of trial 0 first
     with timer() as t:
-        for trial in range(trials):
-            trial_seed = esa.options.seed * 100_003 + trial
-            for level in levels:
-                g = torch.Generator().manual_seed(trial_seed)
-                result = run_trial(model, windows, clean, add_noise(model, refs, level, kind=noise_kind, scale=SCALE,
-                                                                     generator=g))
-                ratios[level].append(result.ratio)
-                columns = dict(method=noise_kind, collapsed=result.collapsed,
-                               perturbation={"kind": "noise", "noise": noise_kind, "scale": SCALE, "level": level,
-                                             "target": component},
-                               extra={"trial": trial, "trial_seed": trial_seed, "component": component})
-                recorder.record("ppl_ratio", result.ratio, clean_value=clean.result.perplexity, **columns)
-                recorder.record("perplexity", result.result.perplexity, clean_value=clean.result.perplexity,
-                                **columns)
-                recorder.record("kl", result.result.kl, **columns)
+        for rec in campaign.run(specs, perturb, cell=f"{lm.name} {noise_kind}-{component}"):
+            result, level = rec.trial, rec.spec.values["level"]
+            ratios[level].append(result.ratio)
+            columns = dict(method=noise_kind, collapsed=result.collapsed,
+                           perturbation={"kind": "noise", "noise": noise_kind, "scale": SCALE, "level": level,
+                                         "target": component},
+                           extra={"trial": rec.spec.trial, "trial_seed": rec.spec.seed, "component": component})
+            recorder.record("ppl_ratio", result.ratio, clean_value=clean.result.perplexity, **columns)
+            recorder.record("perplexity", result.result.perplexity, clean_value=clean.result.perplexity, **columns)
+            recorder.record("kl", result.result.kl, **columns)
     pert = {"kind": "noise", "noise": noise_kind, "scale": SCALE, "target": component}
     recorder.record("seconds", t.seconds, method=noise_kind, perturbation=pert,
                     extra={"trials": trials, "levels": len(levels)})

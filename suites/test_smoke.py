@@ -16,12 +16,13 @@ CLEAN_PPL = CLAIMS.bound("clean_perplexity", "Clean perplexity on the default co
 
 
 def test_clean_perplexity(lm, eval_windows, clean, recorder, esa, timer):
+    from harness.data import window_metadata
     from harness.metrics import evaluate
 
     with timer() as t:
         result = evaluate(lm.model, eval_windows)
     assert result.perplexity == clean.result.perplexity, "evaluation is not deterministic"
-    extra = {"windows": eval_windows.shape[0], "window": eval_windows.shape[1], "tokens": result.n_tokens,
+    extra = {**window_metadata(lm.tokenizer, eval_windows), "tokens": result.n_tokens,
              "corpus": esa.options.corpus or "pydoc-topics"}
     recorder.record("perplexity", result.perplexity, extra=extra)
     recorder.record("seconds", t.seconds, extra=extra)

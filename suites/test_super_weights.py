@@ -26,7 +26,12 @@ All four super-weight claims are not applicable, with the reason, when the detec
 (the reason gives the strongest candidate's strength); the relation also on random-weight models.
 Where nothing is detected, zeroing the strongest *candidate* is still measured and recorded
 (target ``candidate``), so the negative control shows what that mild outlier does, but no claim
-calls it a super weight.
+calls it a super weight: on gemma3-270m (BOS-prefixed windows, clean perplexity 16.90) zeroing its
+candidate gives x1.117, against x4.96 for smollm2-135m's layer-11 super weight alone.
+
+Measured on smollm2-135m (quick, seed 0, 2026-12-01): the 3 super weights zeroed x4.816 (less than
+the top one alone, x4.964: layers 28/29 undo part of the super activation), random draws x0.99999 to
+x1.00004, the 7,000 largest others x1.122, row mean x4.753.
 
 Tests: ``test_find_super_weights[<method>]`` records the detection (``activation``) or another
 scorer's top ``TOP_K`` weights (``--method``); ``test_zero_super_weights`` (the relation and the two
@@ -166,7 +171,7 @@ def test_zero_super_weights(lm, eval_windows, clean, esa, recorder, super_weight
             c = detection.candidate
             result, ratio = _measure(lm, eval_windows, clean, ablate(lm.model, c.site, "zero"))
             _record(recorder, clean, result, ratio, "candidate",
-                    {"kind": "zero", "target": "candidate", "count": 1, **detection.describe()},
+                    {"kind": "zero", "target": "candidate", **detection.describe(), "count": 1},
                     extra={"site": c.to_dict()})
         for claim in (ZERO_VS_RANDOM, ZERO, ZERO_TOP):
             recorder.not_applicable(claim, reason)
@@ -195,7 +200,8 @@ def test_zero_super_weights(lm, eval_windows, clean, esa, recorder, super_weight
     recorder.claim(ZERO_VS_RANDOM, paired_greater([ratio] * len(random_ratios), random_ratios, factor=MIN_EFFECT),
                    method="super_weights", perturbation=pert)
     recorder.claim(ZERO, ratio, method="super_weights", perturbation=pert)
-    recorder.claim(ZERO_TOP, top_ratio, method="top_super_weight", perturbation={**pert, "count": 1})
+    recorder.claim(ZERO_TOP, top_ratio, method="top_super_weight",
+                   perturbation={**pert, "target": "top_super_weight", "count": 1})
 
 
 def test_zero_largest_others(lm, eval_windows, clean, recorder, super_weights):

@@ -66,7 +66,8 @@ def test_comparisons():
     assert not greater(math.nan, 1.0).holds
     # 20 trials a side: 15/20 vs 0/20 are apart, 3/5 vs 0/5 are not
     assert rate_greater(15, 20, 0, 20).holds
-    assert not rate_greater(3, 5, 0, 5).holds
+    assert not rate_greater(3, 5, 0, 5).holds and not rate_greater(3, 5, 0, 5).undecidable
+    assert "cannot separate" in rate_greater(1, 1, 0, 1).undecidable  # --trials 1: no rates can be apart
     c = paired_greater([3.0, 2.0, math.inf], [1.0, 1.5, 2.0], factor=1.2)
     assert c.holds and c.value == 2.0 and c.other == 2.0 and c.detail["pairs_holding"] == 3
     assert not paired_greater([3.0, 1.0], [1.0, 1.5]).holds

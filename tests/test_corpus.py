@@ -54,6 +54,20 @@ def test_bos_is_what_the_tokenizer_adds_not_what_it_names():
     assert bos_token_id(_CharTokenizer()) is None
 
 
+@pytest.mark.parametrize(("name", "bos"), [("gemma3-270m", 2), ("smollm2-135m", None)])
+def test_bos_of_the_offline_pretrained_tokenizers(name, bos):
+    """Gemma's tokenizer adds <bos> (id 2, though its ``add_bos_token`` attribute reads False); SmolLM2's adds none."""
+    from transformers import AutoTokenizer
+
+    from harness.models import MODELS
+    from harness.models.gguf import is_converted, model_dir
+
+    spec = MODELS.get(name)
+    if not is_converted(spec):
+        pytest.skip(f"{name} is not converted in the model cache yet (loading it once converts it)")
+    assert bos_token_id(AutoTokenizer.from_pretrained(model_dir(spec))) == bos
+
+
 def test_bos_windows_predict_the_same_tokens():
     """With BOS the window is [BOS] + (length-1) stream tokens: only the context-only first position differs."""
     docs = load_corpus().eval_docs

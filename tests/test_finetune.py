@@ -3,8 +3,10 @@ is one line."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -107,7 +109,7 @@ def test_finetune_option_loads_the_finetuned_model(tmp_path):
     options = SimpleNamespace(extra={"finetune": "full", "finetune_tokens": 4 * WINDOW}, preset="quick", seed=0,
                               window=WINDOW, corpus=None, results_dir=tmp_path, device="cpu")
     source = finetune_source("tiny-llama", options)
-    assert source != "tiny-llama" and (tmp_path / "finetuned") in __import__("pathlib").Path(source).parents
+    assert source != "tiny-llama" and (tmp_path / "finetuned") in Path(source).parents
     assert load_model(source).family == "llama"
     options.extra["finetune"] = "none"
     assert finetune_source("tiny-llama", options) == "tiny-llama"
@@ -129,7 +131,7 @@ def test_lr_schedules():
     assert [lr_factor("constant", s, 4, 0) for s in range(4)] == [1.0] * 4
     assert [lr_factor("linear", s, 4, 0) for s in range(4)] == [1.0, 0.75, 0.5, 0.25]
     cosine = [lr_factor("cosine", s, 4, 0) for s in range(4)]
-    assert cosine[0] == 1.0 and all(a > b for a, b in zip(cosine, cosine[1:], strict=False))
+    assert cosine[0] == 1.0 and all(a > b for a, b in itertools.pairwise(cosine))
     assert lr_factor("cosine", 0, 10, 2) < lr_factor("cosine", 1, 10, 2) < 1.0  # warm-up
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -50,7 +51,9 @@ def _pick(records) -> dict[str, str]:
 def two_runs(tmp_path_factory):
     """The real sample run, its baseline file, and a replay of it (commit 2222222) with one upper-side and
     one lower-side claim worsened and one upper-side claim improved."""
-    d, first = sample_store(_sample_base(tmp_path_factory))
+    sample, first = sample_store(_sample_base(tmp_path_factory))
+    d = tmp_path_factory.mktemp("reg") / "results"
+    shutil.copytree(sample, d, ignore=shutil.ignore_patterns("report*", "root"))
     names = _pick(load_run(d, first).records)
     path = export_baseline(d, d / "baselines" / "tiny-llama.json", run_id=first)
     second = replay_run(d, first, info={"git_commit": "2222222"},
@@ -183,17 +186,16 @@ def test_compatibility_warnings(two_runs):
 
 
 def test_report_warns_when_environment_differs(two_runs, tmp_path):
-    import shutil
-
     from reports.build import build_report
 
     d, _, first, _, _ = two_runs
     copy = tmp_path / "copy"
     shutil.copytree(d, copy, ignore=shutil.ignore_patterns("report*", "root", "baselines"))
-    new = replay_run(copy, first, info={"dtype": "bfloat16", "transformers": "9.0"})
+    device = load_run(copy, first).run["device"]
+    new = replay_run(copy, first, info={"device": "cuda:0 (H100)", "transformers": "9.0"})
     md = (build_report(copy, run_id=new) / "analysis_report.md").read_text()
-    assert "WARNING (environment differs): dtype is 'bfloat16' in this run but 'float32'" in md
-    assert "WARNING (environment differs): transformers" in md
+    assert f"WARNING (environment differs): device is 'cuda:0 (H100)' in this run but '{device}'" in md
+    assert "WARNING (environment differs): transformers is '9.0'" in md
 
 
 def test_tolerance_table(tmp_path):

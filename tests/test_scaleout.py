@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.scaleout import parse_shard, plain_test_id, shard_indices, visible_devices, worker_device
+from fixtures.scaleout import model_scope, parse_shard, shard_indices, visible_devices, worker_device
 from harness.errors import HarnessError
 from harness.records import ResultStore, merge_stores
 from reports.__main__ import main as reports_main
@@ -60,9 +60,14 @@ def test_worker_devices_come_from_the_users_list():
         worker_device("main", devices)
 
 
-def test_test_id_drops_the_loadgroup_suffix():
-    assert plain_test_id("s/test_a.py::t[tiny-llama-x]@tiny-llama", "tiny-llama") == "s/test_a.py::t[tiny-llama-x]"
-    assert plain_test_id("s/test_a.py::t[m]", "m") == "s/test_a.py::t[m]"
+def test_tests_are_scheduled_by_model():
+    models = ["tiny-llama", "tiny-llama-2", "opt"]
+    scope = [model_scope(n, models) for n in (
+        "suites/test_a.py::t[tiny-llama]", "suites/test_b.py::u[tiny-llama-gaussian-mlp]",
+        "suites/test_a.py::t[tiny-llama-2-x]", "suites/test_a.py::t[opt-0.5]", "tests/test_x.py::plain",
+        "tests/test_x.py::p[3]", "suites/test_a.py::t[opt]@pinned")]
+    assert scope == ["model:tiny-llama", "model:tiny-llama", "model:tiny-llama-2", "model:opt",
+                     "tests/test_x.py::plain", "tests/test_x.py::p[3]", "pinned"]
 
 
 # -- merge -------------------------------------------------------------------------------------
@@ -231,3 +236,29 @@ def test_each_worker_sees_its_own_gpu_before_plugins_configure(tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     seen = {w: (tmp_path / w).read_text() for w in ("gw0", "gw1", "gw2")}
     assert seen == {"gw0": "6", "gw1": "2", "gw2": "6"}
+
+
+@pytest.mark.slow
+def test_submit_runs_two_local_tasks_and_merges_their_stores(serial, tmp_path):
+    pytest.importorskip("submitit")
+    cmd = [sys.executable, "-m", "harness.submit", "--executor", "local", "--model", "tiny-llama,tiny-gpt-neox",
+           "--shards", "1", "--gpus-per-task", "0", "--max-parallel", "2", "--timeout-min", "20",
+           "--run-id", "slurm-7", "--results-dir", str(tmp_path), "--",
+           "suites/test_smoke.py", "-p", "no:cacheprovider"]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1500, check=False)
+    assert res.returncode in (0, 1), res.stdout[-3000:] + res.stderr[-3000:]
+    tasks = sorted(p.name for p in (tmp_path / "tasks").iterdir())
+    assert tasks == ["tiny-gpt-neox-1of1", "tiny-llama-1of1"]
+    merged = tmp_path / "results.sqlite"
+    smoke = Counter({k: n for k, n in _claims(serial).items() if k[0] == "smoke"})
+    assert smoke and _claims(merged) == smoke
+    with ResultStore(merged, readonly=True) as store:
+        runs = store.runs()
+    assert list(runs.run_id) == ["slurm-7"] and runs.finished_at[0] is not None
+
+
+def test_submit_rejects_options_it_sets_itself(capsys):
+    from harness.submit import main
+
+    assert main(["--executor", "local", "--model", "tiny-llama", "--", "suites", "--model", "x"]) == 2
+    assert "--model is set by submit" in capsys.readouterr().err

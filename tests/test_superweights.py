@@ -185,7 +185,7 @@ def test_known_super_weights_are_found(name):
     from harness.models import load_model
 
     lm = load_model(name)
-    d = detect(lm, rounds=4)
+    d = detect(lm)  # the defaults every suite shares
     found = {s.coords for s in d.sites}
     missing = [(k.layer, k.row, k.col) for k in known_super_weights(name) if (k.layer, k.row, k.col) not in found]
     assert not missing, f"detection {d.id} of {name} missed {missing}; found {sorted(found)}"

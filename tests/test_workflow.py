@@ -29,12 +29,16 @@ def workflow() -> dict:
     return yaml.safe_load(WORKFLOW.read_text())
 
 
-def _steps(workflow) -> list[dict]:
-    return workflow["jobs"]["analysis"]["steps"]
+def _steps(workflow, job: str = "analysis") -> list[dict]:
+    return workflow["jobs"][job]["steps"]
 
 
-def _uses(workflow, action: str) -> list[dict]:
-    return [s for s in _steps(workflow) if s.get("uses", "").split("@")[0] == action]
+def _uses(workflow, action: str, job: str = "analysis") -> list[dict]:
+    return [s for s in _steps(workflow, job) if s.get("uses", "").split("@")[0] == action]
+
+
+def _runs(workflow, job: str) -> str:
+    return "\n".join(s.get("run", "") for s in _steps(workflow, job))
 
 
 def test_runs_nightly_on_gpu_runners_over_hub_models(workflow):
@@ -44,24 +48,35 @@ def test_runs_nightly_on_gpu_runners_over_hub_models(workflow):
     assert {"self-hosted", "gpu"} <= set(job["runs-on"])
     assert {"opt-350m", "pythia-410m", "gpt-neo-125m"} <= set(job["strategy"]["matrix"]["model"])
     assert job["strategy"]["fail-fast"] is False
+    assert len(job["strategy"]["matrix"]["shard"]) == int(workflow["env"]["SHARDS"])
     assert workflow["permissions"] == {"contents": "read"}
+    assert workflow["jobs"]["merge"]["needs"] == "analysis"
 
 
-def test_steps(workflow):
-    runs = "\n".join(s.get("run", "") for s in _steps(workflow))
+def test_analysis_steps(workflow):
+    runs = _runs(workflow, "analysis")
     assert "--index-url" in runs and "TORCH_INDEX_URL" in runs and "cu1" in workflow["env"]["TORCH_INDEX_URL"]
     assert "torch.cuda.is_available()" in runs
     assert "--device cuda" in runs and '--preset "$PRESET"' in runs and "--baseline" in runs
-    assert "python -m reports" in runs and "GITHUB_STEP_SUMMARY" in runs
     hf = _uses(workflow, "actions/cache")
     assert hf and "HF_HOME" in hf[0]["with"]["path"]
-    restore, save = _uses(workflow, "actions/cache/restore"), _uses(workflow, "actions/cache/save")
-    assert restore and save and restore[0]["with"]["key"] == save[0]["with"]["key"]
-    assert restore[0]["with"]["restore-keys"].strip() == "esa-store-${{ matrix.model }}-"
     names = {s["with"]["name"] for s in _uses(workflow, "actions/upload-artifact")}
-    assert names == {"esa-store-${{ matrix.model }}", "esa-report-${{ matrix.model }}"}
+    assert names == {"esa-store-${{ matrix.model }}-${{ matrix.shard }}"}
     # the token only reaches the step that needs it, through the environment
     assert [s["name"] for s in _steps(workflow) if "HF_TOKEN" in json.dumps(s)] == ["Run the analyses"]
+    assert not any("HF_TOKEN" in json.dumps(s) for s in _steps(workflow, "merge"))
+
+
+def test_merge_steps_build_the_report(workflow):
+    runs = _runs(workflow, "merge")
+    assert "python -m reports merge" in runs and "python -m reports \"$RESULTS_DIR\"" in runs
+    assert "GITHUB_STEP_SUMMARY" in runs
+    restore = _uses(workflow, "actions/cache/restore", "merge")
+    save = _uses(workflow, "actions/cache/save", "merge")
+    assert restore and save and restore[0]["with"]["key"] == save[0]["with"]["key"]
+    assert restore[0]["with"]["restore-keys"].strip() == "esa-store-merged-"
+    names = {s["with"]["name"] for s in _uses(workflow, "actions/upload-artifact", "merge")}
+    assert {"esa-store-merged", "esa-report"} <= names
 
 
 def _linter() -> tuple[list[str] | None, str]:

@@ -3,21 +3,21 @@
     from harness.scoring import score
     top = score(loaded, "activation").top_k(5)
 
-Methods: ``activation`` (super weights from down-projection spikes), ``z_score``, ``magnitude``,
-``gradient``, ``taylor``, ``fisher``, ``hessian`` (Hutchinson), ``integrated`` (integrated
+Methods: ``activation`` (the super-weight detector ``harness.scoring.superweights`` as a scorer),
+``z_score``, ``magnitude``, ``gradient``, ``taylor``, ``fisher``, ``hessian`` (Hutchinson), ``integrated`` (integrated
 gradients), ``wanda``. Each method's docstring states its cost in forward/backward passes.
 """
 
 from __future__ import annotations
 
 from harness.scoring import activation, gradient, hessian, integrated, magnitude, wanda  # noqa: F401 - register
-from harness.scoring.activation import Spike, find_super_weights
-from harness.scoring.artifacts import read_super_weights, super_weights_path, write_super_weights
+from harness.scoring.artifacts import read_detection, read_super_weights, super_weights_path, write_super_weights
 from harness.scoring.base import SCORERS, Context, Cost, ScoredSite, Scorer, ScoreSet, score, scorer
 from harness.scoring.known import KNOWN_SUPER_WEIGHTS, KnownSuperWeight, known_super_weights
+from harness.scoring.superweights import Detection, SuperWeight, detect
 
 __all__ = [
-    "KNOWN_SUPER_WEIGHTS", "SCORERS", "Context", "Cost", "KnownSuperWeight", "ScoreSet", "ScoredSite", "Scorer",
-    "Spike", "find_super_weights", "known_super_weights", "read_super_weights", "score", "scorer",
-    "super_weights_path", "write_super_weights",
+    "KNOWN_SUPER_WEIGHTS", "SCORERS", "Context", "Cost", "Detection", "KnownSuperWeight", "ScoreSet", "ScoredSite",
+    "Scorer", "SuperWeight", "detect", "known_super_weights", "read_detection", "read_super_weights", "score",
+    "scorer", "super_weights_path", "write_super_weights",
 ]

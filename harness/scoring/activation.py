@@ -13,8 +13,6 @@ import logging
 from harness.errors import HarnessError
 from harness.scoring.base import Context, Cost, ScoredSite, ScoreSet, scorer
 from harness.scoring.superweights import FACTOR, PROMPTS, ROUNDS, detect
-from harness.scoring.superweights import SuperWeight as Spike  # noqa: F401 - old name, re-exported by the package
-from harness.scoring.superweights import detect as find_super_weights  # noqa: F401 - old name, as above
 
 log = logging.getLogger(__name__)
 

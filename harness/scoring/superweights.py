@@ -331,7 +331,8 @@ def detect(model_or_loaded: Any, *, prompts: tuple[str, ...] | list[str] = PROMP
                 if not found:
                     break
             else:
-                log.info("super weights: still finding new sites after %d rounds (rounds=%d)", rounds_run, rounds)
+                if params.rounds > 1:
+                    log.info("super weights: still finding new sites after %d rounds (rounds=%d)", rounds_run, rounds)
     finally:
         if model_training:
             model.train()

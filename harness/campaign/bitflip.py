@@ -1,0 +1,55 @@
+"""Where a bit-flip campaign's trial puts its flips: the site sampler of each target.
+
+Targets: ``uniform`` (uniform over the decoder blocks' linear weights), ``largest`` (among the ``POOL``
+largest-|w| of those weights), ``list`` (a given list of sites, the detected super weights; without one,
+the ``POOL`` largest-|w| of the ``mlp_down`` matrices). Positions are drawn before bits, so trial t hits the
+same weights in every bit class of a target (a paired design).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from harness.errors import HarnessError
+from harness.faults import FaultSite, distinct_positions, target_sites, top_magnitude_sites, uniform_sites
+from harness.models.archmap import select
+
+TARGETS = ("uniform", "largest", "list")
+POOL = 64  # candidates of the largest / fallback list targets
+
+
+def site_pool(model: torch.nn.Module, target: str, listed: Sequence[FaultSite] | None = None,
+              listed_source: str = "list") -> tuple[list[FaultSite] | None, str]:
+    """(candidate sites, where they come from) of ``target``; the uniform target has no pool (None).
+
+    Args:
+        model: the model.
+        target: one of ``TARGETS``.
+        listed: the ``list`` target's sites (the detected super weights); None or empty: the fallback pool.
+        listed_source: how ``listed`` is named in the records (``super_weights:<id>``).
+
+    Raises:
+        HarnessError: an unknown target.
+    """
+    if target == "uniform":
+        return None, "uniform_linear"
+    if target == "largest":
+        return top_magnitude_sites(model, select(model, components="linear"), POOL), f"top{POOL}_abs_linear"
+    if target == "list":
+        if listed:
+            return list(listed), listed_source
+        return top_magnitude_sites(model, select(model, components="mlp_down"), POOL), f"top{POOL}_abs_mlp_down"
+    raise HarnessError(f"unknown bit-flip target {target!r}; allowed: {', '.join(TARGETS)}")
+
+
+def sample_sites(model: torch.nn.Module, target: str, bit_class: str, n: int, *, generator: torch.Generator,
+                 pool: Sequence[FaultSite] | None) -> list[FaultSite]:
+    """``n`` flip sites of ``target`` with bits of ``bit_class`` (at most the pool's size for a pooled target)."""
+    if target == "uniform":
+        return uniform_sites(model, select(model, components="linear"), n, generator=generator, bits=bit_class)
+    if not pool:
+        raise HarnessError(f"target {target!r} needs a site pool (site_pool)")
+    picks = distinct_positions(len(pool), min(n, len(pool)), generator).tolist()
+    return target_sites(model, [pool[i] for i in picks], bits=bit_class, generator=generator)

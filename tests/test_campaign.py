@@ -1,0 +1,228 @@
+"""The campaign engine gives the per-trial path's numbers: prefix reuse, early stops, batched trials and the
+chunked reduction, on five families of tiny random models."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+import torch
+
+import harness.campaign.reduce as reduce_mod
+import harness.metrics.perplexity as perplexity_mod
+from harness.campaign import Campaign, clean_baseline, run_trial, trial_seed, trial_specs
+from harness.campaign.prefix import blocks_of
+from harness.campaign.reduce import combine, reduce_batch
+from harness.data import load_corpus, token_windows
+from harness.faults import FaultSite, flip_bits, uniform_sites
+from harness.fingerprint import changed, fingerprint
+from harness.metrics import evaluate, make_reference
+from harness.models.archmap import select
+from harness.models.tiny import build_tiny, byte_tokenizer
+
+pytest_plugins = ["pytester"]
+
+FAMILIES = ("llama", "gpt-neox", "opt", "bloom", "gemma3")
+LENGTH, COUNT, BATCH = 48, 5, 3  # two window batches (3 + 2)
+
+
+@pytest.fixture(scope="module")
+def windows() -> torch.Tensor:
+    return token_windows(byte_tokenizer(), load_corpus().eval_docs, LENGTH, COUNT)
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def setup(request, windows):
+    """(model, clean with kept blocks) of one tiny family; the model may be edited by a test (module-local)."""
+    model = build_tiny(request.param)
+    return model, clean_baseline(model, windows, keep_blocks=True, batch_size=BATCH)
+
+
+def _sites(model, layers, n, bits, seed=0):
+    refs = select(model, layers=layers, components="linear")
+    return uniform_sites(model, refs, n, generator=torch.Generator().manual_seed(seed), bits=bits)
+
+
+def _same(engine, full) -> None:
+    """Equal ratio, perplexity, KL, top-1 and collapse (bit for bit on the CPU)."""
+    assert engine.ratio == full.ratio
+    assert engine.result.perplexity == full.result.perplexity
+    assert engine.result.kl == full.result.kl
+    assert engine.result.top1 == full.result.top1
+    assert engine.collapsed == full.collapsed
+
+
+def test_old_names_still_import():
+    from harness.faults.campaign import COLLAPSE_RATIO, Clean, Trial, is_collapse, wilson  # noqa: F401
+
+    assert COLLAPSE_RATIO == 10.0 and wilson(0, 5)[0] == 0.0
+
+
+def test_seed_policy():
+    assert trial_seed(3, 7) == 3 * 100_003 + 7
+    assert [s.seed for s in trial_specs(2, 3)] == [200_006, 200_007, 200_008]
+
+
+@pytest.mark.parametrize("stride_bytes", [None, 20_000])
+@pytest.mark.parametrize("chunk_rows", [None, 5])
+def test_chunked_reduction_equals_evaluate(windows, monkeypatch, stride_bytes, chunk_rows):
+    model = build_tiny("llama")
+    if stride_bytes:  # a KL reference that subsamples positions
+        monkeypatch.setattr(perplexity_mod, "REFERENCE_BYTES", stride_bytes)
+    if chunk_rows:  # several chunks per window, a chunk size that is no multiple of the length
+        monkeypatch.setattr(reduce_mod, "CHUNK_BYTES", 4 * 260 * chunk_rows)
+    ref = make_reference(model, windows)
+    assert (ref.stride > 1) == bool(stride_bytes)
+    with flip_bits(model, _sites(model, None, 3, "sign")):
+        expected = evaluate(model, windows, ref, batch_size=BATCH)
+        stats = []
+        for start in range(0, COUNT, BATCH):
+            batch = windows[start:start + BATCH]
+            with torch.no_grad():
+                logits = model(input_ids=batch, use_cache=False).logits
+            stats.append(reduce_batch(logits, batch, ref, start))
+    assert combine(stats, COUNT * (LENGTH - 1), ref) == expected
+    assert expected.kl > 0  # the fault is visible: the comparison is not between two clean runs
+
+
+def test_chunked_reduction_of_a_collapse(windows):
+    model = build_tiny("llama")
+    ref = make_reference(model, windows)
+    param = select(model, layers=0, components="mlp_down")[0].param
+    with torch.no_grad():
+        model.get_parameter(param)[3, 5] = math.inf
+    expected = evaluate(model, windows, ref, batch_size=BATCH)
+    stats = []
+    for start in range(0, COUNT, BATCH):
+        batch = windows[start:start + BATCH]
+        with torch.no_grad():
+            stats.append(reduce_batch(model(input_ids=batch, use_cache=False).logits, batch, ref, start))
+    assert expected.collapsed and combine(stats, COUNT * (LENGTH - 1), ref) == expected
+
+
+def test_kept_clean_run_equals_evaluate(setup, windows):
+    model, clean = setup
+    assert clean.result == evaluate(model, windows, clean.reference, batch_size=BATCH)
+    assert len(clean.prefix.outputs) == 2 and clean.prefix.n_blocks == len(blocks_of(model))
+
+
+@pytest.mark.parametrize("bits", ["sign", "exponent", "mantissa_msb"])
+def test_prefix_reuse_equals_full_recompute(setup, windows, bits):
+    model, clean = setup
+    before = fingerprint(model)
+    campaign = Campaign(model, windows, clean)
+    for seed in range(3):
+        sites = _sites(model, "1", 2, bits, seed)  # faults in the last block: block 0 is replayed
+        engine = campaign.trial(flip_bits(model, sites))
+        full = run_trial(model, windows, clean, flip_bits(model, sites))
+        assert engine.start_block == 1
+        _same(engine, full) if engine.stopped_at is None else (engine.collapsed and full.collapsed)
+    assert not changed(before, fingerprint(model))
+    assert all("forward" not in vars(block) for block in blocks_of(model))
+
+
+def test_faults_in_every_block_run_the_whole_model(setup, windows):
+    model, clean = setup
+    sites = [*_sites(model, "0", 1, "sign"), *_sites(model, "1", 1, "sign")]
+    engine = Campaign(model, windows, clean).trial(flip_bits(model, sites))
+    assert engine.start_block == 0
+    _same(engine, run_trial(model, windows, clean, flip_bits(model, sites)))
+
+
+def test_masked_fault_gives_the_clean_result(setup, windows):
+    model, _ = setup
+    param = select(model, layers=1, components="mlp_down")[0].param
+    w = model.get_parameter(param)
+    old = w[2, 3].item()
+    with torch.no_grad():
+        w[2, 3] = 0.0  # -0.0 * x == 0.0 * x, so a sign flip here changes no output bit
+    try:
+        clean0 = clean_baseline(model, windows, keep_blocks=True, batch_size=BATCH)
+        flip = [FaultSite(param, (2, 3), (31,))]
+        engine = Campaign(model, windows, clean0).trial(flip_bits(model, flip))
+        full = run_trial(model, windows, clean0, flip_bits(model, flip))
+        assert engine.masked and engine.result == clean0.result
+        _same(engine, full)
+        visible = Campaign(model, windows, clean0).trial(flip_bits(model, _sites(model, "1", 1, "sign")))
+        assert not visible.masked
+    finally:
+        with torch.no_grad():
+            w[2, 3] = old
+
+
+def test_non_finite_block_output_stops_as_collapse(setup, windows):
+    model, _ = setup
+    param = select(model, layers=0, components="mlp_down")[0].param
+    w = model.get_parameter(param)
+    old = w[2, 3].item()
+    with torch.no_grad():
+        w[2, 3] = 0.0  # flipping every exponent bit of +0.0 makes +inf
+    try:
+        clean0 = clean_baseline(model, windows, keep_blocks=True, batch_size=BATCH)
+        flip = [FaultSite(param, (2, 3), tuple(range(23, 31)))]
+        engine = Campaign(model, windows, clean0).trial(flip_bits(model, flip))
+        full = run_trial(model, windows, clean0, flip_bits(model, flip))
+        assert engine.stopped_at == 0 and engine.collapsed and full.collapsed
+        assert engine.ratio == full.ratio == math.inf and engine.result.kl == full.result.kl == math.inf
+        assert all("forward" not in vars(block) for block in blocks_of(model))
+    finally:
+        with torch.no_grad():
+            w[2, 3] = old
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt-neox"])
+def test_batched_trials_equal_single_trials(windows, family):
+    model = build_tiny(family)
+    clean = clean_baseline(model, windows, keep_blocks=True, batch_size=BATCH)
+    before = fingerprint(model)
+    flips = [flip_bits(model, _sites(model, None, 2, bits, seed))
+             for seed, bits in enumerate(["sign", "sign", "mantissa_msb", "exponent", "sign"])]
+    flips.append(flip_bits(model, [FaultSite(select(model, layers=1, components="query")[0].param, (1, 2), (30,))]))
+    batched = Campaign(model, windows, clean, trials_per_forward=4).trials(flips)
+    n_tokens = COUNT * (LENGTH - 1)
+    for got, flip in zip(batched, flips, strict=True):
+        want = run_trial(model, windows, clean, flip)
+        assert got.collapsed == want.collapsed
+        if want.collapsed and not math.isfinite(want.ratio):
+            assert not math.isfinite(got.ratio)
+            continue
+        assert got.ratio == pytest.approx(want.ratio, rel=1e-5)
+        assert got.result.kl == pytest.approx(want.result.kl, rel=1e-3, abs=1e-7)
+        assert got.result.top1 == pytest.approx(want.result.top1, abs=2 / n_tokens)
+    assert not changed(before, fingerprint(model))
+
+
+def test_run_yields_records_in_order_and_logs_progress(windows, caplog):
+    model = build_tiny("llama")
+    clean = clean_baseline(model, windows, keep_blocks=True, batch_size=BATCH)
+    campaign = Campaign(model, windows, clean)
+
+    def make(spec, g):
+        return flip_bits(model, uniform_sites(model, select(model, components="linear"), 1, generator=g, bits="sign"))
+
+    with caplog.at_level(logging.INFO, logger="harness.campaign.progress"):
+        records = list(campaign.run(trial_specs(1, 3), make, cell="sign"))
+    assert [r.spec.trial for r in records] == [0, 1, 2]
+    again = make(None, torch.Generator().manual_seed(trial_seed(1, 2)))
+    assert records[2].perturbation.sites == again.sites
+    assert any("sign: 3 trials in" in m for m in caplog.messages)
+
+
+def test_progress_plugin_prints_a_line_per_cell_and_nothing_under_q(pytester):
+    pytester.makepyfile(test_cell="""
+        from harness.campaign.progress import Progress
+
+        def test_cell():
+            progress = Progress("tiny-llama sign", 3)
+            for _ in range(3):
+                progress.step()
+            progress.finish()
+    """)
+    loud = pytester.runpytest_subprocess("-p", "fixtures.campaign", "-p", "no:cacheprovider")
+    loud.assert_outcomes(passed=1)
+    loud.stdout.fnmatch_lines(["*tiny-llama sign: 3 trials in * s (* trials/s)*"])
+    assert "3/3 trials" not in loud.stdout.str()  # not a terminal: no live line, only the summary
+    quiet = pytester.runpytest_subprocess("-q", "-p", "fixtures.campaign", "-p", "no:cacheprovider")
+    quiet.assert_outcomes(passed=1)
+    assert "trials in" not in quiet.stdout.str()
