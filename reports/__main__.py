@@ -3,8 +3,9 @@
     python -m reports RESULTS_DIR [--run RUN_ID] [--baseline FILE] [--out DIR]
     python -m reports export-baseline RESULTS_DIR [--run RUN_ID] -o FILE
     python -m reports compare RESULTS_DIR --baseline FILE [--run RUN_ID]   (exit 1 when regressed)
-    python -m reports demo DIR            (a synthetic store with three runs, then its report)
+    python -m reports demo DIR            (the sample suites on tiny-llama, a worsened replay, then the report)
     python -m reports export-bounds RESULTS_DIR --model NAME [--bounds-dir suites/bounds]
+    python -m reports compare-models RESULTS_DIR... [-o DIR]   (models side by side)
     python -m reports merge STORE... -o MERGED [--allow-mixed]   (shards or machines -> one store)
 
 User mistakes (missing store, unknown run, bad baseline) print one line on stderr and exit 2.
@@ -18,7 +19,7 @@ import sys
 
 from harness.errors import HarnessError
 
-COMMANDS = ("export-baseline", "compare", "demo", "export-bounds", "merge")
+COMMANDS = ("export-baseline", "compare", "demo", "export-bounds", "merge", "compare-models")
 
 
 def _parser(command: str | None) -> argparse.ArgumentParser:
@@ -54,7 +55,8 @@ def _parser(command: str | None) -> argparse.ArgumentParser:
                        help="merge stores of different code versions (runs.git_commit); refused by default")
     elif command == "demo":
         p = argparse.ArgumentParser(prog="python -m reports demo",
-                                    description="Write a synthetic store with three runs and build its report.")
+                                    description="Run the sample suites on tiny-llama, a replay with one claim "
+                                                "worsened, then its report.")
         p.add_argument("results_dir")
     else:
         p = argparse.ArgumentParser(prog="python -m reports",
@@ -71,6 +73,11 @@ def _parser(command: str | None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "compare-models":
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        from reports.compare import main as compare_models
+
+        return compare_models(argv[1:])
     command = argv.pop(0) if argv and argv[0] in COMMANDS else None
     args = _parser(command).parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -111,10 +118,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{s.output}: {s.runs} run(s), {s.records} rows added, {s.duplicates} duplicate rows skipped")
         elif command == "demo":
             from reports.build import build_report
-            from reports.synthetic import build_store
+            from reports.sample import replay_run, run_suites
 
-            build_store(args.results_dir, runs=2)
-            build_store(args.results_dir, runs=1, worsen={"wanda_50_ppl_ratio_max": 1.5})
+            first = run_suites(args.results_dir)
+            replay_run(args.results_dir, first, scale={"clean_perplexity": 1.5}, info={"git_commit": "demo"})
             print(build_report(args.results_dir))
         else:
             from reports.build import build_report

@@ -13,7 +13,7 @@ import torch
 
 from harness.attribution import attribute, baseline_token, greedy_target, target_logprob
 from harness.attribution.llm import Target
-from harness.attribution.measures import compare, sign_flip_share, spearman, top_k_jaccard
+from harness.attribution.measures import compare, relative_change, sign_flip_share, spearman, top_k_jaccard
 from harness.attribution.prompts import KINDS, load_prompts, select_prompts
 from harness.errors import HarnessError, UnknownNameError
 from harness.fingerprint import fingerprint
@@ -152,15 +152,25 @@ def test_top_k_jaccard_and_sign_flips():
         top_k_jaccard(a, b, 5)
 
 
+def test_relative_change_sees_what_ranks_do_not():
+    a = torch.tensor([1.0, -2.0, 3.0, 4.0])
+    nudged = a + torch.tensor([0.1, 0.0, -0.1, 0.0])  # same order, same signs
+    assert spearman(a, nudged) == pytest.approx(1.0)
+    assert relative_change(a, nudged) == pytest.approx(0.2 / 10)
+    assert relative_change(a, torch.tensor([1.0, float("inf"), 0.0, 0.0])) == math.inf
+    assert math.isnan(relative_change(torch.zeros(4), a))
+
+
 def test_compare_counts_a_collapse_as_the_largest_shift(llama, target):
     clean = attribute(llama, target, "feature_ablation", perturbations_per_eval=4)
     same = compare(clean, clean, k=3)
-    assert (same.attr_spearman, same.attr_shift, same.attr_topk_jaccard, same.attr_sign_flip_share) == (1.0, 0.0,
-                                                                                                       1.0, 0.0)
+    assert (same.attr_spearman, same.attr_shift, same.attr_rel_change, same.attr_topk_jaccard,
+            same.attr_sign_flip_share) == (1.0, 0.0, 0.0, 1.0, 0.0)
     broken = type(clean)(**{**clean.__dict__, "seq_attr": torch.full_like(clean.seq_attr, float("nan")),
                             "target_logprob": float("nan")})
     moved = compare(clean, broken)
-    assert moved.attr_shift == math.inf and moved.target_logprob_change == -math.inf
+    assert moved.attr_shift == math.inf and moved.attr_rel_change == math.inf
+    assert moved.target_logprob_change == -math.inf
     with pytest.raises(HarnessError, match="same prompt"):
         compare(clean, type(clean)(**{**clean.__dict__, "input_tokens": ("z",)}))
 

@@ -219,10 +219,10 @@ def test_progress_plugin_prints_a_line_per_cell_and_nothing_under_q(pytester):
                 progress.step()
             progress.finish()
     """)
-    loud = pytester.runpytest_subprocess("-p", "fixtures.campaign", "-p", "no:cacheprovider")
+    loud = pytester.runpytest_inprocess("-p", "fixtures.campaign", "-p", "no:cacheprovider")
     loud.assert_outcomes(passed=1)
     loud.stdout.fnmatch_lines(["*tiny-llama sign: 3 trials in * s (* trials/s)*"])
     assert "3/3 trials" not in loud.stdout.str()  # not a terminal: no live line, only the summary
-    quiet = pytester.runpytest_subprocess("-q", "-p", "fixtures.campaign", "-p", "no:cacheprovider")
+    quiet = pytester.runpytest_inprocess("-q", "-p", "fixtures.campaign", "-p", "no:cacheprovider")
     quiet.assert_outcomes(passed=1)
     assert "trials in" not in quiet.stdout.str()

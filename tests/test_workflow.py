@@ -70,7 +70,7 @@ def test_analysis_steps(workflow):
 def test_merge_steps_build_the_report(workflow):
     runs = _runs(workflow, "merge")
     assert "python -m reports merge" in runs and "python -m reports \"$RESULTS_DIR\"" in runs
-    assert "GITHUB_STEP_SUMMARY" in runs
+    assert "GITHUB_STEP_SUMMARY" in runs and "python -m reports compare-models" in runs
     restore = _uses(workflow, "actions/cache/restore", "merge")
     save = _uses(workflow, "actions/cache/save", "merge")
     assert restore and save and restore[0]["with"]["key"] == save[0]["with"]["key"]

@@ -8,6 +8,9 @@ All measures compare ``seq_attr`` vectors over the same prompt tokens (the targe
   when one side is constant or not finite).
 - ``attr_shift``: ``1 - attr_spearman`` (0 = same ranking, 2 = reversed); +inf when the perturbed
   attribution is not finite (a collapsed model), so a collapse counts as the largest move.
+- ``attr_rel_change``: ``sum |perturbed - clean| / sum |clean|`` (relative L1 change of the values; it
+  sees changes too small to reorder the tokens, which leave ``attr_shift`` at exactly 0); +inf when the
+  perturbed attribution is not finite.
 - ``attr_topk_jaccard``: Jaccard index of the ``k`` tokens with the largest ``|attribution|``.
 - ``attr_sign_flip_share``: share of the tokens with a nonzero clean attribution whose sign is
   reversed (a zero perturbed attribution is not a flip).
@@ -27,6 +30,7 @@ from harness.metrics.registry import metric
 metric("target_logprob_change", True, description="log p(fixed target | prompt), perturbed minus clean (nats)")
 metric("attr_spearman", True, description="Spearman correlation of per-token attributions, clean vs perturbed")
 metric("attr_shift", False, description="1 - Spearman of per-token attributions clean vs perturbed; inf: collapse")
+metric("attr_rel_change", False, description="sum |perturbed - clean| / sum |clean| of per-token attributions")
 metric("attr_topk_jaccard", True, description="Jaccard index of the top-k |attribution| prompt tokens")
 metric("attr_sign_flip_share", False, description="share of prompt tokens whose attribution changed sign")
 metric("attr_method_spearman", True, description="Spearman of two attribution methods' per-token attributions")
@@ -56,6 +60,20 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     ra, rb = ra - ra.mean(), rb - rb.mean()
     denom = float(ra.norm() * rb.norm())
     return float((ra * rb).sum()) / denom if denom > 0 else math.nan
+
+
+def relative_change(clean: torch.Tensor, perturbed: torch.Tensor) -> float:
+    """``sum |perturbed - clean| / sum |clean|``: +inf when ``perturbed`` is not finite, NaN when ``clean`` is
+    not finite or all zero."""
+    c, p = clean.detach().double().reshape(-1).cpu(), perturbed.detach().double().reshape(-1).cpu()
+    if c.numel() != p.numel():
+        raise HarnessError(f"a relative change needs equal lengths, got {c.numel()} and {p.numel()}")
+    scale = float(c.abs().sum())
+    if not math.isfinite(scale) or scale == 0:
+        return math.nan
+    if not torch.isfinite(p).all():
+        return math.inf
+    return float((p - c).abs().sum()) / scale
 
 
 def top_k_jaccard(a: torch.Tensor, b: torch.Tensor, k: int) -> float:
@@ -95,6 +113,7 @@ class AttributionChange:
     target_logprob_change: float
     attr_spearman: float
     attr_shift: float
+    attr_rel_change: float
     attr_topk_jaccard: float
     attr_sign_flip_share: float
 
@@ -116,7 +135,7 @@ def compare(clean: TokenAttribution, perturbed: TokenAttribution, k: int = 3) ->
     change = perturbed.target_logprob - clean.target_logprob
     return AttributionChange(
         target_logprob_change=change if math.isfinite(change) else -math.inf,
-        attr_spearman=rho, attr_shift=shift,
+        attr_spearman=rho, attr_shift=shift, attr_rel_change=relative_change(clean.seq_attr, perturbed.seq_attr),
         attr_topk_jaccard=top_k_jaccard(clean.seq_attr, perturbed.seq_attr, k),
         attr_sign_flip_share=sign_flip_share(clean.seq_attr, perturbed.seq_attr),
     )
