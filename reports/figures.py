@@ -28,9 +28,8 @@ SWEEP_TITLES = {
     "robustness": "Noise degradation",
     "bitflip": "Bit-flip degradation by bit class",
     "attack": "Bit-flip attacks: perplexity ratio after each flip",
-    "targeted": "Targeted perturbation impact (methods vs random)",
+    "targeted_perturbation": "Targeted perturbation impact (methods vs random)",
     "pruning": "Pruning: sparsity vs perplexity",
-    "selective": "Selective pruning: sparsity vs degradation",
     "selective_pruning": "Selective pruning: sparsity vs degradation",
 }
 DPI = 110

@@ -209,8 +209,6 @@ def _suites(r: Report, report_dir: Path) -> list[str]:
             left.append(f"<details><summary>Measurements ({int(summary['records'].sum())} records)</summary>"
                         f"{table(summary)}</details>")
         figs = by_section.pop(suite, [])
-        if suite in ("selective", "selective_pruning"):
-            figs += by_section.pop("selective" if suite == "selective_pruning" else "selective_pruning", [])
         right = [figure(report_dir, f) for f in figs]
         body = f"<div class='suite-body'><div>{''.join(left)}</div>" + (
             f"<div>{''.join(right)}</div>" if right else "") + "</div>"

@@ -29,11 +29,10 @@ SWEEPS = {
     "robustness": Sweep(("level",), ("method", "target"), "noise std (relative to each weight's std)"),
     "bitflip": Sweep(("n_flips", "level"), ("bit_class", "method", "dtype"), "bits flipped"),
     "attack": Sweep(("flips",), ("method", "dtype", "defense"), "bits flipped by the attack", x_in_extra=True),
-    "targeted": Sweep(("fraction", "level"), ("method", "action"), "fraction of weights perturbed"),
+    "targeted_perturbation": Sweep(("fraction", "level"), ("method", "action"), "fraction of weights perturbed"),
     "pruning": Sweep(("sparsity", "level"), ("method", "granularity"), "sparsity"),
-    "selective": Sweep(("sparsity", "level"), ("method", "component"), "sparsity of the selected weights"),
+    "selective_pruning": Sweep(("sparsity", "level"), ("method", "component"), "sparsity of the selected weights"),
 }
-SWEEPS["selective_pruning"] = SWEEPS["selective"]  # the suite name the plugin derives from the file name
 PRIMARY_METRICS = ("ppl_ratio", "perplexity", "kl", "top1", "accuracy")
 
 

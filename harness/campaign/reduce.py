@@ -1,13 +1,18 @@
 """The evaluation reduction (perplexity, KL, top-1) over the vocabulary, chunked, with the values of
 :func:`harness.metrics.evaluate` bit for bit.
 
-``evaluate`` takes a log-softmax of the whole batch's logits and then walks that (B, T-1, V) tensor six
-more times (target gather, ``aminmax``, ``argmax``, KL's subtract, multiply and sum). Here each
-window's positions are processed in chunks of about ``CHUNK_BYTES`` that stay in cache: the log-softmax
-is written into one buffer and the gather, the finiteness check, the argmax and KL's elementwise part
-run on the hot chunk; only KL's final sum walks the whole buffer once, as one reduction over the same
-tensor geometry as ``evaluate``'s, so every sum adds the same numbers in the same order and the results
-are identical (tests/test_campaign.py checks equality with ``evaluate``).
+``evaluate`` takes a log-softmax of the whole batch's logits (through a non-contiguous ``[:, :-1]`` view)
+and then walks that (B, T-1, V) tensor six more times (target gather, ``aminmax``, ``argmax``, KL's
+subtract, multiply and sum). Here each window's predicted positions are processed in chunks of at most
+``CHUNK_BYTES`` of log-probabilities: the log-softmax of a contiguous row block is written into one buffer
+and the gather, the finiteness check, the argmax and KL's elementwise part run on that chunk; only KL's
+final sum walks the whole buffer, as one reduction over the same tensor geometry as ``evaluate``'s, so
+every sum adds the same numbers in the same order and the results are identical (tests/test_campaign.py
+checks equality with ``evaluate``).
+
+Chunk size, measured on a 2-core CPU (smollm2's 49,152-token vocabulary, 4 x 255 positions): cache-sized
+chunks (4 MiB) made the reduction 4x *slower* (each small op pays the thread-pool start-up), whole windows
+(the default) 0.76-0.84x of ``evaluate``'s reduction.
 
 :class:`BatchStats` is one window batch's contribution; :func:`combine` adds them up in batch order
 exactly as ``evaluate`` does, so a batch whose logits are known to be the clean ones (a masked trial)
@@ -24,7 +29,7 @@ import torch
 
 from harness.metrics import EvalResult, Reference
 
-CHUNK_BYTES = 4 * 2**20  # log-probabilities per chunk (float32)
+CHUNK_BYTES = 256 * 2**20  # log-probabilities per chunk (float32): whole windows of a 49k vocabulary
 
 
 @dataclass(frozen=True)
