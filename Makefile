@@ -10,8 +10,8 @@ BASELINE ?=
 # What CI runs (five pytest calls, each must pass): the unit and plugin tests; every suite on two tiny
 # random families (llama: separate q/k/v; gpt-neox: fused qkv) with one trial (relations not
 # applicable, bounds unverified); every suite on the real pretrained smollm2-135m at the quick preset
-# (every relation asserted; the fine-tuning suite, ~6 CPU minutes,
-# runs there on the tiny families only: `make suites` runs it on the real model); the seeded campaigns again at a seed
+# (every relation asserted; the fine-tuning and attribution suites, ~6 and ~8 CPU minutes, run there
+# on the tiny families only: `make suites` runs them on the real model); the seeded campaigns again at a seed
 # the bounds were not derived from; and each benchmark once on tiny-llama with timing disabled.
 TINY    ?= tiny-llama,tiny-gpt-neox
 SEED2   ?= 5
@@ -20,6 +20,8 @@ SEEDED  := suites/test_bitflip.py suites/test_robustness.py suites/test_targeted
 # default until smollm2-135m's bounds are exported from five seeds for every suite (README, Regression tracking).
 STRICT  ?=
 SEEDS   ?= 0 1 2 3 4
+# per-test time limit (pytest-timeout) of the long runs, so that a hung cell cannot eat a nightly
+TIMEOUT ?= 3600
 
 .PHONY: setup test suites bounds bench lint analysis report baseline clean
 
@@ -40,13 +42,13 @@ setup:
 test:
 	$(PYTEST) tests
 	$(PYTEST) suites --model $(TINY) --results-dir results/ci-tiny
-	$(PYTEST) suites --model $(MODEL) --preset quick $(STRICT) --results-dir results/ci-$(MODEL) -k "not finetune"
+	$(PYTEST) suites --model $(MODEL) --preset quick $(STRICT) --results-dir results/ci-$(MODEL) -k "not finetune and not attribution"
 	$(PYTEST) $(SEEDED) --model $(MODEL) --preset quick $(STRICT) --seed $(SEED2) --results-dir results/ci-$(MODEL)
 	$(PYTEST) benchmarks --model tiny-llama --benchmark-disable --results-dir results/ci-bench
 
 # Every suite on one model (the done-when runs of the issues), quick preset.
 suites:
-	$(PYTEST) suites --model $(MODEL) --preset $(DEPTH) --device $(DEVICE) $(STRICT)
+	$(PYTEST) suites --model $(MODEL) --preset $(DEPTH) --device $(DEVICE) $(STRICT) --timeout $(TIMEOUT)
 
 # A model's regression bounds: every suite at five seeds, then the bounds derived from them
 # (written into suites/bounds/*.toml: review and commit them).
@@ -64,7 +66,7 @@ lint:
 
 # The integrated analysis: every suite on one model at a chosen depth, then the report.
 analysis:
-	$(PYTEST) suites --model $(MODEL) --preset $(DEPTH) --device $(DEVICE) $(STRICT) --report $(if $(BASELINE),--baseline $(BASELINE))
+	$(PYTEST) suites --model $(MODEL) --preset $(DEPTH) --device $(DEVICE) $(STRICT) --timeout $(TIMEOUT) --report $(if $(BASELINE),--baseline $(BASELINE))
 
 report:
 	$(PY) -m reports results

@@ -273,6 +273,8 @@ def test_campaign_peak_memory(benchmark, bench):
         peak_engine_bytes=peaks["engine"], engine_over_clean=peaks["engine"] / peaks["clean"],
         deepcopy_over_clean=peaks["deepcopy"] / peaks["clean"],
     )
+    log.warning("campaign peak memory: %s",
+                {k: v for k, v in benchmark.extra_info.items() if "over" in k or k == "method"})
 
 
 # -- the campaign engine ---------------------------------------------------------------------------------
