@@ -124,7 +124,7 @@ def test_family_markers(pytester: pytest.Pytester):
     pytester.makepyfile(test_demo=SUITE)
     result = _run(pytester, "--model", "tiny-llama,tiny-bloom", "--eval-tokens", "64", "--window", "32",
                   "-m", "bloom")
-    result.assert_outcomes(passed=2, deselected=2)
+    result.assert_outcomes(passed=3, deselected=3)
 
 
 def test_guard_fails_the_leaking_test_only(pytester: pytest.Pytester):
