@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import base64
 import html
-import importlib
 import json
 import logging
 import math
@@ -37,7 +36,7 @@ from matplotlib.figure import Figure as MplFigure
 
 from harness.errors import HarnessError
 from reports import tables
-from reports.figures import BIT_CLASS_ORDER, COMPONENT_ORDER, DPI, SUITE_FIGURE_MODULES, grouped_bars
+from reports.figures import BIT_CLASS_ORDER, COMPONENT_ORDER, DPI, grouped_bars, suite_modules
 from reports.html import table
 from reports.load import SUPER_WEIGHTS_FILE, open_store, parse_records, pget
 from reports.stats import wilson
@@ -249,13 +248,7 @@ def _module_headlines() -> list[Headline]:
     """``HEADLINES`` of the suite modules (``reports.finetune``, ...) that exist: a list of Headline or of
     (name, function) pairs."""
     out = []
-    for name in SUITE_FIGURE_MODULES:
-        try:
-            module = importlib.import_module(f"reports.{name}")
-        except ModuleNotFoundError as err:
-            if err.name != f"reports.{name}":
-                raise
-            continue
+    for _, module in suite_modules():
         for h in getattr(module, "HEADLINES", ()):
             out.append(h if isinstance(h, Headline) else Headline(*h))
     return out

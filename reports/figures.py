@@ -427,18 +427,24 @@ FIGURES = (ablation_heatmaps, ablation_bars, sweep_curves, attack_flips, adversa
 SUITE_FIGURE_MODULES = ("finetune", "attribution")
 
 
-def suite_module_figures(data: RunData, outdir: Path) -> list[Figure]:
-    """Figures of the suites in ``SUITE_FIGURE_MODULES`` whose module exists and whose records are in the run."""
-    out = []
-    suites = set(data.records["suite"])
+def suite_modules():
+    """``(name, module)`` of each suite in ``SUITE_FIGURE_MODULES`` whose ``reports.<name>`` module exists."""
     for name in SUITE_FIGURE_MODULES:
-        if name not in suites:
-            continue
         try:
             module = importlib.import_module(f"reports.{name}")
         except ModuleNotFoundError as err:
             if err.name != f"reports.{name}":
                 raise
+            continue
+        yield name, module
+
+
+def suite_module_figures(data: RunData, outdir: Path) -> list[Figure]:
+    """Figures of the suites in ``SUITE_FIGURE_MODULES`` whose module exists and whose records are in the run."""
+    out = []
+    suites = set(data.records["suite"])
+    for name, module in suite_modules():
+        if name not in suites:
             continue
         draw = getattr(module, "draw", None)
         if draw is None:

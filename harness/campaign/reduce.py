@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from harness.metrics import EvalResult, Reference
+from harness.metrics.perplexity import finish
 
 CHUNK_BYTES = 256 * 2**20  # log-probabilities per chunk (float32): whole windows of a 49k vocabulary
 
@@ -117,16 +118,5 @@ def combine(stats: Sequence[BatchStats], n_tokens: int, reference: Reference | N
             kl_sum -= st.kl_term
             kl_n += st.kl_n
     with_ref = reference is not None
-    with_kl = with_ref and kl
     top1 = agree / n_tokens if with_ref else None
-    if collapsed:
-        return EvalResult(math.inf, math.inf, n_tokens, True, math.inf if with_kl else None, top1)
-    nll_mean = nll_sum / n_tokens
-    return EvalResult(
-        perplexity=math.exp(nll_mean) if nll_mean < 700 else math.inf,
-        nll=nll_mean,
-        n_tokens=n_tokens,
-        collapsed=False,
-        kl=max(kl_sum / kl_n, 0.0) if with_kl else None,
-        top1=top1,
-    )
+    return finish(nll_sum, n_tokens, collapsed=collapsed, kl=(kl_sum, kl_n) if with_ref and kl else None, top1=top1)

@@ -151,16 +151,27 @@ def evaluate(model: torch.nn.Module, windows: torch.Tensor, reference: Reference
                 sub = lp[:, ::reference.stride]
                 kl_sum -= float(sub.sub_(ref).mul_(p).sum())
                 kl_n += sub.shape[0] * sub.shape[1]
+    with_ref = reference is not None
+    return finish(nll_sum, n_tokens, collapsed=collapsed, kl=(kl_sum, kl_n) if with_ref else None,
+                  top1=agree / n_tokens if with_ref else None)
+
+
+def finish(nll_sum: float, n_tokens: int, *, collapsed: bool, kl: tuple[float, int] | None,
+           top1: float | None) -> EvalResult:
+    """The :class:`EvalResult` of summed token NLLs (and KL terms, when measured): the one place that
+    turns sums into perplexity, shared by :func:`evaluate` and the campaign engine's reduction.
+
+    Args:
+        kl: (summed KL terms, their count), or None when KL is not measured.
+    """
     if collapsed:
-        return EvalResult(math.inf, math.inf, n_tokens, True,
-                          math.inf if reference is not None else None,
-                          agree / n_tokens if reference is not None else None)
+        return EvalResult(math.inf, math.inf, n_tokens, True, math.inf if kl is not None else None, top1)
     nll_mean = nll_sum / n_tokens
     return EvalResult(
         perplexity=math.exp(nll_mean) if nll_mean < 700 else math.inf,
         nll=nll_mean,
         n_tokens=n_tokens,
         collapsed=False,
-        kl=max(kl_sum / kl_n, 0.0) if reference is not None else None,
-        top1=agree / n_tokens if reference is not None else None,
+        kl=max(kl[0] / kl[1], 0.0) if kl is not None else None,
+        top1=top1,
     )
