@@ -4,7 +4,7 @@ trial, and the peak memory of a campaign against the clean evaluation's.
     pytest benchmarks/test_fault_bench.py --model smollm2-135m            # measure
     pytest benchmarks/ --model smollm2-135m --benchmark-disable           # CI: run each once
 
-A *fault trial* is what ``suites/test_bitflip.py`` runs per trial (``harness.faults.campaign.run_trial``):
+A *fault trial* is the per-trial path (``harness.campaign.run_trial``; the suites run ``Campaign.trial``):
 flip ``K`` stored bits (``flip_bits``), evaluate on the eval windows against the clean reference
 (perplexity, KL, top-1), restore. The *deep-copy trial* is the approach this harness replaces
 (pytorchfi, the research code): ``copy.deepcopy`` the model, flip the copy, evaluate, drop it. It

@@ -323,14 +323,21 @@ class Verdict:
         return f"claim {c.key} {verb} ({c.statement}): {self.value:.6g} vs {self.other:.6g} {self.detail}"
 
 
+VACUOUS_RATE = ("the bound [0, 1] admits every rate: at the trial count it was derived for, one run can show any "
+                "rate; run more trials per cell (--trials, or the full preset) and export the bound again")
+
+
 def judge_bound(claim: Claim, value: float, bound: float | tuple[float, float] | None) -> Verdict:
-    """Check a regression bound; no number for the model -> unverified."""
+    """Check a regression bound; no number for the model -> unverified; a rate bound of [0, 1], which no
+    rate can break, -> not applicable (:data:`VACUOUS_RATE`)."""
     if claim.kind != "bound":
         raise HarnessError(f"claim {claim.key} is a relation: pass a Comparison, not a number")
     v = _big(value)
     if bound is None:
         return Verdict(claim, Outcome.UNVERIFIED, v, None,
                        f"no number for this model in suites/bounds/{claim.suite}.toml")
+    if claim.side == "within" and "rate" in claim.statistic and bound[0] <= 0.0 and bound[1] >= 1.0:
+        return Verdict(claim, Outcome.NOT_APPLICABLE, v, tuple(bound), VACUOUS_RATE)
     if math.isnan(v):
         ok = False
     elif claim.side == "within":
@@ -414,6 +421,8 @@ def derive_bound(claim: Claim, values: Sequence[float], *, rate_trials: int | No
         how = (f"Wilson 99.9% of the pooled rate {p:.3f} ({hits}/{n * rate_trials}, {n} seeds), then the 0.1%/99.9% "
                f"binomial quantiles of one run of {rate_trials} trials")
         if claim.side == "within":
+            if low <= 0.0 and high >= 1.0:
+                how += f"; this spans every rate at {rate_trials} trials: the claim is reported not applicable"
             return DerivedBound((low, high), how)
         bound = low if claim.side == "min" else high
         if (claim.side == "max" and bound >= 1.0) or (claim.side == "min" and bound <= 0.0):

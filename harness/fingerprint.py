@@ -69,10 +69,19 @@ def fingerprint(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
     """Per-tensor checksum (module docstring) of the stored bytes of every parameter and buffer.
 
     Tied parameters (``lm_head.weight`` sharing ``embed_tokens.weight``) appear once, under the
-    first name ``named_parameters`` gives.
+    first name ``named_parameters`` gives. A tensor a device map offloaded counts by the value its
+    accelerate hook holds in CPU memory; one offloaded to disk is left out (nothing can edit it there).
     """
+    from harness.faults.storage import offloaded_value
+
     tensors = dict(model.named_parameters(remove_duplicate=True))
     tensors.update(model.named_buffers(remove_duplicate=True))
+    for name in [n for n, t in tensors.items() if t.is_meta]:
+        value = offloaded_value(model, name)
+        if value is None:
+            del tensors[name]
+        else:
+            tensors[name] = value
     workers = max(1, min(8, torch.get_num_threads()))
     if workers == 1 or len(tensors) < 2:
         return {name: _tensor_sums(t) for name, t in tensors.items()}

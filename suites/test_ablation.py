@@ -35,10 +35,10 @@ import math
 
 import pytest
 
+from harness.campaign import Campaign, clean_baseline
 from harness.claims import ClaimSet, greater
 from harness.errors import HarnessError
 from harness.faults import ablate_layer
-from harness.faults.campaign import clean_baseline, run_trial
 from harness.models.archmap import COMPONENTS, num_layers, parse_components
 
 QUICK_WINDOWS = 1
@@ -83,13 +83,14 @@ def test_ablation_sensitivity(lm, eval_windows, esa, recorder, timer, mode, comp
         pytest.skip(f"{lm.family}: {err}")
     windows = eval_windows[: esa.pick(quick=QUICK_WINDOWS, full=None)]
     clean = esa.cached((lm.name, SUITE, "clean", tuple(windows.shape), esa.options.corpus),
-                       lambda: clean_baseline(model, windows))
+                       lambda: clean_baseline(model, windows, keep_blocks=True))
     components = None if component == "all" else component
 
     ratios = []
+    campaign = Campaign(model, windows, clean)  # a trial starts at the ablated block, on its kept clean input
     with timer() as t:
         for layer in range(num_layers(model)):
-            result = run_trial(model, windows, clean, ablate_layer(model, layer, components, mode))
+            result = campaign.trial(ablate_layer(model, layer, components, mode))
             ratios.append(result.ratio)
             where = {"layer": layer, "component": component, "mode": mode}
             columns = dict(method=mode, collapsed=result.collapsed, clean_value=clean.result.perplexity,

@@ -46,13 +46,14 @@ SW_ZERO_RAISES_PPL = CLAIMS.relation(
     statistic="word_perplexity", margin=f"stated minimum effect x{SW_FACTOR:g} (Yu et al.: zeroing it destroys "
     "the model)")
 CLEAN_ACC = CLAIMS.bound("clean_acc", "Clean pydoc_cloze accuracy stays at its measured level", side="min",
-                         statistic="acc")
+                         statistic="acc", seeded=False)
 CLEAN_WORD_PPL = CLAIMS.bound("clean_word_perplexity", "Clean pydoc_rolling word perplexity stays at its measured "
-                              "level", side="max", statistic="word_perplexity")
+                              "level", side="max", statistic="word_perplexity", seeded=False)
 SW_ZERO_ACC_DROP = CLAIMS.bound("super_weight_zero_acc_drop", "Zeroing the super weight costs pydoc_cloze accuracy "
-                                "at least its measured drop", side="min", statistic="acc drop")
+                                "at least its measured drop", side="min", statistic="acc drop", seeded=False)
 SW_ZERO_PPL_RATIO = CLAIMS.bound("super_weight_zero_word_ppl_ratio", "Zeroing the super weight raises pydoc_rolling "
-                                 "word perplexity at least its measured ratio", side="min", statistic="word ppl ratio")
+                                 "word perplexity at least its measured ratio", side="min", statistic="word ppl ratio",
+                                 seeded=False)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -60,8 +60,8 @@ import math
 import pytest
 import torch
 
+from harness.campaign import wilson
 from harness.claims import ClaimSet, Comparison, greater, paired_greater
-from harness.faults.campaign import wilson
 from harness.finetune.compare import measure, super_weight_shift
 from harness.finetune.options import config_from_options
 from harness.finetune.run import ensure_finetuned

@@ -50,7 +50,7 @@ PROTECTION_HELPS = {
     for g, tag in COMPARED.items()}
 WANDA_PPL_RATIO = {
     g: CLAIMS.bound(f"wanda_{tag}_ppl_ratio", f"Perplexity after 50% Wanda pruning ({g}) over clean stays at its "
-                    "measured level", side="max", statistic="ppl_ratio")
+                    "measured level", side="max", statistic="ppl_ratio", seeded=False)
     for g, tag in COMPARED.items()}
 
 

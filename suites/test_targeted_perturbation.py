@@ -38,9 +38,9 @@ from contextlib import contextmanager
 import pytest
 import torch
 
+from harness.campaign import Campaign, clean_baseline, trial_seed
 from harness.claims import ClaimSet, greater, paired_greater
 from harness.faults import FaultSite, ablate, flip_bits, layout, uniform_sites
-from harness.faults.campaign import clean_baseline, run_trial
 from harness.models.archmap import select
 from harness.scoring import score
 from harness.scoring.options import FULL_FRACTIONS, FULL_TARGETED, QUICK_FRACTIONS, QUICK_TARGETED
@@ -124,7 +124,7 @@ def _setup(esa, lm, eval_windows):
         refs = select(lm.model, components="linear")
         total = sum(lm.model.get_parameter(r.param).numel() if r.rows is None
                     else len(r.rows) * lm.model.get_parameter(r.param)[0].numel() for r in refs)
-        return clean_baseline(lm.model, windows), refs, total
+        return clean_baseline(lm.model, windows, keep_blocks=True), refs, total
 
     clean, refs, total = esa.cached((lm.name, SUITE, "setup", tuple(windows.shape), esa.options.corpus), make)
     return windows, clean, refs, total
@@ -157,19 +157,20 @@ def _curve(esa, lm, eval_windows, calib_windows, method: str, action: str) -> di
             sites, seconds = _ranked(esa, lm, calib_windows, method, _count(max(fractions), total))
             out["seconds"] = seconds
         trials = esa.trials(lm.name, **RANDOM_TRIALS) if method == "random" else 1
+        campaign = Campaign(lm.model, windows, clean)
         for fraction in fractions:
             n = _count(fraction, total)
             points = []
             for trial in range(trials):
-                trial_seed = esa.options.seed * 100_003 + trial
-                g = torch.Generator().manual_seed(trial_seed)
+                seed = trial_seed(esa.options.seed, trial)
+                g = torch.Generator().manual_seed(seed)
                 if method == "random":
                     picks = [FaultSite(s.param, s.index) for s in uniform_sites(lm.model, refs, n, generator=g)]
                 else:
                     picks = sites[:n]
-                t = run_trial(lm.model, windows, clean, _perturbation(lm, picks, action, g))
+                t = campaign.trial(_perturbation(lm, picks, action, g))
                 points.append({"ratio": t.ratio, "kl": t.result.kl, "collapsed": t.collapsed, "count": len(picks),
-                               "trial": trial, "trial_seed": trial_seed})
+                               "trial": trial, "trial_seed": seed})
             out["points"][fraction] = points
         return out
 

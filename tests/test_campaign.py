@@ -53,12 +53,6 @@ def _same(engine, full) -> None:
     assert engine.collapsed == full.collapsed
 
 
-def test_old_names_still_import():
-    from harness.faults.campaign import COLLAPSE_RATIO, Clean, Trial, is_collapse, wilson  # noqa: F401
-
-    assert COLLAPSE_RATIO == 10.0 and wilson(0, 5)[0] == 0.0
-
-
 def test_seed_policy():
     assert trial_seed(3, 7) == 3 * 100_003 + 7
     assert [s.seed for s in trial_specs(2, 3)] == [200_006, 200_007, 200_008]

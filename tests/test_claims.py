@@ -45,6 +45,9 @@ def test_a_collapse_never_passes_a_max_and_nan_passes_nothing():
     assert judge_bound(PPL, 21.0, 20.0).outcome is Outcome.FAILED
     assert judge_bound(RATE, 0.5, (0.2, 0.8)).outcome is Outcome.PASSED
     assert judge_bound(RATE, 0.9, (0.2, 0.8)).outcome is Outcome.FAILED
+    vacuous = judge_bound(RATE, 0.4, (0.0, 1.0))  # no rate can break it: never reported as passed
+    assert vacuous.outcome is Outcome.NOT_APPLICABLE and "admits every rate" in vacuous.reason
+    assert judge_bound(RATE, 0.4, (0.0, 0.35)).outcome is Outcome.FAILED
 
 
 def test_no_number_is_unverified_and_not_applicable_needs_a_reason():

@@ -79,6 +79,7 @@ def _store(path: Path, commit: str, run_id: str, rows: list[tuple[str, float]], 
         for metric, value in rows:
             store.record(run_id=run_id, test_id=f"t[{metric}]", suite="s", model="m", metric=metric, value=value,
                          outcome="passed" if metric.endswith("_max") else None)
+            store.finish_test(run_id, f"t[{metric}]", "passed")
         if finished:
             store.finish_run(run_id)
     return path
@@ -103,6 +104,8 @@ def test_merge_keeps_rows_once_and_joins_shards_of_one_run(tmp_path):
     with ResultStore(out, readonly=True) as store:
         runs = store.runs()
     assert list(runs.run_id) == ["run1"] and runs.finished_at[0] is not None
+    with ResultStore(out, readonly=True) as store:  # the shards' complete tests, for a later --resume
+        assert store.completed_tests("run1") == {"t[x]": "passed", "t[y_max]": "passed", "t[z]": "passed"}
 
 
 def test_merge_leaves_an_interrupted_shard_unfinished(tmp_path):

@@ -12,7 +12,7 @@ import textwrap
 import pytest
 
 from harness.errors import HarnessError
-from harness.records import ResultStore, collect_run_info
+from harness.records import SCHEMA_VERSION, ResultStore, collect_run_info
 
 
 def _writer(path: str, run_id: str, worker: int, rows: int) -> None:
@@ -147,11 +147,15 @@ def test_schema_1_store_is_migrated_with_outcome(tmp_path):
     ResultStore(path).close()
     conn = sqlite3.connect(path)  # make it look like a schema-1 store: no outcome column
     conn.execute("ALTER TABLE records DROP COLUMN outcome")
+    conn.execute("DROP TABLE tests")
     conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     conn.commit()
     conn.close()
     with ResultStore(path) as store:
         run_id = store.start_run({"device": "cpu"})
         store.record(run_id=run_id, test_id="t", suite="s", model="m", metric="x", value=1.0, outcome="failed")
-        assert store._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
+        version = store._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+        assert version == str(SCHEMA_VERSION)
         assert list(store.records().outcome) == ["failed"]
+        store.finish_test(run_id, "t", "passed")  # schema 3: the migration brought the tests table
+        assert store.completed_tests(run_id) == {"t": "passed"}

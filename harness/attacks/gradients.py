@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.faults.quant import QuantizedLinear
+from harness.models.device import input_device
 
 
 def mean_nll(logits: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
@@ -30,7 +31,7 @@ def mean_nll(logits: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def loss_of(model: nn.Module, windows: torch.Tensor) -> float:
     """Mean next-token NLL of ``windows`` (nan or inf when the model's output is non-finite)."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     return float(mean_nll(model(input_ids=windows.to(device), use_cache=False).logits, windows))
 
 
@@ -62,7 +63,7 @@ def weight_gradients(model: nn.Module, modules: Sequence[tuple[str, str]], windo
 
     Cost: one forward and one backward pass over ``windows``.
     """
-    device = next(model.parameters()).device
+    device = input_device(model)
     ids = windows.to(device)
     handles = []
 

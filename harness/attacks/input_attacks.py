@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.errors import HarnessError
+from harness.models.device import input_device
 from harness.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ class InputAttackResult:
 
 
 def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    return input_device(model)
 
 
 def encode(tokenizer: Any, text: str, what: str = "text") -> torch.Tensor:

@@ -51,6 +51,7 @@ from harness.faults.injector import BitFlip
 from harness.faults.noise import Noise
 from harness.metrics import EvalResult
 from harness.metrics.perplexity import default_batch_size
+from harness.models.device import input_device
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ def _blocks_or_none(model: torch.nn.Module) -> torch.nn.ModuleList | None:
 
 def default_trials_per_forward(model: torch.nn.Module) -> int:
     """1 on the CPU (batching does not pay there), ``GPU_TRIALS_PER_FORWARD`` on CUDA."""
-    return GPU_TRIALS_PER_FORWARD if next(model.parameters()).device.type == "cuda" else 1
+    return GPU_TRIALS_PER_FORWARD if input_device(model).type == "cuda" else 1
 
 
 class Campaign:
@@ -142,7 +143,7 @@ class Campaign:
             raise HarnessError(f"trials_per_forward must be at least 1, got {self.per_forward}")
         self.batch_size = clean.batch_size or default_batch_size(windows)
         self.n_tokens = windows.shape[0] * (windows.shape[1] - 1)
-        self.device = next(model.parameters()).device
+        self.device = input_device(model)
         self._blocks = blocks_of(model) if self.prefix is not None else _blocks_or_none(model)
 
     # -- one trial ---------------------------------------------------------------------------------

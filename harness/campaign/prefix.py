@@ -29,6 +29,7 @@ from harness.campaign.reduce import BatchStats, combine, reduce_batch
 from harness.metrics import EvalResult, Reference
 from harness.metrics.perplexity import default_batch_size
 from harness.models.archmap import arch_map
+from harness.models.device import input_device
 
 
 @dataclass
@@ -84,7 +85,7 @@ def batches(windows: torch.Tensor, batch_size: int) -> Iterator[tuple[int, torch
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    return input_device(model)
 
 
 @torch.no_grad()

@@ -166,10 +166,19 @@ def quantize_int8(model: nn.Module, modules: Any = None, *, backend: str = "int8
     return Int8Quantization(model, modules, backend=backend)
 
 
+def _refuse_offloaded(model: nn.Module, name: str) -> None:
+    if model.get_submodule(name).weight.is_meta:
+        raise HarnessError(f"cannot quantize {name}: a device map offloaded it (its weight is moved in by an "
+                           "accelerate hook at each forward, which a swapped module would not have); "
+                           "give the model memory with --max-memory or quantize modules held on a device")
+
+
 def _module_names(model: nn.Module, modules: Any) -> list[str]:
     quantizable = lambda m: isinstance(m, nn.Linear) or _is_conv1d(m)  # noqa: E731
     if modules is None:
         names = [n for n, m in model.named_modules() if n and quantizable(m)]
+        for n in names:
+            _refuse_offloaded(model, n)
         tied = [n for n in names if len(tied_names(model, f"{n}.weight")) > 1]
         if tied:
             log.info("int8: leaving %s in float: its weight is tied to %s (an int8 copy would untie it)",
@@ -202,6 +211,7 @@ def _module_names(model: nn.Module, modules: Any) -> list[str]:
             raise HarnessError(f"unknown module {name!r} in {type(model).__name__}") from None
         if not quantizable(module):
             raise HarnessError(f"{name} is {type(module).__name__}; only nn.Linear and Conv1D can be quantized")
+        _refuse_offloaded(model, name)
         ties = tied_names(model, f"{name}.weight")
         if len(ties) > 1:
             raise HarnessError(f"{name}.weight is tied ({', '.join(ties)}): an int8 copy would untie it; "

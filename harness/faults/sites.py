@@ -18,7 +18,11 @@ import torch
 from torch import nn
 
 from harness.errors import HarnessError
-from harness.faults.storage import find_tensor, stored_bits  # find_tensor is also re-exported from here
+from harness.faults.storage import (  # find_tensor is also re-exported from here
+    find_tensor,
+    offloaded_value,
+    stored_bits,
+)
 
 
 def _int_tuple(values: Any, what: str) -> tuple[int, ...]:
@@ -201,9 +205,15 @@ def tied_names(model: nn.Module, param_name: str) -> tuple[str, ...]:
         HarnessError: no such parameter.
     """
     target = find_tensor(model, param_name)
-    names = tuple(n for n, p in model.named_parameters(remove_duplicate=False)
-                  if p is target or (p.data_ptr() == target.data_ptr() and p.shape == target.shape
-                                     and p.dtype == target.dtype))
+
+    def same(name: str, p: torch.Tensor) -> bool:
+        if p.shape != target.shape or p.dtype != target.dtype:
+            return False
+        if p.is_meta:  # offloaded by a device map: compare the value its hook holds (none on disk)
+            p = offloaded_value(model, name)
+        return p is not None and (p is target or p.data_ptr() == target.data_ptr())
+
+    names = tuple(n for n, p in model.named_parameters(remove_duplicate=False) if same(n, p))
     return names or (param_name,)
 
 

@@ -1,7 +1,8 @@
 """The stored bits of a model's tensors: bit layouts per dtype and read/write access to stored codes.
 
 The one place that knows how a tensor is stored: :class:`BitLayout` (where sign, exponent and mantissa
-bits sit), :func:`find_tensor` (a parameter or buffer by name), and :func:`stored_bits`, which returns a
+bits sit), :func:`find_tensor` (a parameter or buffer by name; for a parameter a device map offloaded,
+the value its accelerate hook keeps in CPU memory), and :func:`stored_bits`, which returns a
 store whose ``read``/``write`` move integer codes bit for bit: :class:`TensorStore` for a parameter or
 buffer (viewed as the same-width integer type), :class:`PackedWeightStore` for the packed weight of a
 torch quantized Linear (``int_repr``, then repack). Bits, sites, the injector, quantization and the
@@ -81,11 +82,29 @@ def layout(dtype: torch.dtype) -> BitLayout:
 
 
 def find_tensor(model: nn.Module, name: str) -> torch.Tensor:
-    """The parameter or buffer called ``name``.
+    """The stored tensor of the parameter or buffer called ``name``: the one the forward pass reads.
+
+    Every edit and read of weights in the harness resolves names here. A parameter that a device
+    map offloaded is a ``meta`` placeholder; its value is the tensor in CPU memory that the module's
+    accelerate hook moves in at every forward, and that tensor is returned, so an edit of it is what
+    the next forward computes with.
 
     Raises:
-        HarnessError: no such parameter or buffer (naming the closest one).
+        HarnessError: no such parameter or buffer (naming the closest one), or a parameter offloaded
+            to disk (read from a file at every forward: nothing in memory to edit).
     """
+    tensor = _named_tensor(model, name)
+    if not tensor.is_meta:
+        return tensor
+    value = offloaded_value(model, name)
+    if value is None:
+        raise HarnessError(f"{name} is offloaded to disk by the device map, where the harness cannot edit it "
+                           "(it is read from a file at every forward): give it memory with --max-memory "
+                           "(cpu=...) or target parameters held in memory")
+    return value
+
+
+def _named_tensor(model: nn.Module, name: str) -> torch.Tensor:
     try:
         return model.get_parameter(name)
     except AttributeError:
@@ -98,6 +117,39 @@ def find_tensor(model: nn.Module, name: str) -> torch.Tensor:
     close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     raise HarnessError(f"unknown parameter {name!r} in {type(model).__name__}{hint}")
+
+
+def offloaded_value(model: nn.Module, name: str) -> torch.Tensor | None:
+    """The value of the offloaded (``meta``) parameter or buffer ``name``: the tensor in CPU memory that
+    an accelerate offload hook moves to the execution device at every forward, or None when the hook
+    reads it from disk instead.
+
+    The hook is looked for on the owning module, then on its parents (a hook on a block serves the
+    block's submodules), as transformers does.
+
+    Raises:
+        HarnessError: ``name`` is on ``meta`` but no offload hook holds its value.
+    """
+    from accelerate.utils import OffloadedWeightsLoader, PrefixedDataset
+
+    parts = name.split(".")
+    for cut in range(len(parts) - 1, -1, -1):
+        hook = getattr(model.get_submodule(".".join(parts[:cut])), "_hf_hook", None)
+        for h in getattr(hook, "hooks", [hook]):  # accelerate's SequentialHook holds several
+            weights, key = getattr(h, "weights_map", None), ".".join(parts[cut:])
+            if not getattr(h, "offload", False) or weights is None:
+                continue
+            while isinstance(weights, PrefixedDataset):  # one per module, over the model's loader
+                weights, key = weights.dataset, weights.prefix + key
+            if isinstance(weights, OffloadedWeightsLoader):  # state_dict: in CPU memory; index: on disk
+                if key in weights.state_dict:
+                    return weights.state_dict[key]
+                if key in weights.index:
+                    return None
+            elif key in weights:  # a plain mapping (accelerate's cpu_offload)
+                return weights[key]
+    raise HarnessError(f"{name} is on the meta device and no offload hook holds its value: "
+                       "the model was not loaded with its weights")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
+from harness.campaign import clean_baseline, run_trial
 from harness.faults import ablate, add_noise, flip_bits, uniform_sites
-from harness.faults.campaign import clean_baseline, run_trial
 
 TRIAL_SEED = 100_003
 

@@ -59,6 +59,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.errors import HarnessError, OfflineError, UnknownNameError
+from harness.models.device import input_device
 
 log = logging.getLogger(__name__)
 
@@ -526,7 +527,7 @@ def rolling_loglikelihood(model: torch.nn.Module, tokens: Sequence[int], prefix_
     Returns:
         The total log-likelihood (nats, <= 0).
     """
-    device = next(model.parameters()).device
+    device = input_device(model)
     total = 0.0
     for context, continuation in rolling_windows(tokens, prefix_token_id, max_length):
         inp = torch.tensor([(context + continuation)[:-1]], device=device)  # (1, T)

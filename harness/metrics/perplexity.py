@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from harness.models.device import input_device
+
 log = logging.getLogger(__name__)
 
 # The clean log-probabilities and probabilities kept for KL are capped at this many bytes together;
@@ -74,7 +76,7 @@ def _batches(windows: torch.Tensor, batch_size: int):
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    return input_device(model)
 
 
 def default_batch_size(windows: torch.Tensor, tokens_per_batch: int = 2048) -> int:

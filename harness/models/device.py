@@ -1,8 +1,12 @@
-"""Device and dtype resolution: the user's words (``auto``, ``cuda:1``, ``bf16``) to torch objects."""
+"""Device and dtype resolution: the user's words (``auto``, ``cuda:1``, ``bf16``, ``0=20GiB,cpu=64GiB``) to
+torch objects, and where a (possibly sharded or offloaded) model takes its inputs."""
 
 from __future__ import annotations
 
+import re
+
 import torch
+from torch import nn
 
 from harness.errors import HarnessError
 
@@ -65,3 +69,87 @@ def resolve_device(device: str | torch.device = "cpu") -> torch.device:
             )
         return resolved
     raise HarnessError(f"unknown device {str(device)!r}: use one of {DEVICE_WORDS}")
+
+
+# -- models larger than one device -------------------------------------------------------------
+
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # transformers' placement strategies
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)")
+MAX_MEMORY_HELP = "DEVICE=SIZE,... with DEVICE a GPU index (0, cuda:1), cpu or disk and SIZE like 20GiB, 500MB or bytes"
+
+
+def resolve_device_map(device_map: str) -> str:
+    """``device_map`` checked against transformers' strategies (``auto``, ``balanced``, ...).
+
+    Raises:
+        HarnessError: any other word.
+    """
+    word = str(device_map).strip().lower()
+    if word not in DEVICE_MAPS:
+        raise HarnessError(f"unknown device map {str(device_map)!r}: use one of {', '.join(DEVICE_MAPS)}")
+    return word
+
+
+def parse_max_memory(text: str) -> dict[int | str, int]:
+    """``"0=20GiB,1=20GiB,cpu=64GiB"`` -> ``{0: 21474836480, 1: ..., "cpu": ...}`` (bytes per device).
+
+    Args:
+        text: comma-separated ``DEVICE=SIZE``: DEVICE a GPU index (``0``, ``cuda:1``), ``cpu`` or
+            ``disk``; SIZE a number of bytes or a number with a unit (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB).
+
+    Raises:
+        HarnessError: an empty spec, a device or size outside that grammar, or a device named twice.
+    """
+    limits: dict[int | str, int] = {}
+    for item in str(text).split(","):
+        key, sep, size = (part.strip().lower() for part in item.partition("="))
+        if not sep or not key or not size:
+            raise HarnessError(f"bad max-memory entry {item.strip()!r} in {text!r}: use {MAX_MEMORY_HELP}")
+        index = key.removeprefix("cuda:")
+        device: int | str = int(index) if index.isdigit() else key
+        if device not in ("cpu", "disk") and not isinstance(device, int):
+            raise HarnessError(f"unknown max-memory device {key!r} in {text!r}: use {MAX_MEMORY_HELP}")
+        m = _SIZE.fullmatch(size)
+        if m is None or m.group(2) not in _UNITS:
+            raise HarnessError(f"bad max-memory size {size!r} for {key} in {text!r}: use {MAX_MEMORY_HELP}")
+        if device in limits:
+            raise HarnessError(f"max-memory names {key} twice in {text!r}: use {MAX_MEMORY_HELP}")
+        limits[device] = int(float(m.group(1)) * _UNITS[m.group(2)])
+    return limits
+
+
+def check_max_memory(max_memory: dict[int | str, int]) -> None:
+    """Refuse GPU indices this machine does not have (accelerate would only warn and ignore them).
+
+    Raises:
+        HarnessError: a GPU index at or above the visible CUDA device count.
+    """
+    gpus = [k for k in max_memory if isinstance(k, int)]
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    missing = [k for k in gpus if k >= count]
+    if missing:
+        have = f"GPUs 0-{count - 1}" if count else "no visible GPU"
+        raise HarnessError(f"max-memory names GPU {missing[0]}, but this machine has {have}: "
+                           "name only visible GPUs, cpu or disk")
+
+
+def input_device(model: nn.Module) -> torch.device:
+    """The device a model's input ids go to: where its input embeddings run.
+
+    Under a device map that offloads the embeddings, their weight is a ``meta`` placeholder and the
+    accelerate hook's execution device says where they run; otherwise it is the embedding weight's
+    device (for a module without input embeddings: that of its first parameter not on ``meta``).
+    """
+    get = getattr(model, "get_input_embeddings", None)
+    embeddings = get() if callable(get) else None
+    hook = getattr(embeddings, "_hf_hook", None)
+    for h in getattr(hook, "hooks", [hook]):  # accelerate's SequentialHook holds several
+        device = getattr(h, "execution_device", None)
+        if device is not None:
+            return torch.device(device)
+    for param in (embeddings if embeddings is not None else model).parameters():
+        if not param.is_meta:
+            return param.device
+    return torch.device("cpu")

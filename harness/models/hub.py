@@ -106,8 +106,8 @@ def gated_message(name: str, hub_id: str) -> str:
 
 
 def load_from_hub(
-    hub_id: str, *, name: str, gated: bool = False, dtype: Any = None, device_map: Any = None,
-    quantization_config: Any = None,
+    hub_id: str, *, name: str, gated: bool = False, dtype: Any = None, quantization_config: Any = None,
+    **placement: Any,
 ) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` of ``hub_id`` with transformers, from the local hub cache when offline.
 
@@ -115,7 +115,8 @@ def load_from_hub(
         hub_id: the hub repository id.
         name: the harness name, for messages.
         gated: the repository needs a token.
-        dtype, device_map, quantization_config: passed to ``from_pretrained``.
+        dtype, quantization_config: passed to ``from_pretrained``.
+        placement: ``device_map``, ``max_memory``, ``offload_folder``, passed to ``from_pretrained``.
 
     Raises:
         OfflineError: the hub is unreachable and the model is not in the local hub cache.
@@ -123,9 +124,7 @@ def load_from_hub(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    kwargs: dict[str, Any] = {"dtype": dtype}
-    if device_map is not None:
-        kwargs["device_map"] = device_map
+    kwargs: dict[str, Any] = {"dtype": dtype, **placement}
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
     if not hub_reachable():

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,16 @@ import torch
 
 from harness.errors import HarnessError, UnknownNameError
 from harness.models.archmap import ArchMap, arch_map, family_of_model_type
-from harness.models.device import dtype_name, resolve_device, resolve_dtype
+from harness.models.device import (
+    DEVICE_MAPS,
+    check_max_memory,
+    dtype_name,
+    input_device,
+    parse_max_memory,
+    resolve_device,
+    resolve_device_map,
+    resolve_dtype,
+)
 from harness.models.specs import MODELS, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -89,6 +99,8 @@ def load_model(
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype | None = None,
     device_map: str | dict | None = None,
+    max_memory: str | dict | None = None,
+    offload_dir: str | os.PathLike | None = None,
     load_in_8bit: bool = False,
     cache_dir: str | os.PathLike | None = None,
 ) -> LoadedModel:
@@ -99,8 +111,16 @@ def load_model(
             directory of a transformers model, or a hub id (``owner/name``).
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
         dtype: fp32/fp16/bf16 (or float32/float16/bfloat16); default: the spec's ``default_dtype``.
-        device_map: passed to ``from_pretrained`` (``"auto"`` shards a model larger than one GPU);
-            ``device`` is then not applied.
+        device_map: ``auto``, ``balanced``, ``balanced_low_0`` or ``sequential`` (transformers places the
+            model across the visible GPUs, then CPU memory, then disk), or an explicit
+            ``{module: device}`` dict; ``device`` is then not applied. Modules placed on ``cpu`` while
+            a GPU runs the model, and modules placed on ``disk``, are offloaded: their parameters are
+            ``meta`` placeholders and accelerate moves the values in at each forward. A tiny model is
+            saved to a temporary directory and loaded from there, like any other.
+        max_memory: the most each device may hold, ``{0: "20GiB", "cpu": "64GiB"}`` or the string
+            ``"0=20GiB,cpu=64GiB"`` (:func:`~harness.models.device.parse_max_memory`); needs ``device_map``.
+        offload_dir: where modules placed on ``disk`` are written when their weights are not already
+            in safetensors files; needs ``device_map``.
         load_in_8bit: load linear weights in 8 bits with bitsandbytes; CUDA only.
         cache_dir: root of the harness cache (default ``$ESA_CACHE_DIR`` or ``~/.cache/esa-harness``).
 
@@ -108,8 +128,9 @@ def load_model(
         A :class:`LoadedModel`, in eval mode with ``requires_grad_(False)`` on every parameter.
 
     Raises:
-        HarnessError: an unknown name, bad device or dtype, missing CUDA, a gated model without a
-            token, or a hub model on a machine that cannot reach the hub (``OfflineError``).
+        HarnessError: an unknown name, bad device, dtype, device map or max-memory spec, missing CUDA,
+            a gated model without a token, or a hub model on a machine that cannot reach the hub
+            (``OfflineError``).
     """
     spec = resolve_spec(name_or_path)
     torch_device = resolve_device(device)
@@ -117,11 +138,14 @@ def load_model(
     quantization = _eight_bit(spec, torch_device) if load_in_8bit else None
     if quantization is not None and device_map is None:
         device_map = {"": torch_device.index or 0}
-    if device_map is not None and spec.source == "tiny":
-        raise HarnessError(f"device_map does not apply to the tiny model {spec.name!r}: use device= instead")
+    placement = _placement(device_map, max_memory, offload_dir)
     start = time.perf_counter()
-    kwargs = {"dtype": torch_dtype, "device_map": device_map, "quantization_config": quantization}
-    if spec.source == "tiny":
+    kwargs = {"dtype": torch_dtype, "quantization_config": quantization, **placement}
+    if spec.source == "tiny" and device_map is not None:
+        from harness.models.tiny import saved_tiny
+
+        model, tokenizer = _from_directory(saved_tiny(spec.family), **kwargs)
+    elif spec.source == "tiny":
         from harness.models.tiny import build_tiny, byte_tokenizer
 
         model, tokenizer = build_tiny(spec.family).to(torch_dtype), byte_tokenizer()
@@ -145,18 +169,35 @@ def load_model(
         tokenizer.pad_token = tokenizer.eos_token
     loaded = LoadedModel(
         name=spec.name, spec=spec, model=model, tokenizer=tokenizer, family=spec.family, arch=arch_map(model),
-        device=model.get_input_embeddings().weight.device, dtype=_float_dtype(model, torch_dtype),
+        device=input_device(model), dtype=_float_dtype(model, torch_dtype),
     )
     log.info("loaded %s in %.1f s", loaded, time.perf_counter() - start)
+    if getattr(model, "hf_device_map", None):
+        modules = Counter(str(d) for d in model.hf_device_map.values())
+        log.info("device map of %s: %s", spec.name, ", ".join(f"{n} module(s) on {d}" for d, n in modules.items()))
     return loaded
 
 
-def _from_directory(path: Path, *, dtype: torch.dtype, device_map: Any, quantization_config: Any) -> tuple[Any, Any]:
+def _placement(device_map: Any, max_memory: Any, offload_dir: Any) -> dict[str, Any]:
+    """The ``from_pretrained`` placement arguments (only those given), checked."""
+    if device_map is None:
+        if max_memory is not None or offload_dir is not None:
+            raise HarnessError("max_memory and offload_dir place a model with a device map: also give device_map "
+                               f"(one of {', '.join(DEVICE_MAPS)})")
+        return {}
+    out: dict[str, Any] = {"device_map": device_map if isinstance(device_map, dict) else resolve_device_map(device_map)}
+    if max_memory is not None:
+        out["max_memory"] = parse_max_memory(max_memory) if isinstance(max_memory, str) else dict(max_memory)
+        check_max_memory(out["max_memory"])
+    if offload_dir is not None:
+        out["offload_folder"] = os.fspath(offload_dir)
+    return out
+
+
+def _from_directory(path: Path, *, dtype: torch.dtype, quantization_config: Any, **placement: Any) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    kwargs: dict[str, Any] = {"dtype": dtype}
-    if device_map is not None:
-        kwargs["device_map"] = device_map
+    kwargs: dict[str, Any] = {"dtype": dtype, **placement}
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
     try:

@@ -9,6 +9,11 @@ matrices ~ N(0, 0.02), vectors (biases, norm weights) = transformers' constant i
 
 from __future__ import annotations
 
+import atexit
+import functools
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -132,3 +137,22 @@ def build_tiny(family: str, seed: int = 0) -> torch.nn.Module:
             else:
                 param.add_(noise)
     return model.eval()
+
+
+@functools.cache
+def saved_tiny(family: str) -> Path:
+    """A directory holding ``build_tiny(family)`` and its byte tokenizer, as ``from_pretrained`` reads them.
+
+    Loading a tiny model with a device map goes through it, so tiny models take the same path as any
+    local model (and disk offload reads their weights from its safetensors file). Written once per
+    process and family, to a temporary directory removed at exit.
+
+    Raises:
+        UnknownNameError: an unknown family.
+    """
+    model = build_tiny(family)
+    path = Path(tempfile.mkdtemp(prefix=f"esa-tiny-{family}-"))
+    atexit.register(shutil.rmtree, path, True)
+    model.save_pretrained(path)
+    byte_tokenizer().save_pretrained(path)
+    return path

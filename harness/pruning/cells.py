@@ -161,7 +161,9 @@ class PruningCells:
 
 def count_zero(model: torch.nn.Module, sites: Iterable[Any]) -> int:
     """How many of ``sites`` (FaultSites) hold zero in ``model``."""
-    return sum(int(model.get_parameter(s.param)[s.index] == 0) for s in sites)
+    from harness.faults.sites import find_tensor
+
+    return sum(int(find_tensor(model, s.param)[s.index] == 0) for s in sites)
 
 
 def rounding(loaded: Any, granularity: str) -> float:

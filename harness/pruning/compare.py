@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from harness.metrics import METRICS, metric
+from harness.models.device import input_device
 
 COMPARISON_FILE = "output_comparison.txt"
 COLUMN = 60  # characters per column
@@ -52,7 +53,7 @@ class Divergence:
 def greedy(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int = 32) -> list[list[int]]:
     """Greedy continuations (token ids, prompt excluded) of each prompt, one prompt at a time."""
     module = model if hasattr(model, "generate") else model.model
-    device = next(module.parameters()).device
+    device = input_device(module)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     out = []
     for prompt in prompts:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from harness.errors import HarnessError
-from harness.faults.sites import FaultSite
+from harness.faults.sites import FaultSite, find_tensor
 from harness.pruning import masks as M
 from harness.pruning.methods import PRUNE_METHODS
 
@@ -248,7 +248,7 @@ class Pruning:
         saved, self._saved = self._saved or [], None
         with torch.no_grad():
             for s in reversed(saved):
-                param = self.model.get_parameter(s.param).detach()
+                param = find_tensor(self.model, s.param).detach()
                 region = param if s.rows is None else param[s.rows.to(param.device)]
                 if s.flat is None:
                     region.copy_(s.values.view(region.shape))
@@ -406,7 +406,7 @@ class Pruning:
     @torch.no_grad()
     def _edit(self, ref: Any, packed: tuple[torch.Tensor, torch.Size], n_protected: int, save: bool,
               report: SparsityReport) -> MatrixSparsity:
-        param = self.model.get_parameter(ref.param).detach()
+        param = find_tensor(self.model, ref.param).detach()
         rows = None if ref.rows is None else torch.tensor(ref.rows, device=param.device)
         region = param if rows is None else param[rows]  # a view, or a copy of the fused rows
         flat_region = region.view(1, -1) if region.dim() == 1 else region  # (R, C)

@@ -41,8 +41,8 @@ def _store_path(path: str | Path) -> Path:
     return path if path.suffix == ".sqlite" else path / "results.sqlite"
 
 
-def _read(path: Path) -> tuple[list[dict], list[tuple]]:
-    """(runs as dicts, records as tuples in RECORD_COLUMNS order) of one store, opened read-only."""
+def _read(path: Path) -> tuple[list[dict], list[tuple], list[tuple]]:
+    """(runs as dicts, records as tuples in RECORD_COLUMNS order, completed tests) of one store, read-only."""
     with ResultStore(path, create=False, readonly=True) as store:
         conn = store._conn
         run_cols = {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
@@ -51,7 +51,10 @@ def _read(path: Path) -> tuple[list[dict], list[tuple]]:
             f"SELECT {', '.join(c if c in run_cols else 'NULL' for c in RUN_COLUMNS)} FROM runs")]
         records = [tuple(row) for row in conn.execute(
             f"SELECT {', '.join(c if c in rec_cols else 'NULL' for c in RECORD_COLUMNS)} FROM records ORDER BY id")]
-    return runs, records
+        has_tests = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tests'").fetchone()
+        tests = [tuple(row) for row in conn.execute(
+            "SELECT run_id, test_id, outcome, finished_at FROM tests")] if has_tests else []
+    return runs, records, tests
 
 
 def _code_versions(runs: Sequence[dict]) -> tuple[str, ...]:
@@ -78,10 +81,10 @@ def merge_stores(sources: Sequence[str | Path], output: str | Path, allow_mixed:
         raise HarnessError("merge needs at least one source store")
     out_path = _store_path(output)
     read = [(Path(src), *_read(_store_path(src))) for src in sources]
-    all_runs = [run for _, runs, _ in read for run in runs]
+    all_runs = [run for _, runs, _, _ in read for run in runs]
     commits = _code_versions(all_runs)
     if len(commits) > 1 and not allow_mixed:
-        by_commit = {c: sorted({str(src) for src, runs, _ in read for r in runs if str(r["git_commit"]) == c})
+        by_commit = {c: sorted({str(src) for src, runs, _, _ in read for r in runs if str(r["git_commit"]) == c})
                      for c in commits}
         listing = "; ".join(f"{c}: {', '.join(paths)}" for c, paths in by_commit.items())
         raise HarnessError(f"stores of different code versions (runs.git_commit) ({listing}): "
@@ -89,7 +92,7 @@ def merge_stores(sources: Sequence[str | Path], output: str | Path, allow_mixed:
 
     merged_runs: dict[str, dict] = {}
     unfinished: dict[str, list[str]] = {}
-    for src, runs, _ in read:
+    for src, runs, _, _ in read:
         for run in runs:
             rid = run["run_id"]
             if run["finished_at"] is None:
@@ -123,7 +126,11 @@ def merge_stores(sources: Sequence[str | Path], output: str | Path, allow_mixed:
             out._write("UPDATE runs SET started_at = ?, finished_at = ? WHERE run_id = ?",
                        (min(old["started_at"], run["started_at"]), finished, rid))
         insert = f"INSERT INTO records ({', '.join(RECORD_COLUMNS)}) VALUES ({', '.join('?' * len(RECORD_COLUMNS))})"
-        for _, _, records in read:
+        for _, _, _, tests in read:  # completed tests (for --resume): a test is complete when any part says so
+            if tests:
+                out._write_many("INSERT OR IGNORE INTO tests (run_id, test_id, outcome, finished_at) "
+                                "VALUES (?, ?, ?, ?)", tests)
+        for _, _, records, _ in read:
             counts = Counter(records)
             new_rows: list[tuple] = []
             emitted: Counter = Counter()

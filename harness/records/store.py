@@ -29,7 +29,7 @@ from harness.errors import HarnessError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # 2: records.outcome
+SCHEMA_VERSION = 3  # 2: records.outcome; 3: tests (which tests of a run are complete, for --resume)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -70,6 +70,13 @@ CREATE TABLE IF NOT EXISTS records (
     extra TEXT,
     outcome TEXT
 );
+CREATE TABLE IF NOT EXISTS tests (
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
+    test_id TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    finished_at TEXT NOT NULL,
+    PRIMARY KEY (run_id, test_id)
+);
 CREATE INDEX IF NOT EXISTS records_run ON records(run_id);
 CREATE INDEX IF NOT EXISTS records_suite ON records(suite, model, metric);
 """
@@ -81,6 +88,8 @@ RECORD_COLUMNS = (
 )
 # outcome of a claim row: passed, failed, unverified, not_applicable (harness.claims.Outcome); NULL on a
 # measurement row.
+# tests: one row per test of a run that ran to its end (outcome passed, failed or skipped), written after the
+# test's last record; a test killed midway has records but no row here (``--resume`` discards and reruns it).
 
 
 def _now() -> str:
@@ -285,6 +294,45 @@ class ResultStore:
             f"INSERT INTO records ({', '.join(RECORD_COLUMNS)}) VALUES ({', '.join('?' * len(row))})", row
         )
         return int(cur.lastrowid)
+
+    def finish_test(self, run_id: str, test_id: str, outcome: str) -> None:
+        """Mark one test of a run as complete (its records are all written)."""
+        self._write("INSERT OR REPLACE INTO tests (run_id, test_id, outcome, finished_at) VALUES (?, ?, ?, ?)",
+                    (run_id, test_id, outcome, _now()))
+
+    def completed_tests(self, run_id: str) -> dict[str, str]:
+        """test id -> outcome of the tests of ``run_id`` that ran to their end."""
+        rows = self._conn.execute("SELECT test_id, outcome FROM tests WHERE run_id = ?", (run_id,))
+        return dict(rows.fetchall())
+
+    def discard_incomplete(self, run_id: str, keep: set[str]) -> int:
+        """Delete the records of ``run_id`` whose test is not in ``keep`` (and those tests' completion
+        rows), in one transaction; return how many records went. Used by ``--resume`` before a test reruns."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._conn.execute("CREATE TEMP TABLE IF NOT EXISTS _keep (test_id TEXT PRIMARY KEY)")
+            self._conn.execute("DELETE FROM _keep")
+            self._conn.executemany("INSERT OR IGNORE INTO _keep VALUES (?)", [(t,) for t in keep])
+            cur = self._conn.execute(
+                "DELETE FROM records WHERE run_id = ? AND test_id NOT IN (SELECT test_id FROM _keep)", (run_id,))
+            self._conn.execute("DELETE FROM tests WHERE run_id = ? AND test_id NOT IN (SELECT test_id FROM _keep)",
+                               (run_id,))
+            self._conn.execute("UPDATE runs SET finished_at = NULL WHERE run_id = ?", (run_id,))
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        return cur.rowcount
+
+    def run_info(self, run_id: str) -> dict | None:
+        """The ``runs`` row of ``run_id`` (its ``extra`` decoded), or None when the store has no such run."""
+        cur = self._conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,))
+        row = cur.fetchone()
+        if row is None:
+            return None
+        info = dict(zip([d[0] for d in cur.description], row, strict=True))
+        info.update(json.loads(info.pop("extra") or "{}"))
+        return info
 
     # -- reading -------------------------------------------------------------------------------
 

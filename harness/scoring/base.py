@@ -26,8 +26,9 @@ import torch
 from torch import nn
 
 from harness.errors import HarnessError
-from harness.faults.sites import FaultSite
+from harness.faults.sites import FaultSite, find_tensor
 from harness.models.archmap import ComponentRef, arch_map, select
+from harness.models.device import input_device
 from harness.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def ref_rows(ref: ComponentRef, device: torch.device) -> torch.Tensor | None:
 
 def ref_weight(model: nn.Module, ref: ComponentRef) -> torch.Tensor:
     """The selected rows of ``ref``'s parameter (a view for a whole matrix, a copy for fused rows)."""
-    param = model.get_parameter(ref.param).detach()
+    param = find_tensor(model, ref.param).detach()
     return param if ref.rows is None else param[ref_rows(ref, param.device)]
 
 
@@ -274,7 +275,7 @@ class ScoreSet:
         for i in ref_i.unique().tolist():
             ref = self.refs[i]
             at = (ref_i == i).nonzero().reshape(-1)
-            param = self.model.get_parameter(ref.param).detach()
+            param = find_tensor(self.model, ref.param).detach()
             coords = self._coords(ref, flat[at])
             values[at] = param[tuple(coords.to(param.device).T)].double().cpu()
             for j, c in zip(at.tolist(), coords.tolist(), strict=True):
@@ -325,7 +326,7 @@ class Context:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return input_device(self.model)
 
     def batches(self) -> Iterator[torch.Tensor]:
         assert self.windows is not None
@@ -452,7 +453,7 @@ def score(model_or_loaded: Any, method: str, *, layers: Any = None, components: 
     if windows is None and entry.needs_windows:
         windows = _calibration(model, tokenizer, method)
     if windows is not None:
-        windows = _check_windows(windows).to(next(model.parameters()).device)
+        windows = _check_windows(windows).to(input_device(model))
     if batch_size is None:
         length = windows.shape[1] if windows is not None else 1
         batch_size = max(1, TOKENS_PER_BATCH // length)

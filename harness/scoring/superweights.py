@@ -51,8 +51,9 @@ from torch import nn
 
 from harness.errors import HarnessError
 from harness.faults.ablation import Ablation
-from harness.faults.sites import FaultSite
+from harness.faults.sites import FaultSite, find_tensor
 from harness.models.archmap import ComponentRef, select
+from harness.models.device import input_device
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +278,7 @@ def detect(model_or_loaded: Any, *, prompts: tuple[str, ...] | list[str] = PROMP
         model, loaded = model_or_loaded.model, model_or_loaded
     tokenizer = tokenizer if tokenizer is not None else getattr(loaded, "tokenizer", None)
     name = name or getattr(loaded, "name", None) or type(model).__name__
-    device = next(model.parameters()).device
+    device = input_device(model)
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     inputs = ([row[None].to(device) for row in input_ids] if input_ids is not None
               else _encode(tokenizer, params.prompts, device))
@@ -318,7 +319,7 @@ def detect(model_or_loaded: Any, *, prompts: tuple[str, ...] | list[str] = PROMP
                     t = int(at[n])
                     row, col = int(iy[n, t]), int(jx[n, t])
                     ref = by_layer[layer]
-                    value = float(model.get_parameter(ref.param).detach()[row, col])
+                    value = float(find_tensor(model, ref.param).detach()[row, col])
                     sw = SuperWeight(layer, ref.param, row, col, value, round_, *positions[t],
                                      float(xv[n, t]), float(yv[n, t]), float(best[n]))
                     if round_ == 0 and (candidate is None or sw.strength > candidate.strength):
