@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import statistics
 import tomllib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -196,6 +197,24 @@ def paired_greater(values: Sequence[float], others: Sequence[float], *, factor: 
     return Comparison(all(pairs), min(vs), max(os_),
                       {"test": "paired", "factor": factor, "pairs": len(pairs), "pairs_holding": sum(pairs),
                        "values": vs, "others": os_})
+
+
+def paired_majority(values: Sequence[float], others: Sequence[float], *, z: float = 1.959964) -> Comparison:
+    """In most seeded pairs ``value > other`` (a sign test; a collapse is +inf, two collapses are a tie).
+
+    Holds when the Wilson interval of the share of pairs with ``value > other`` lies above 1/2 (at
+    20 pairs: 15 or more). Recorded sides: the medians of ``values`` and ``others``. Undecidable
+    below 4 pairs (3 of 3 is not above 1/2 at this confidence; 4 of 4 is).
+    """
+    if len(values) != len(others) or not values:
+        raise HarnessError(f"paired comparison needs equal, non-empty sides, got {len(values)} and {len(others)}")
+    vs, os_ = [_big(v) for v in values], [_big(o) for o in others]
+    wins = sum(v > o for v, o in zip(vs, os_, strict=True))  # NaN and inf-vs-inf never win
+    n = len(vs)
+    low, high = wilson(wins, n, z)
+    undecidable = "" if wilson(n, n, z)[0] > 0.5 else f"{n} pairs cannot show a majority at this confidence"
+    return Comparison(low > 0.5, statistics.median(vs), statistics.median(os_),
+                      {"test": "sign", "z": z, "pairs": n, "pairs_holding": wins, "ci": [low, high]}, undecidable)
 
 
 def increasing(xs: Sequence[float], values: Sequence[float], *, factor: float = 1.0) -> Comparison:

@@ -25,9 +25,14 @@ Records (suite ``bitflip``, method = target): per trial ``ppl_ratio`` and ``kl``
 ``collapse_rate`` (Wilson 95% in extra) and ``seconds``.
 
 Claims:
-- relation ``exp_msb_collapses_more_than_mantissa_lsb``: uniform exponent-MSB flips collapse the
-  model more often than uniform mantissa-LSB flips of the same weights (Wilson 95% intervals apart
-  at the cells' trial count);
+- relation ``exp_msb_damages_more_than_mantissa_lsb``: an exponent-MSB flip of a random linear
+  weight moves the output distribution (KL to the clean model, a collapse +inf) more than a
+  mantissa-LSB flip of the same weight, in most paired trials (sign test: the Wilson 95% interval
+  of the share of pairs lies above 1/2; 15 of the 20 quick trials). Both cells' collapse rates are
+  recorded beside it. A collapse-rate relation does not hold for every healthy model: on
+  gemma3-270m, whose blocks normalize their outputs again (post-attention and post-feed-forward
+  norms), 0 of 20 uniform exp-MSB flips collapse (ratio 1.0-1.7, KL up to 2.1; seed 0), where
+  smollm2-135m collapses in most trials;
 - bound ``<cell>_collapse_rate`` (within): each cell's collapse rate stays in the interval its
   model's runs at five seeds give (``python -m reports export-bounds``).
 """
@@ -39,7 +44,7 @@ import torch
 
 from harness.campaign import Campaign, clean_baseline, trial_specs, wilson
 from harness.campaign.bitflip import TARGETS, sample_sites, site_pool
-from harness.claims import ClaimSet, rate_greater
+from harness.claims import ClaimSet, paired_majority
 from harness.faults import BIT_CLASSES, flip_bits
 from harness.fingerprint import changed, fingerprint
 
@@ -51,9 +56,10 @@ SHORT_DTYPE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf
 
 CLAIMS = ClaimSet("bitflip")
 EXP_VS_LSB = CLAIMS.relation(
-    "exp_msb_collapses_more_than_mantissa_lsb",
-    "Flipping the exponent MSB of random linear weights collapses the model more often than flipping their "
-    "mantissa LSB", statistic="collapse_rate", margin="Wilson 95% intervals of the two rates do not overlap")
+    "exp_msb_damages_more_than_mantissa_lsb",
+    "Flipping the exponent MSB of a random linear weight moves the output distribution more than flipping "
+    "its mantissa LSB", statistic="kl",
+    margin="sign test over the paired trials: Wilson 95% interval of the share of pairs above 1/2")
 RATE = {
     (d, t, b, n): CLAIMS.bound(f"{d}_{t}_{b}" + (f"_{n}flips" if n > 1 else "") + "_collapse_rate",
                                f"{b} flips of {n} {t} weight(s) in {d} collapse the model as often as measured",
@@ -117,7 +123,7 @@ def _cell(esa, lm, windows, recorder, copies, detection, target: str, bit_class:
         pool, source = _pool(esa, loaded, target, detection)
         trials = esa.trials(lm.name, **(UNIFORM_TRIALS if target == "uniform" else TRIALS))
         before = fingerprint(model) if loaded is not lm else None
-        ratios, collapses = [], 0
+        ratios, kls, collapses = [], [], 0
 
         def perturb(spec, g):
             return flip_bits(model, sample_sites(model, target, bit_class, n_flips, generator=g, pool=pool))
@@ -127,6 +133,7 @@ def _cell(esa, lm, windows, recorder, copies, detection, target: str, bit_class:
         for rec in campaign.run(trial_specs(esa.options.seed, trials), perturb, cell=cell):
             result, sites = rec.trial, rec.perturbation.sites
             ratios.append(result.ratio)
+            kls.append(float("inf") if result.collapsed else result.result.kl)
             collapses += result.collapsed
             perturbation = {"kind": "bitflip", "bit_class": bit_class, "target": target, "target_source": source,
                             "dtype": dtype, "n_flips": len(sites), "sites": [s.to_dict() for s in sites]}
@@ -136,8 +143,8 @@ def _cell(esa, lm, windows, recorder, copies, detection, target: str, bit_class:
             recorder.record("kl", result.result.kl, **columns)
         if before is not None:
             assert not changed(before, fingerprint(model)), f"the {dtype} copy of {lm.name} was not restored"
-        return {"ratios": ratios, "collapses": collapses, "trials": trials, "source": source, "dtype": dtype,
-                "torch_dtype": str(loaded.dtype).removeprefix("torch.")}
+        return {"ratios": ratios, "kls": kls, "collapses": collapses, "trials": trials, "source": source,
+                "dtype": dtype, "torch_dtype": str(loaded.dtype).removeprefix("torch.")}
 
     return esa.cached(key, make)
 
@@ -172,8 +179,9 @@ def test_bitflip_campaign(cells, recorder, timer, target, bit_class, cell_dtype,
                    **columns)
 
 
-def test_exp_msb_collapses_more_than_mantissa_lsb(cells, recorder):
+def test_exp_msb_damages_more_than_mantissa_lsb(cells, recorder):
     exp, lsb = cells("uniform", "exp_msb", "native", 1), cells("uniform", "mantissa_lsb", "native", 1)
-    recorder.claim(EXP_VS_LSB, rate_greater(exp["collapses"], exp["trials"], lsb["collapses"], lsb["trials"]),
-                   method="uniform", dtype=exp["torch_dtype"],
-                   perturbation={"kind": "bitflip", "target": "uniform", "bit_class": "exp_msb vs mantissa_lsb"})
+    recorder.claim(EXP_VS_LSB, paired_majority(exp["kls"], lsb["kls"]), method="uniform", dtype=exp["torch_dtype"],
+                   perturbation={"kind": "bitflip", "target": "uniform", "bit_class": "exp_msb vs mantissa_lsb"},
+                   extra={"collapse_rate": exp["collapses"] / exp["trials"],
+                          "other_collapse_rate": lsb["collapses"] / lsb["trials"]})

@@ -18,6 +18,7 @@ from harness.claims import (
     judge_relation,
     not_applicable,
     paired_greater,
+    paired_majority,
     rate_greater,
 )
 from harness.errors import HarnessError
@@ -76,6 +77,13 @@ def test_comparisons():
     assert not paired_greater([3.0, 1.0], [1.0, 1.5]).holds
     with pytest.raises(HarnessError, match="equal, non-empty"):
         paired_greater([1.0], [1.0, 2.0])
+    # sign test: 15 of 20 pairs is a majority at 95%, 14 of 20 is not; inf vs inf and NaN never win
+    assert paired_majority([2.0] * 15 + [0.0] * 5, [1.0] * 20).holds
+    assert not paired_majority([2.0] * 14 + [0.0] * 6, [1.0] * 20).holds
+    m = paired_majority([math.inf] * 10 + [math.nan] * 10, [math.inf] * 10 + [0.0] * 10)
+    assert not m.holds and m.detail["pairs_holding"] == 0
+    assert "cannot show a majority" in paired_majority([2.0] * 3, [1.0] * 3).undecidable
+    assert not paired_majority([2.0] * 4, [1.0] * 4).undecidable
     assert increasing([0.1, 0.5, 0.2], [1.1, math.inf, 2.0]).holds
     assert not increasing([0.1, 0.2], [2.0, 1.0]).holds
 

@@ -17,6 +17,7 @@ from harness.faults import (
     FaultSite,
     QuantizedLinear,
     Region,
+    SiteNoise,
     ablate,
     activation_fault,
     add_noise,
@@ -116,6 +117,24 @@ def test_noise_scales_and_seeds():
     with add_noise(model, "a.weight", 0.2, kind="uniform", generator=gen(1)):
         assert (w - orig).abs().max().item() <= 0.2 + 1e-6
     assert torch.equal(w, orig)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_site_noise_touches_only_its_sites_and_restores_bit_exactly(dtype):
+    model = make_model(dtype)
+    sites = [FaultSite("a.weight", (0, 1)), FaultSite("b.weight", (3, 2)), FaultSite("a.weight", (5, 7))]
+    before = snapshot(model)
+    with SiteNoise(model, sites, 1.0, generator=gen(3)):
+        diff = changed(snapshot(model), before)
+        assert set(diff) == {"a.weight", "b.weight"}
+        moved = {(n, i) for n in diff for i in zip(*np.nonzero(snapshot(model)[n] != before[n]), strict=True)}
+        assert moved <= {(s.param, s.index) for s in sites}
+        first = {n: t.detach().clone() for n, t in model.named_parameters()}
+    assert_same(snapshot(model), before)
+    with SiteNoise(model, sites, 1.0, generator=gen(3)):  # same seed, same numbers
+        assert all(torch.equal(t, first[n]) for n, t in model.named_parameters())
+    with pytest.raises(HarnessError, match=r"noise level must be a finite number >= 0"):
+        SiteNoise(model, sites, -1.0, generator=gen())
 
 
 def test_noise_whole_model_skips_int8_and_bad_input():

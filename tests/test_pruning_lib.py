@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from harness.data import load_corpus, token_windows
 from harness.errors import HarnessError, as_option_type
+from harness.faults import Perturbation
 from harness.faults.sites import FaultSite
 from harness.fingerprint import changed, fingerprint
 from harness.metrics import evaluate
@@ -114,6 +115,11 @@ def test_restores_when_the_body_raises_and_nests(tiny, windows):
         with prune(tiny, score(tiny, "wanda", windows=windows), 0.5, granularity="matrix", method="noise"):
             assert changed(middle, fingerprint(tiny.model))
         assert not changed(middle, fingerprint(tiny.model))
+    assert not changed(before, fingerprint(tiny.model))
+    once = prune(tiny, score(tiny, "magnitude"), 0.3)  # the Perturbation contract: one application at a time
+    assert isinstance(once, Perturbation)
+    with once, pytest.raises(HarnessError, match="already applied"), once:
+        pass
     assert not changed(before, fingerprint(tiny.model))
 
 

@@ -11,7 +11,7 @@ from harness.faults.base import PERTURBATIONS, Perturbation, save_block
 from harness.faults.ber import BitErrorRate, bit_error_rate, expected_flips, sample_ber_sites
 from harness.faults.bits import BIT_CLASSES, bit_class, check_bits, flip_tensor_bits, resolve_bits
 from harness.faults.injector import BitFlip, flip_bits
-from harness.faults.noise import Noise, add_noise
+from harness.faults.noise import Noise, SiteNoise, add_noise
 from harness.faults.quant import Int8Quantization, QuantizedLinear, quantize_int8
 from harness.faults.samplers import (
     distinct_positions,
@@ -29,7 +29,7 @@ from harness.faults.storage import LAYOUTS, BitLayout, find_tensor, layout, stor
 __all__ = [
     "BIT_CLASSES", "LAYOUTS", "PERTURBATIONS", "Ablation", "ActivationFault", "BitErrorRate",
     "BitFlip", "BitLayout", "FaultSite", "Int8Quantization", "Noise", "Perturbation",
-    "QuantizedLinear", "Region", "ablate", "ablate_layer", "activation_fault", "add_noise",
+    "QuantizedLinear", "Region", "SiteNoise", "ablate", "ablate_layer", "activation_fault", "add_noise",
     "as_regions", "bit_class", "bit_error_rate", "check_bits", "distinct_positions", "draw_bits",
     "expected_flips", "find_tensor", "flip_bits", "flip_tensor_bits", "grouped_sites", "layout",
     "per_component_sites", "per_layer_sites", "quantize_int8", "resolve_bits", "sample_ber_sites",

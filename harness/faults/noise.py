@@ -16,7 +16,7 @@ from torch import nn
 
 from harness.errors import HarnessError
 from harness.faults.base import PERTURBATIONS, Perturbation, save_block
-from harness.faults.sites import Target, as_regions, find_tensor, region_index
+from harness.faults.sites import FaultSite, Target, as_regions, find_tensor, region_index
 
 KINDS = ("gaussian", "uniform")
 SCALES = ("absolute", "relative", "std")
@@ -116,3 +116,51 @@ def add_noise(
 ) -> Noise:
     """Weight noise as a context manager (see ``Noise``)."""
     return Noise(model, targets, level, kind=kind, scale=scale, generator=generator)
+
+
+@PERTURBATIONS.register("site_noise")
+class SiteNoise(Perturbation):
+    """Relative Gaussian noise at chosen elements: ``w + level * eps * |w|``, eps ~ N(0, 1).
+
+    One eps per site, drawn in site order (float32, on the generator's device); sites of one
+    parameter are written together. Only the touched elements are saved.
+
+    Args:
+        model: the model to edit in place.
+        sites: the elements (``FaultSite``; bits ignored).
+        level: noise level, >= 0.
+        generator: the seeded source.
+
+    Raises:
+        HarnessError: negative or non-finite level, or a site on a non-floating-point tensor.
+    """
+
+    kind = "site_noise"
+
+    def __init__(self, model: nn.Module, sites: Sequence[FaultSite], level: float, *,
+                 generator: torch.Generator) -> None:
+        super().__init__(model)
+        if not isinstance(level, (int, float)) or not math.isfinite(level) or level < 0:
+            raise HarnessError(f"noise level must be a finite number >= 0, got {level!r}")
+        self.sites, self.level, self.generator = list(sites), float(level), generator
+        for param in {s.param for s in self.sites}:
+            dtype = find_tensor(model, param).dtype
+            if not dtype.is_floating_point:
+                raise HarnessError(f"noise needs floating-point weights; {param} is {dtype}")
+
+    def _apply(self) -> None:
+        g = self.generator
+        eps = torch.randn(len(self.sites), generator=g, device=g.device)
+        by_param: dict[str, list[int]] = {}
+        for i, s in enumerate(self.sites):
+            by_param.setdefault(s.param, []).append(i)
+        for param, which in by_param.items():
+            t = find_tensor(self.model, param)
+            index = tuple(torch.tensor([self.sites[i].index for i in which], device=t.device).unbind(1))
+            old, undo = save_block(t, index)
+            self._push(undo)
+            w = old.float()
+            t.detach()[index] = (w + self.level * eps[which].to(t.device, torch.float32) * w.abs()).to(t.dtype)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "level": self.level, "sites": len(self.sites)}

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from harness.errors import HarnessError
+from harness.faults.base import Perturbation
 from harness.faults.sites import FaultSite, find_tensor
 from harness.pruning import masks as M
 from harness.pruning.methods import PRUNE_METHODS
@@ -169,8 +170,12 @@ def _unpack(packed: tuple[np.ndarray, torch.Size], device: torch.device) -> torc
     return torch.from_numpy(flat).view(shape).to(device)
 
 
-class Pruning:
+class Pruning(Perturbation):
     """Prune ``scores``' matrices of ``model``; a context manager (restores) or ``commit()`` (keeps).
+
+    A :class:`~harness.faults.Perturbation`: ``with`` applies and restores in ``finally``, bit-exactly,
+    from a compact backup (only the pruned elements, or the whole region where that is smaller,
+    on ``backup_device``); ``with`` yields the :class:`SparsityReport`.
 
     Args:
         model: a transformers model or a ``LoadedModel``.
@@ -197,7 +202,7 @@ class Pruning:
                  method: str = "zero", threshold: float | None = None, protect: Iterable[Any] | None = None,
                  generator: torch.Generator | None = None, target: str = "least",
                  backup_device: str | torch.device = "cpu", allow_full: bool = False) -> None:
-        self.model = _module(model)
+        super().__init__(_module(model))
         self.scores = scores
         self.granularity = M.parse_granularity(granularity)
         self.method_name = method
@@ -221,41 +226,39 @@ class Pruning:
         self.protect = protect_map(protect)
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
         self.backup_device = torch.device(backup_device)
-        self._saved: list[_Saved] | None = None
         self.report: SparsityReport | None = None
 
     # -- context manager / commit ----------------------------------------------------------------
 
-    def __enter__(self) -> SparsityReport:
-        if self._saved is not None:
-            raise HarnessError("this Pruning is already applied; make a new one to nest")
-        self._saved = []
-        try:
-            return self._run(save=True)
-        except BaseException:
-            self.restore()
-            raise
+    kind = "pruning"
 
-    def __exit__(self, *exc: Any) -> None:
-        self.restore()
+    def __enter__(self) -> SparsityReport:  # type: ignore[override]
+        self.apply()
+        assert self.report is not None
+        return self.report
+
+    def _apply(self) -> None:
+        self._run(save=True)
 
     def commit(self) -> SparsityReport:
         """Prune permanently (nothing saved, nothing restored); for saving a pruned model."""
         return self._run(save=False)
 
-    def restore(self) -> None:
-        """Write the saved originals back, newest first (bit-exact)."""
-        saved, self._saved = self._saved or [], None
-        with torch.no_grad():
-            for s in reversed(saved):
-                param = find_tensor(self.model, s.param).detach()
-                region = param if s.rows is None else param[s.rows.to(param.device)]
-                if s.flat is None:
-                    region.copy_(s.values.view(region.shape))
-                else:
-                    region.view(-1)[s.flat.to(param.device).long()] = s.values.to(param.device)
-                if s.rows is not None:
-                    param.index_copy_(0, s.rows.to(param.device), region)
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "scorer": getattr(self.scores, "method", None),
+                "granularity": self.granularity.name, "method": self.method_name, "sparsity": self.sparsity,
+                "threshold": self.threshold, "target": self.target}
+
+    def _restore_one(self, s: _Saved) -> None:
+        """Write one saved original back (bit-exact: same dtype, no arithmetic)."""
+        param = find_tensor(self.model, s.param).detach()
+        region = param if s.rows is None else param[s.rows.to(param.device)]
+        if s.flat is None:
+            region.copy_(s.values.view(region.shape))
+        else:
+            region.view(-1)[s.flat.to(param.device).long()] = s.values.to(param.device)
+        if s.rows is not None:
+            param.index_copy_(0, s.rows.to(param.device), region)
 
     # -- masks -----------------------------------------------------------------------------------
 
@@ -425,6 +428,9 @@ class Pruning:
         zeros = flat_region.numel() - int(torch.count_nonzero(flat_region))
         return MatrixSparsity(ref.param, ref.layer, ref.component, flat_region.numel(), pruned, zeros, n_protected)
 
+    def _keep(self, saved: _Saved) -> None:
+        self._push(lambda: self._restore_one(saved))
+
     def _save(self, ref: Any, rows: torch.Tensor | None, region: torch.Tensor, mask: torch.Tensor, pruned: int) -> int:
         """Save what the edit will overwrite, choosing the smaller form; returns the bytes held."""
         elem = region.element_size()
@@ -434,9 +440,9 @@ class Pruning:
         if pruned * (index_bytes + elem) < region.numel() * elem:
             flat = mask.reshape(-1).nonzero().squeeze(1)
             values = region.reshape(-1)[flat].to(self.backup_device)
-            self._saved.append(_Saved(ref.param, keep_rows, flat.to(index_dtype).to(self.backup_device), values))
+            self._keep(_Saved(ref.param, keep_rows, flat.to(index_dtype).to(self.backup_device), values))
             return pruned * (index_bytes + elem)
-        self._saved.append(_Saved(ref.param, keep_rows, None, region.to(self.backup_device, copy=True)))
+        self._keep(_Saved(ref.param, keep_rows, None, region.to(self.backup_device, copy=True)))
         return region.numel() * elem
 
 
