@@ -112,14 +112,15 @@ def _windows(esa, eval_windows, calib_windows) -> tuple[torch.Tensor, torch.Tens
 
 @pytest.fixture
 def guided(esa, lm):
-    """(sites, source) the guided attack starts from: the session's super-weight detection on the fp32
-    model (``fixtures.superweights``), made before any int8 swap; the largest down-projection weights
-    (source ``magnitude``) where none is detected (tiny random models)."""
+    """(sites, source, detection) the guided attack starts from: the session's super-weight detection on
+    the fp32 model (``fixtures.superweights``), made before any int8 swap; the largest down-projection
+    weights (source ``magnitude``) where none is detected (tiny random models, gemma3-270m)."""
     from fixtures.superweights import shared_detection
 
     detection = shared_detection(esa, lm)
-    return esa.cached((lm.name, "attack-guided-sites", detection.id),
-                      lambda: guided_sites(lm.model, detection.fault_sites()))
+    sites, source = esa.cached((lm.name, "attack-guided-sites", detection.id),
+                               lambda: guided_sites(lm.model, detection.fault_sites()))
+    return sites, source, detection
 
 
 @pytest.fixture
@@ -213,9 +214,9 @@ def test_attack(esa, cell, guided, recorder, attack_name, attack_dtype, defense_
     if attack_name not in SEARCHES:
         return
     claims = [FLIPS[(attack_name, attack_dtype)]] + ([BEATS_RANDOM[attack_name]] if attack_dtype == "int8" else [])
-    if attack_name == "guided" and guided[1] != "activation":
+    if attack_name == "guided" and not guided[2]:
         for claim in claims:  # e.g. gemma3-270m: its strongest candidate is a mild outlier
-            recorder.not_applicable(claim, f"no super weight detected: the guided attack started from the "
+            recorder.not_applicable(claim, f"{guided[2].none_reason()}: the guided attack started from the "
                                            f"{guided[1]} sites instead", **columns)
         return
     if attack_dtype == "int8":

@@ -195,7 +195,7 @@ def test_attribution_perturbed(lm, esa, recorder, calib_windows, perturbation):
 
 def test_attribution_zero_super_weights_vs_random(lm, esa, recorder, calib_windows, super_weights):
     if not super_weights:
-        recorder.not_applicable(ZERO_VS_RANDOM, f"no super weight detected (detection {super_weights.id})")
+        recorder.not_applicable(ZERO_VS_RANDOM, super_weights.none_reason())
         return
     sw, _ = _changes(esa, lm, calib_windows, "zero_super_weights")
     rand, _ = _changes(esa, lm, calib_windows, "zero_random")

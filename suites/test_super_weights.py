@@ -115,13 +115,6 @@ class RowMean(Perturbation):
         return {"kind": self.kind, "count": len(self.sites)}
 
 
-def _none_reason(detection) -> str:
-    c = detection.candidate
-    near = "" if c is None else (f"; strongest candidate layer {c.layer} [{c.row}, {c.col}] (w = {c.value:.4g}) "
-                                 f"at {c.strength:.3g}x the typical peak")
-    return f"no super weight detected (detection {detection.id}, factor {detection.params.factor:g}x{near})"
-
-
 def _measure(lm, eval_windows, clean, perturbation):
     with perturbation:
         result = evaluate(lm.model, eval_windows, clean.reference)
@@ -166,7 +159,7 @@ def test_zero_super_weights(lm, eval_windows, clean, esa, recorder, super_weight
     assert math.isfinite(clean.result.perplexity)
     detection = super_weights
     if not detection:
-        reason = _none_reason(detection)
+        reason = detection.none_reason()
         if detection.candidate is not None:  # the negative control: what the strongest candidate does
             c = detection.candidate
             result, ratio = _measure(lm, eval_windows, clean, ablate(lm.model, c.site, "zero"))
@@ -206,7 +199,7 @@ def test_zero_super_weights(lm, eval_windows, clean, esa, recorder, super_weight
 
 def test_zero_largest_others(lm, eval_windows, clean, recorder, super_weights):
     if not super_weights:
-        recorder.not_applicable(OTHERS_MAX, _none_reason(super_weights))
+        recorder.not_applicable(OTHERS_MAX, super_weights.none_reason())
         return
     exclude = set(super_weights.fault_sites())
     matrix = super_weights.sites[0].param
@@ -224,7 +217,7 @@ def test_zero_largest_others(lm, eval_windows, clean, recorder, super_weights):
 
 def test_row_mean_control(lm, eval_windows, clean, recorder, super_weights):
     if not super_weights:
-        recorder.not_applicable(ROW_MEAN, _none_reason(super_weights))
+        recorder.not_applicable(ROW_MEAN, super_weights.none_reason())
         return
     pert = {"kind": "row_mean", "target": "super_weights", **super_weights.describe()}
     result, ratio = _measure(lm, eval_windows, clean, RowMean(lm.model, super_weights.fault_sites()))

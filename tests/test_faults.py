@@ -434,11 +434,12 @@ def test_samplers_and_ber_on_the_model_device(device, gen_device):
 
 def test_registry_builds_every_kind_from_name_and_params():
     model = make_model()
-    assert set(PERTURBATIONS.names()) == {"bitflip", "ber", "noise", "ablation", "activation"}
+    assert set(PERTURBATIONS.names()) == {"bitflip", "ber", "noise", "site_noise", "ablation", "activation"}
     built = [
         PERTURBATIONS.get("bitflip")(model, [FaultSite("a.weight", (0, 0), (30,))]),
         PERTURBATIONS.get("ber")(model, None, 0.01, generator=gen(0)),
         PERTURBATIONS.get("noise")(model, ["a.weight"], 0.1, generator=gen(0)),
+        PERTURBATIONS.get("site_noise")(model, [FaultSite("b.weight", (1, 2))], 0.5, generator=gen(0)),
         PERTURBATIONS.get("ablation")(model, ["b.weight"], "mean"),
         PERTURBATIONS.get("activation")(model, "a", "set", 0.0, channels=[1]),
     ]

@@ -135,6 +135,8 @@ def test_site_noise_touches_only_its_sites_and_restores_bit_exactly(dtype):
         assert all(torch.equal(t, first[n]) for n, t in model.named_parameters())
     with pytest.raises(HarnessError, match=r"noise level must be a finite number >= 0"):
         SiteNoise(model, sites, -1.0, generator=gen())
+    with pytest.raises(HarnessError, match=r"index \(4, 8\) out of range for b.weight of shape \(4, 16\)"):
+        SiteNoise(model, [FaultSite("b.weight", (4, 8))], 1.0, generator=gen())
 
 
 def test_noise_whole_model_skips_int8_and_bad_input():

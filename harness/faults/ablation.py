@@ -22,7 +22,16 @@ from torch import nn
 
 from harness.errors import HarnessError
 from harness.faults.base import PERTURBATIONS, Perturbation, save_block
-from harness.faults.sites import FaultSite, Region, Target, as_regions, find_tensor, region_index
+from harness.faults.sites import (
+    FaultSite,
+    Region,
+    Target,
+    as_regions,
+    elements_index,
+    find_tensor,
+    region_index,
+    sites_by_param,
+)
 
 MODES = ("zero", "mean", "random")
 
@@ -64,12 +73,8 @@ class Ablation(Perturbation):
         sites = [t for t in targets if isinstance(t, FaultSite)]
         others = [t for t in targets if not isinstance(t, FaultSite)]
         self.regions = as_regions(model, others) if others else []
-        self.elements: dict[str, list[tuple[int, ...]]] = {}
-        for site in sites:
-            shape = tuple(find_tensor(model, site.param).shape)
-            if len(site.index) != len(shape) or any(not 0 <= i < n for i, n in zip(site.index, shape, strict=False)):
-                raise HarnessError(f"index {site.index} out of range for {site.param} of shape {shape}")
-            self.elements.setdefault(site.param, []).append(site.index)
+        self.elements: dict[str, list[tuple[int, ...]]] = {
+            param: [sites[i].index for i in which] for param, which in sites_by_param(model, sites).items()}
         if not self.regions and not self.elements:
             raise HarnessError("ablation needs at least one target")
         self.mode, self.generator = mode, generator
@@ -81,8 +86,7 @@ class Ablation(Perturbation):
             blocks.append((t, region_index(region, t.device)))
         for param, indices in self.elements.items():
             t = find_tensor(self.model, param)
-            idx = torch.tensor(indices, dtype=torch.int64, device=t.device)  # (k, ndim)
-            blocks.append((t, tuple(idx.unbind(dim=1)) if t.dim() else (Ellipsis,)))
+            blocks.append((t, elements_index(indices, t)))
         return blocks
 
     def _stats(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,18 +8,33 @@ Re-generating the noise and subtracting it would not restore bit-exactly, so we 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from harness.errors import HarnessError
 from harness.faults.base import PERTURBATIONS, Perturbation, save_block
-from harness.faults.sites import FaultSite, Target, as_regions, find_tensor, region_index
+from harness.faults.sites import Target, as_regions, elements_index, find_tensor, region_index, sites_by_param
+
+if TYPE_CHECKING:
+    from harness.faults.sites import FaultSite
 
 KINDS = ("gaussian", "uniform")
 SCALES = ("absolute", "relative", "std")
+
+
+def _check_level(level: object) -> None:
+    if not isinstance(level, (int, float)) or not math.isfinite(level) or level < 0:
+        raise HarnessError(f"noise level must be a finite number >= 0, got {level!r}")
+
+
+def _check_floating(model: nn.Module, params: Iterable[str]) -> None:
+    for param in params:
+        dtype = find_tensor(model, param).dtype
+        if not dtype.is_floating_point:
+            raise HarnessError(f"noise needs floating-point weights; {param} is {dtype}")
 
 
 @PERTURBATIONS.register("noise")
@@ -62,8 +77,7 @@ class Noise(Perturbation):
         generator: torch.Generator,
     ) -> None:
         super().__init__(model)
-        if not isinstance(level, (int, float)) or not math.isfinite(level) or level < 0:
-            raise HarnessError(f"noise level must be a finite number >= 0, got {level!r}")
+        _check_level(level)
         if kind not in KINDS:
             raise HarnessError(f"unknown noise kind {kind!r}; allowed: {', '.join(KINDS)}")
         if scale not in SCALES:
@@ -71,10 +85,7 @@ class Noise(Perturbation):
         regions = as_regions(model, targets)
         if targets is None:
             regions = [r for r in regions if find_tensor(model, r.param).is_floating_point()]
-        for r in regions:
-            dtype = find_tensor(model, r.param).dtype
-            if not dtype.is_floating_point:
-                raise HarnessError(f"noise needs floating-point weights; {r.param} is {dtype}")
+        _check_floating(model, [r.param for r in regions])
         self.regions = regions
         self.level, self.noise_kind, self.scale, self.generator = float(level), kind, scale, generator
 
@@ -140,23 +151,17 @@ class SiteNoise(Perturbation):
     def __init__(self, model: nn.Module, sites: Sequence[FaultSite], level: float, *,
                  generator: torch.Generator) -> None:
         super().__init__(model)
-        if not isinstance(level, (int, float)) or not math.isfinite(level) or level < 0:
-            raise HarnessError(f"noise level must be a finite number >= 0, got {level!r}")
+        _check_level(level)
         self.sites, self.level, self.generator = list(sites), float(level), generator
-        for param in {s.param for s in self.sites}:
-            dtype = find_tensor(model, param).dtype
-            if not dtype.is_floating_point:
-                raise HarnessError(f"noise needs floating-point weights; {param} is {dtype}")
+        self.by_param = sites_by_param(model, self.sites)
+        _check_floating(model, self.by_param)
 
     def _apply(self) -> None:
         g = self.generator
         eps = torch.randn(len(self.sites), generator=g, device=g.device)
-        by_param: dict[str, list[int]] = {}
-        for i, s in enumerate(self.sites):
-            by_param.setdefault(s.param, []).append(i)
-        for param, which in by_param.items():
+        for param, which in self.by_param.items():
             t = find_tensor(self.model, param)
-            index = tuple(torch.tensor([self.sites[i].index for i in which], device=t.device).unbind(1))
+            index = elements_index([self.sites[i].index for i in which], t)
             old, undo = save_block(t, index)
             self._push(undo)
             w = old.float()

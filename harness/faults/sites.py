@@ -195,6 +195,28 @@ def region_index(region: Region, device: torch.device | str) -> tuple:
     return (rows[:, None], cols[None, :])
 
 
+def sites_by_param(model: nn.Module, sites: Sequence[FaultSite]) -> dict[str, list[int]]:
+    """Positions in ``sites`` per parameter (first-appearance order), each site's index checked in range.
+
+    Raises:
+        HarnessError: an unknown parameter, or an index of the wrong length or out of range.
+    """
+    groups: dict[str, list[int]] = {}
+    for i, site in enumerate(sites):
+        shape = tuple(find_tensor(model, site.param).shape)
+        if len(site.index) != len(shape) or any(not 0 <= j < n for j, n in zip(site.index, shape, strict=False)):
+            raise HarnessError(f"index {site.index} out of range for {site.param} of shape {shape}")
+        groups.setdefault(site.param, []).append(i)
+    return groups
+
+
+def elements_index(indices: Sequence[tuple[int, ...]], tensor: torch.Tensor) -> tuple:
+    """An index expression selecting the elements ``indices`` of ``tensor`` (for get and set)."""
+    if not tensor.dim():
+        return (Ellipsis,)
+    return tuple(torch.tensor(list(indices), dtype=torch.int64, device=tensor.device).unbind(dim=1))
+
+
 def tied_names(model: nn.Module, param_name: str) -> tuple[str, ...]:
     """Every name under which the parameter ``param_name`` is reachable (``lm_head.weight`` and
     ``model.embed_tokens.weight`` when tied), in ``named_parameters`` order; one name when untied.

@@ -198,6 +198,8 @@ class Pruning(Perturbation):
             the masks are made), an unknown method or granularity, scores of the wrong shape or NaN.
     """
 
+    kind = "pruning"
+
     def __init__(self, model: Any, scores: Any, *, sparsity: float | None = None, granularity: str = "row",
                  method: str = "zero", threshold: float | None = None, protect: Iterable[Any] | None = None,
                  generator: torch.Generator | None = None, target: str = "least",
@@ -229,8 +231,6 @@ class Pruning(Perturbation):
         self.report: SparsityReport | None = None
 
     # -- context manager / commit ----------------------------------------------------------------
-
-    kind = "pruning"
 
     def __enter__(self) -> SparsityReport:  # type: ignore[override]
         self.apply()

@@ -164,6 +164,13 @@ class Detection:
     def __len__(self) -> int:
         return len(self.sites)
 
+    def none_reason(self) -> str:
+        """Why a super-weight claim does not apply when nothing was detected (names the strongest candidate)."""
+        c = self.candidate
+        near = "" if c is None else (f"; strongest candidate layer {c.layer} [{c.row}, {c.col}] (w = {c.value:.4g}) "
+                                     f"at {c.strength:.3g}x the typical peak")
+        return f"no super weight detected (detection {self.id}, factor {self.params.factor:g}x{near})"
+
     def fault_sites(self, max_round: int | None = None) -> list[FaultSite]:
         """The sites as ``FaultSite`` (no bits), strongest first within a round; ``max_round`` keeps rounds <= it."""
         return [s.site for s in self.sites if max_round is None or s.round <= max_round]
