@@ -19,7 +19,8 @@ identical); ``test_campaign_peak_memory`` also measures an engine campaign, its 
 pytest-benchmark times each approach in group ``fault-trial`` (its table shows them side by side);
 ``test_fault_trial_overhead`` also times them interleaved round by round — robust to a machine whose
 load drifts — and puts the median ratios in ``extra_info``; ``test_inject_restore`` times the fault
-alone (build, apply and restore the ``K`` flips, no evaluation). ``test_campaign_peak_memory`` puts the
+alone (build, apply and restore the ``K`` flips, no evaluation); ``test_guard_fingerprint`` times the
+parameter guard's whole-model fingerprint against one plain forward. ``test_campaign_peak_memory`` puts the
 peak memory of the clean evaluation, of a campaign and of a deep-copy campaign in ``extra_info``
 (CPU: peak RSS, reset through ``/proc/self/clear_refs`` or sampled; CUDA: peak allocated). No timing
 or memory is asserted; the engine's records are (they must equal the per-trial path's).
@@ -45,9 +46,12 @@ from harness.campaign.bitflip import TARGETS, sample_sites, site_pool
 from harness.campaign.prefix import batches
 from harness.campaign.reduce import reduce_batch
 from harness.faults import BIT_CLASSES, flip_bits, uniform_sites
+from harness.fingerprint import fingerprint
 from harness.metrics import evaluate
 from harness.metrics.perplexity import default_batch_size
 from harness.models.archmap import arch_map, select
+
+from .timing import fastest, measure_ratio
 
 pytestmark = pytest.mark.benchmark_only
 
@@ -141,6 +145,16 @@ def test_inject_restore(benchmark, bench):
     benchmark.extra_info.update(flips=K, bit_class=BIT_CLASS)
     benchmark.pedantic(_inject_restore, args=(model, sites), rounds=1 if benchmark.disabled else 50,
                        warmup_rounds=1)
+
+
+def test_guard_fingerprint(benchmark, bench):
+    """The parameter guard's fingerprint of the whole model (taken before and after every test that
+    uses the session model), as a ratio to one plain forward over the eval windows (``extra_info``)."""
+    model, windows, _, _ = bench
+    forward = fastest(lambda: _plain_forward(model, windows), 1 if benchmark.disabled else 3)
+    benchmark.extra_info.update(weights=sum(p.numel() for p in model.parameters()), tokens=windows.numel())
+    measure_ratio(benchmark, lambda: fingerprint(model), forward, "x_plain_forward", group=GROUP + "-guard",
+                  name="fingerprint", rounds=7)
 
 
 def test_deepcopy_trial(benchmark, bench):

@@ -54,8 +54,8 @@ def _claim_values(results_dir: str | Path, model: str) -> dict[tuple[str, str], 
         key = (row["suite"], row["metric"])
         claim = Claim(row["suite"], row["metric"], extra.get("statement", ""), "bound",
                       extra.get("statistic", row["metric"]), extra.get("side", "max"), seeded=extra.get("seeded", True))
-        entry = out.setdefault(key, {"claim": claim,
-                                     "by_seed": {}, "trials": None, "censored": set()})
+        entry = out.setdefault(key, {"by_seed": {}, "trials": None, "censored": set()})
+        entry["claim"] = claim  # rows oldest first: the newest run's declaration wins
         value = row["value"]
         entry["by_seed"][int(row["seed"])] = math.inf if value is None and row["collapsed"] else value
         if "trials" in extra and "rate" in entry["claim"].statistic:

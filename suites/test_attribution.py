@@ -64,7 +64,7 @@ DETERMINISTIC = CLAIMS.relation(
 )
 AGREEMENT = CLAIMS.bound(
     "method_agreement", "Feature ablation and integrated gradients rank the prompt tokens alike on the clean model",
-    side="min", statistic="attr_method_spearman", pretrained_only=True,
+    side="min", statistic="attr_method_spearman", pretrained_only=True, seeded=False,
     margin="measured mean Spearman over the prompts less 5% (deterministic methods: no seed scatter)",
 )
 

@@ -163,7 +163,10 @@ def test_perturbed(lm, task, recorder, esa, rng):
     elif task == lmeval.ROLLING_TASK:
         before, after = clean[(task, "word_perplexity")], values["word_perplexity"]
         if described.get("source") != "detected":
-            recorder.not_applicable(SW_ZERO_RAISES_PPL, "no super weight detected (a candidate was zeroed)", **columns)
+            from fixtures.superweights import shared_detection
+
+            recorder.not_applicable(SW_ZERO_RAISES_PPL, f"{shared_detection(esa, lm).none_reason()}: the candidate "
+                                    "was zeroed (its ratio is recorded, the raise is not claimed)", **columns)
         else:
             recorder.claim(SW_ZERO_RAISES_PPL, greater(after, before, factor=SW_FACTOR), clean_value=before,
                            **columns)

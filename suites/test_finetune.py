@@ -30,7 +30,10 @@ super weight). ``reports.finetune`` draws the loss curves and the before/after t
 
 Claims (relations, no per-model number; not applicable to the random-weight tiny models): fine-tuning
 lowers held-out perplexity (each variant); the top super weight keeps its coordinates (each variant);
-noise-aware fine-tuning lowers the sigma=0.1 noise ratio vs plain (every paired trial).
+noise-aware fine-tuning is non-inferior to plain under sigma=0.1 noise (every paired trial: its ratio
+at most 1.05 x plain's). That it *lowers* the ratio was claimed until gemma3-270m (below) showed the
+quick budget (4 steps) too small for a direction any model keeps: it is recorded
+(``noise_ratio_difference``, both sides), not claimed.
 
 Measured on smollm2-135m (quick preset, seed 0, CPU, fp32, the first 2 eval windows = 512 tokens;
 2026-12, ``pytest suites/test_finetune.py --model smollm2-135m``):
@@ -51,6 +54,19 @@ model slightly *more* noise-sensitive, noise-aware less so than plain (every pai
 that is one seed and 2 trials: the claim holds there, with effects of 2-9%. The exp-MSB collapse rate
 is 1.0 everywhere (a flipped exponent MSB of an fp32 weight below 2 multiplies it by 2^128): fault-aware
 training at this budget does not change it; recorded, not claimed.
+
+Measured on gemma3-270m (same command and budget, ``--model gemma3-270m``; no super weight is detected,
+its strongest candidate layer 0 [400, 1405] stands in and keeps its coordinates):
+
+    measure                                  base      plain     noise
+    held-out perplexity                      24.740    24.388    23.824
+    ppl ratio, strongest candidate zeroed     1.092     1.046     1.047
+    uniform exp-MSB collapse rate (5 trials)  0.0       0.0       0.0
+    ppl ratio, relative noise sigma=0.1       1.233     1.216     1.221   (plain 1.232/1.200, noise 1.242/1.199)
+    ppl ratio, relative noise sigma=0.2       2.645     2.333     2.345   (plain 2.445/2.221, noise 2.496/2.195)
+
+Here noise-aware fine-tuning is not less noise-sensitive than plain (one pair each way, at both
+sigmas; differences under 1%): hence the non-inferiority claim above.
 """
 
 from __future__ import annotations
@@ -86,11 +102,13 @@ TOP_KEPT = CLAIMS.relation(
     "top_super_weight_keeps_coordinates",
     "The top super weight keeps its (layer, row, col) through fine-tuning",
     statistic="super weight coordinates", seeded=False, margin="exact coordinates")
+NON_INFERIORITY = 1.05  # noise-aware may be at most 5% above plain in every pair
 NOISE_AWARE = CLAIMS.relation(
-    "noise_aware_lowers_noise_ratio",
-    f"Noise-aware fine-tuning lowers the sigma={TRAIN_NOISE} relative-noise perplexity ratio vs plain fine-tuning "
-    "at the same budget",
-    statistic="ppl_ratio", margin="every seeded noise trial pair (same unit noise): plain >= noise-aware")
+    "noise_aware_no_more_noise_sensitive",
+    f"Noise-aware fine-tuning leaves the model no more sensitive to sigma={TRAIN_NOISE} relative noise than plain "
+    "fine-tuning at the same budget (non-inferiority; that it lowers the ratio is recorded, not claimed)",
+    statistic="ppl_ratio",
+    margin=f"every seeded noise trial pair (same unit noise): noise-aware <= {NON_INFERIORITY} x plain")
 
 
 @pytest.fixture(autouse=True)
@@ -198,7 +216,7 @@ def test_finetune(lm, eval_windows, esa, recorder, variant):
         f"training diverged or stopped: losses {done.log.losses}")
     recorder.claim(LOWER_PPL, greater(base.perplexity, after.perplexity), method=variant, perturbation=pert)
     if base.sw_source != "detected":
-        recorder.not_applicable(TOP_KEPT, "no super weight detected in the base model", method=variant)
+        recorder.not_applicable(TOP_KEPT, f"{base.none_reason} in the base model", method=variant)
     else:
         recorder.claim(TOP_KEPT, Comparison(shift.top_kept, float(shift.top_kept), 1.0,
                                             {"before": base.super_weights[0][:3],
@@ -219,5 +237,6 @@ def test_fault_aware_vs_plain(lm, eval_windows, esa, recorder):
                     perturbation={"kind": "bitflip", "bit_class": "exp_msb", "target": "uniform"},
                     extra={"plain": plain.exp_msb_collapses, "noise": noisy.exp_msb_collapses,
                            "trials": plain.exp_msb_trials})
-    recorder.claim(NOISE_AWARE, paired_greater(plain.noise_ratios[TRAIN_NOISE], noisy.noise_ratios[TRAIN_NOISE]),
+    recorder.claim(NOISE_AWARE, paired_greater(plain.noise_ratios[TRAIN_NOISE], noisy.noise_ratios[TRAIN_NOISE],
+                                               factor=1 / NON_INFERIORITY),
                    method="plain-noise", perturbation={"kind": "noise", "scale": "relative", "level": TRAIN_NOISE})

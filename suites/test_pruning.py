@@ -114,7 +114,7 @@ def test_wanda_beats_magnitude(clean, cells, recorder, granularity):
 
 
 @pytest.mark.parametrize("granularity", list(COMPARED))
-def test_protecting_super_weights(cells, recorder, granularity):
+def test_protecting_super_weights(esa, lm, cells, recorder, granularity):
     plain = cells.measure(PruneCell("magnitude", 0.5, granularity))
     kept = cells.measure(PruneCell("magnitude+protect", 0.5, granularity))
     claim = PROTECTION_HELPS[granularity]
@@ -123,7 +123,9 @@ def test_protecting_super_weights(cells, recorder, granularity):
     columns = {"method": "magnitude+protect", "perturbation": kept.perturbation, "extra": extra}
     assert kept.super_weights_pruned == 0, "a protected super weight was pruned"
     if not cells.super_weight_sites():
-        recorder.not_applicable(claim, "no super weight detected", **columns)
+        from fixtures.superweights import shared_detection
+
+        recorder.not_applicable(claim, shared_detection(esa, lm).none_reason(), **columns)
     elif plain.super_weights_pruned == 0:
         recorder.not_applicable(claim, "magnitude pruning removed none of the super weights: nothing to protect",
                                 **columns)

@@ -131,3 +131,26 @@ def test_bounds_file_errors_are_one_line(tmp_path):
         (tmp_path / "claims_unit.toml").write_text(text)
         with pytest.raises(HarnessError, match=message):
             check_bounds_file(tmp_path, "claims_unit")
+
+
+def test_export_bounds_from_a_store_uses_the_newest_declaration(tmp_path):
+    """Two runs of one deterministic bound, the older declared seeded (needs five seeds), the newer
+    seed-independent (two): the newer declaration decides, and the written table says how."""
+    from harness.records import ResultStore
+    from reports.bounds import export_bounds
+
+    with ResultStore(tmp_path / "results") as store:
+        for seed, seeded in ((0, True), (1, False)):
+            run = store.start_run({"model": "m"})
+            store.record(run_id=run, test_id="t", suite="claims_unit", model="m", metric="ppl", value=2.0,
+                         seed=seed, outcome="unverified",
+                         extra={"kind": "bound", "claim": "ppl", "side": "max", "statistic": "perplexity",
+                                "seeded": seeded})
+            store.finish_run(run)
+    bounds = tmp_path / "bounds"
+    bounds.mkdir()
+    exported, written = export_bounds(tmp_path / "results", "m", bounds)
+    assert [(e.claim, e.seeds) for e in exported] == [("ppl", (0, 1))]
+    assert exported[0].value == pytest.approx(2.0 * 1.05, rel=1e-5) and "seed-independent" in exported[0].how
+    text = written[0].read_text()
+    assert "[m]\n" in text and "ppl = 2.1" in text and "seeds 0,1" in text

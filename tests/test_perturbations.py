@@ -165,14 +165,16 @@ def test_noise_whole_model_skips_int8_and_bad_input():
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("mode", ["zero", "mean", "random"])
+@pytest.mark.parametrize("mode", ["zero", "mean", "random", "scale"])
 def test_ablation_targets_and_restore(dtype, device, mode):
     model = make_model(dtype, device)
     before = snapshot(model)
     w = model.a.weight
     mean = w.float().mean().to(w.dtype)  # on the device, as the ablation computes it
     targets = [Region("a.weight", rows=(1, 3)), Region("b.weight", cols=(2,)), FaultSite("a.weight", (0, 5)), "a.bias"]
-    with ablate(model, targets, mode, generator=gen()):
+    old = w.detach().clone()
+    factor = 0.375 if mode == "scale" else None
+    with ablate(model, targets, mode, generator=gen(), factor=factor):
         mask = torch.zeros(16, 8, dtype=torch.bool)
         mask[[1, 3]] = True
         mask[0, 5] = True
@@ -184,7 +186,20 @@ def test_ablation_targets_and_restore(dtype, device, mode):
             assert torch.all(model.a.bias == 0)
         if mode == "mean":
             assert torch.all(w[mask.to(device)] == mean)
+        if mode == "scale":
+            m = mask.to(device)
+            assert torch.equal(w[m], old[m] * factor)
     assert_same(snapshot(model), before)
+
+
+def test_ablation_scale_replaces_overlapping_targets_once():
+    """A row given twice (a whole matrix and one of its rows, an element inside) is scaled once."""
+    model = make_model()
+    old = model.a.weight.detach().clone()
+    with ablate(model, ["a.weight", Region("a.weight", rows=(2,)), FaultSite("a.weight", (2, 3))], "scale",
+                factor=0.5):
+        assert torch.equal(model.a.weight, old * 0.5)
+    assert torch.equal(model.a.weight, old)
 
 
 def test_ablation_restores_after_exception_and_nests_with_noise():
@@ -227,6 +242,11 @@ def test_ablation_bad_input():
         ablate(model, Region("b.weight", cols=(16,)))
     with pytest.raises(HarnessError, match=r"ablation needs at least one target"):
         ablate(model, [])
+    for mode, factor in (("scale", None), ("zero", 0.5)):
+        with pytest.raises(HarnessError, match=r"ablation takes a factor with mode 'scale' and only then"):
+            ablate(model, "a.weight", mode, factor=factor)
+    with pytest.raises(HarnessError, match=r"ablation mode 'scale' needs a finite factor, got nan"):
+        ablate(model, "a.weight", "scale", factor=float("nan"))
 
 
 # ------------------------------------------------------------------------------------- activation

@@ -5,8 +5,11 @@ Replacement values:
 - ``zero``: 0.
 - ``mean``: the mean of the whole parameter the elements belong to.
 - ``random``: draws from N(mean, std) of that parameter (needs a generator).
+- ``scale``: ``factor`` × the element's own value (one rounding in the parameter's dtype);
+  integrated-gradients scoring walks its path from 0 to W with it.
 
-The statistics are taken once, before this ablation edits anything.
+The statistics and the values scaled are taken once, before this ablation edits anything, so
+overlapping targets are replaced once, not twice.
 
 Integer (int8-code) parameters get the values rounded and clamped to their range. Only the
 replaced elements are saved (a whole component costs a copy of that component).
@@ -14,6 +17,7 @@ replaced elements are saved (a whole component costs a copy of that component).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,7 +37,7 @@ from harness.faults.sites import (
     sites_by_param,
 )
 
-MODES = ("zero", "mean", "random")
+MODES = ("zero", "mean", "random", "scale")
 
 
 @PERTURBATIONS.register("ablation")
@@ -44,11 +48,13 @@ class Ablation(Perturbation):
         model: the model to edit in place.
         targets: parameter names, Regions (rows/cols), ComponentRefs (fused rows respected),
             FaultSites (single elements; their bits are ignored), or a sequence mixing these.
-        mode: ``"zero"``, ``"mean"`` or ``"random"``.
+        mode: ``"zero"``, ``"mean"``, ``"random"`` or ``"scale"``.
         generator: the seeded source for ``"random"``.
+        factor: the multiplier of ``"scale"`` (finite).
 
     Raises:
-        HarnessError: unknown mode, ``random`` without a generator, no targets, bad targets.
+        HarnessError: unknown mode, ``random`` without a generator, ``scale`` without a finite
+            factor (or a factor with another mode), no targets, bad targets.
     """
 
     kind = "ablation"
@@ -60,12 +66,17 @@ class Ablation(Perturbation):
         mode: str = "zero",
         *,
         generator: torch.Generator | None = None,
+        factor: float | None = None,
     ) -> None:
         super().__init__(model)
         if mode not in MODES:
             raise HarnessError(f"unknown ablation mode {mode!r}; allowed: {', '.join(MODES)}")
         if mode == "random" and generator is None:
             raise HarnessError("ablation mode 'random' needs a generator")
+        if (mode == "scale") != (factor is not None):
+            raise HarnessError("ablation takes a factor with mode 'scale' and only then")
+        if factor is not None and not math.isfinite(factor):
+            raise HarnessError(f"ablation mode 'scale' needs a finite factor, got {factor}")
         if targets is None:
             raise HarnessError("ablation needs targets: parameter names, Regions, ComponentRefs or FaultSites")
         if isinstance(targets, (str, Region, FaultSite)) or hasattr(targets, "param"):
@@ -77,7 +88,7 @@ class Ablation(Perturbation):
             param: [sites[i].index for i in which] for param, which in sites_by_param(model, sites).items()}
         if not self.regions and not self.elements:
             raise HarnessError("ablation needs at least one target")
-        self.mode, self.generator = mode, generator
+        self.mode, self.generator, self.factor = mode, generator, factor
 
     def _blocks(self) -> list[tuple[torch.Tensor, tuple]]:
         blocks = []
@@ -94,13 +105,18 @@ class Ablation(Perturbation):
         std = w.std(correction=0) if w.numel() > 1 else torch.zeros((), device=t.device)
         return w.mean(), std
 
-    def _values(self, t: torch.Tensor, shape: torch.Size, stats: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def _values(self, t: torch.Tensor, old: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        shape = old.shape
         if self.mode == "zero":
             return torch.zeros(shape, dtype=t.dtype, device=t.device)
-        mean, std = stats
-        if self.mode == "mean":
-            new = mean.expand(shape)
+        if self.mode == "scale":
+            if t.dtype.is_floating_point:
+                return old * self.factor
+            new = old.float() * self.factor
+        elif self.mode == "mean":
+            new = stats[0].expand(shape)
         else:
+            mean, std = stats
             g = self.generator
             new = torch.randn(shape, generator=g, device=g.device).to(t.device) * std + mean
         if not t.dtype.is_floating_point:
@@ -111,17 +127,22 @@ class Ablation(Perturbation):
     def _apply(self) -> None:
         blocks = self._blocks()
         stats = {}  # per parameter, taken before this ablation edits anything
-        if self.mode != "zero":
+        if self.mode in ("mean", "random"):
             for t, _ in blocks:
                 if id(t) not in stats:
                     stats[id(t)] = self._stats(t)
+        olds = []  # every block saved before any is written: overlapping targets are replaced once
         for t, index in blocks:
             old, undo = save_block(t, index)
             self._push(undo)
-            t.detach()[index] = self._values(t, old.shape, stats.get(id(t)))
+            olds.append(old)
+        for (t, index), old in zip(blocks, olds, strict=True):
+            t.detach()[index] = self._values(t, old, stats.get(id(t)))
 
     def describe(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind, "mode": self.mode}
+        if self.factor is not None:
+            d["factor"] = self.factor
         d["targets"] = [r.to_dict() for r in self.regions] if len(self.regions) <= 16 else len(self.regions)
         d["elements"] = sum(len(v) for v in self.elements.values())
         return d
@@ -133,9 +154,10 @@ def ablate(
     mode: str = "zero",
     *,
     generator: torch.Generator | None = None,
+    factor: float | None = None,
 ) -> Ablation:
     """Weight ablation as a context manager (see ``Ablation``)."""
-    return Ablation(model, targets, mode, generator=generator)
+    return Ablation(model, targets, mode, generator=generator, factor=factor)
 
 
 def ablate_layer(

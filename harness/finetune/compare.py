@@ -42,6 +42,8 @@ class Measures:
         super_weights: ``(layer, row, col, value)`` of the super weights (or the stand-in), strongest first.
         sw_source: ``detected`` or ``candidate`` (nothing reached the detector's factor).
         detection: the detection's ``describe()``.
+        none_reason: why super-weight claims do not apply (``Detection.none_reason``), when nothing
+            was detected; empty otherwise.
         zeroed_ratio: perplexity ratio with those weights zeroed.
         exp_msb_collapses: collapsed trials of one uniform exp-MSB flip; ``exp_msb_trials`` trials.
         noise_ratios: sigma -> per-trial perplexity ratios under relative noise.
@@ -55,6 +57,7 @@ class Measures:
     exp_msb_collapses: int
     exp_msb_trials: int
     noise_ratios: dict[float, list[float]] = field(default_factory=dict)
+    none_reason: str = ""
 
     @property
     def exp_msb_rate(self) -> float:
@@ -116,6 +119,7 @@ def measure(loaded: Any, windows: torch.Tensor, *, seed: int, flip_trials: int, 
         super_weights=[(s.layer, s.row, s.col, s.value) for s in sites], sw_source=source,
         detection=detection.describe(), zeroed_ratio=zeroed, exp_msb_collapses=collapses,
         exp_msb_trials=flip_trials, noise_ratios=noise,
+        none_reason="" if detection.sites else detection.none_reason(),
     )
 
 
