@@ -119,3 +119,14 @@ def test_local_files(tmp_path):
         load_corpus(tmp_path / "empty.txt")
     with pytest.raises(HarnessError, match="does not exist"):
         load_corpus(tmp_path / "missing.txt")
+
+
+def test_finetune_training_windows_follow_the_models_bos_convention():
+    """Fine-tuning trains on windows cut as the evaluation's are: BOS first where the tokenizer adds one
+    (gemma3-270m trained on raw stream windows saw inputs it never sees in evaluation)."""
+    from harness.finetune import FinetuneConfig, training_windows
+
+    tok, corpus = _bos_byte_tokenizer(), load_corpus()
+    windows = training_windows(tok, corpus, FinetuneConfig(tokens=4 * 32, window=32))
+    assert windows[:, 0].tolist() == [1] * 4
+    assert torch.equal(windows, token_windows(tok, corpus.calib_docs, 32, 4))

@@ -40,10 +40,9 @@ class Measures:
     Attributes:
         perplexity: held-out perplexity on the windows.
         super_weights: ``(layer, row, col, value)`` of the super weights (or the stand-in), strongest first.
-        sw_source: ``detected`` or ``candidate`` (nothing reached the detector's factor).
+        none_reason: why super-weight claims do not apply (``Detection.none_reason``) when nothing
+            reached the detector's factor; empty when super weights were detected.
         detection: the detection's ``describe()``.
-        none_reason: why super-weight claims do not apply (``Detection.none_reason``), when nothing
-            was detected; empty otherwise.
         zeroed_ratio: perplexity ratio with those weights zeroed.
         exp_msb_collapses: collapsed trials of one uniform exp-MSB flip; ``exp_msb_trials`` trials.
         noise_ratios: sigma -> per-trial perplexity ratios under relative noise.
@@ -51,13 +50,17 @@ class Measures:
 
     perplexity: float
     super_weights: list[tuple[int, int, int, float]]
-    sw_source: str
+    none_reason: str
     detection: dict
     zeroed_ratio: float
     exp_msb_collapses: int
     exp_msb_trials: int
     noise_ratios: dict[float, list[float]] = field(default_factory=dict)
-    none_reason: str = ""
+
+    @property
+    def sw_source(self) -> str:
+        """``detected``, or ``candidate`` (nothing reached the detector's factor; the strongest candidate stands in)."""
+        return "candidate" if self.none_reason else "detected"
 
     @property
     def exp_msb_rate(self) -> float:
@@ -73,6 +76,16 @@ def _linear(model: torch.nn.Module) -> list[str]:
     from harness.models.archmap import select
 
     return sorted({ref.param for ref in select(model, components="linear")})
+
+
+def training_perplexity(loaded: Any, config: Any) -> float:
+    """Perplexity of ``loaded`` on the windows a fine-tuning run with ``config`` trains on
+    (:func:`harness.finetune.run.training_windows` of ``config.corpus``); one forward pass over them."""
+    from harness.data import load_corpus
+    from harness.finetune.run import training_windows
+    from harness.metrics import evaluate
+
+    return evaluate(loaded.model, training_windows(loaded.tokenizer, load_corpus(config.corpus), config)).perplexity
 
 
 def measure(loaded: Any, windows: torch.Tensor, *, seed: int, flip_trials: int, noise_sigmas: Sequence[float],
@@ -97,7 +110,6 @@ def measure(loaded: Any, windows: torch.Tensor, *, seed: int, flip_trials: int, 
 
         detection = detect(loaded)
     sites = list(detection.sites) or ([detection.candidate] if detection.candidate is not None else [])
-    source = "detected" if detection.sites else "candidate"
     zeroed = math.nan
     if sites:
         zeroed = run_trial(model, windows, clean, ablate(model, [s.site for s in sites], "zero")).ratio
@@ -116,10 +128,10 @@ def measure(loaded: Any, windows: torch.Tensor, *, seed: int, flip_trials: int, 
             noise[sigma].append(run_trial(model, windows, clean, noisy).ratio)
     return Measures(
         perplexity=clean.result.perplexity,
-        super_weights=[(s.layer, s.row, s.col, s.value) for s in sites], sw_source=source,
+        super_weights=[(s.layer, s.row, s.col, s.value) for s in sites],
+        none_reason="" if detection.sites else detection.none_reason(),
         detection=detection.describe(), zeroed_ratio=zeroed, exp_msb_collapses=collapses,
         exp_msb_trials=flip_trials, noise_ratios=noise,
-        none_reason="" if detection.sites else detection.none_reason(),
     )
 
 

@@ -13,6 +13,9 @@ METHODS = ("full", "lora")
 SCHEDULES = ("constant", "linear", "cosine")
 DEFAULT_LR = {"full": 5e-5, "lora": 1e-3}  # AdamW; LoRA's adapters start at zero and need a larger step
 BATCH_WINDOWS = 2  # windows per optimiser step
+# What ``run.training_windows`` cuts, in the cache key: 2 = windows in the model's own BOS convention
+# (1, before 2026-12-02: raw stream tokens, no BOS; fine-tunes cached then are not reused).
+TRAINING_WINDOWS = 2
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,8 @@ class FinetuneConfig:
 
     def key(self, model: str) -> str:
         """12 hex digits of SHA-256 over the model name and every field: the cache key of the result."""
-        text = json.dumps({"model": model, **asdict(self), "lr": self.learning_rate}, sort_keys=True)
+        text = json.dumps({"model": model, **asdict(self), "lr": self.learning_rate,
+                           "training_windows": TRAINING_WINDOWS}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 

@@ -50,21 +50,25 @@ class Finetuned:
 
 
 def training_windows(tokenizer: Any, corpus: Any, config: FinetuneConfig) -> torch.Tensor:
-    """The training windows: the first ``config.windows`` windows of the calibration documents.
+    """The training windows: the first ``config.windows`` windows of the calibration documents, cut
+    as the evaluation windows are (:func:`harness.data.corpus.token_windows`: each starts with the
+    tokenizer's BOS where it adds one), so that the model trains on the inputs it is evaluated on.
 
     Raises:
         HarnessError: the calibration documents hold fewer tokens than the budget.
     """
-    from harness.data.corpus import token_stream
+    from harness.data.corpus import token_stream, token_windows
 
-    stream = token_stream(tokenizer, corpus.calib_docs)
-    need = config.windows * config.window
-    if stream.numel() < need:
-        most = stream.numel() // config.window * config.window
-        raise HarnessError(f"a fine-tuning budget of {config.tokens} tokens is more than the {stream.numel()} "
+    try:
+        return token_windows(tokenizer, corpus.calib_docs, config.window, config.windows, corpus.name)  # (N, window)
+    except HarnessError as e:
+        have = token_stream(tokenizer, corpus.calib_docs).numel()
+        if have >= config.windows * config.window:
+            raise
+        most = have // config.window * config.window
+        raise HarnessError(f"a fine-tuning budget of {config.tokens} tokens is more than the {have} "
                            f"calibration tokens of {corpus.name} with this tokenizer; allowed: at most {most} "
-                           "(--finetune-tokens), or a larger --corpus")
-    return stream[:need].view(config.windows, config.window)  # (N, window)
+                           "(--finetune-tokens), or a larger --corpus") from e
 
 
 def _linear_weights(model: Any) -> list[str]:

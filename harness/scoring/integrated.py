@@ -14,7 +14,7 @@ import torch
 from harness.errors import HarnessError
 from harness.faults.ablation import Ablation
 from harness.models.archmap import ComponentRef
-from harness.scoring.base import Context, Cost, ScoreSet, ref_rows, scorer
+from harness.scoring.base import Context, Cost, ScoreSet, ref_weight, scorer
 from harness.scoring.grads import GradSums, batch_nll, grad_on, predicted_tokens, unique_params
 from harness.scoring.hessian import MAX_BLOCK, blocks
 
@@ -51,9 +51,7 @@ def integrated(ctx: Context, *, steps: int = STEPS, max_block: int = MAX_BLOCK) 
                         batch_nll(ctx.model, batch, denominator).backward()
                         cost += Cost(forward=1, backward=1, tokens=batch.numel())
         for ref in group:
-            w = params[ref.param].detach()
-            rows = ref_rows(ref, w.device)
-            attributions[ref] = (w if rows is None else w[rows]).float() * sums.sums[ref] / steps
+            attributions[ref] = ref_weight(ctx.model, ref).float() * sums.sums[ref] / steps
     return ScoreSet("integrated", ctx.refs, cost, ctx.model, lambda ref: attributions[ref], signed=True,
                     details={"steps": steps, "blocks": len(groups)})
 
