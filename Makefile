@@ -24,7 +24,7 @@ SEEDS   ?= 0 1 2 3 4
 # per-test time limit (pytest-timeout) of the long runs, so that a hung cell cannot eat a nightly
 TIMEOUT ?= 3600
 
-.PHONY: setup test suites bounds bench lint analysis report baseline clean
+.PHONY: setup test suites bounds bench bench-suites gpu-check lint analysis report baseline clean
 
 setup:
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -60,7 +60,20 @@ bounds:
 
 # pytest-benchmark measurements (ratios to a plain forward pass; nothing asserts wall time).
 bench:
-	$(PYTEST) benchmarks --model $(MODEL)
+	$(PYTEST) benchmarks --model $(MODEL) --ignore benchmarks/test_suite_cost.py
+
+# What a run of each suite costs: its wall time in a subprocess as a ratio to one plain forward over the
+# evaluation tokens (benchmarks/test_suite_cost.py; every suite, ~40 min on smollm2-135m on 2 CPU cores).
+bench-suites:
+	@mkdir -p results
+	$(PYTEST) benchmarks/test_suite_cost.py --model $(MODEL) --preset $(DEPTH) --device $(DEVICE) \
+	  --benchmark-json results/bench-suites-$(MODEL).json
+
+# One GPU check, one table: batched vs per-trial trials/s (bf16), the quick bitflip suite serial and -n 1,
+# bit-exact restore for fp16/bf16/int8, peak GPU memory; at most 8 minutes on one H100/H200
+# (benchmarks/gpu_check.py; `python -m benchmarks.gpu_check --dry` is the CPU path).
+gpu-check:
+	$(PY) -m benchmarks.gpu_check
 
 lint:
 	$(VENV)/bin/ruff check harness fixtures reports suites tests benchmarks

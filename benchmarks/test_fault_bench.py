@@ -51,7 +51,7 @@ from harness.metrics import evaluate
 from harness.metrics.perplexity import default_batch_size
 from harness.models.archmap import arch_map, select
 
-from .timing import fastest, measure_ratio
+from .timing import fastest, measure_ratio, plain_forward, sync
 
 pytestmark = pytest.mark.benchmark_only
 
@@ -79,37 +79,22 @@ def bench(lm, eval_windows, esa, rng):
     return model, eval_windows, clean, sites
 
 
-def _plain_forward(model, windows):
-    """The model's forward over the same windows in the same batches as ``evaluate``, nothing else."""
-    size = default_batch_size(windows)
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        for start in range(0, windows.shape[0], size):
-            model(input_ids=windows[start:start + size].to(device), use_cache=False)
-    _sync(device)
-
-
 def _fault_trial(model, windows, clean, sites):
     run_trial(model, windows, clean, flip_bits(model, sites))
-    _sync(next(model.parameters()).device)
+    sync(next(model.parameters()).device)
 
 
 def _inject_restore(model, sites):
     with flip_bits(model, sites):
-        _sync(next(model.parameters()).device)
+        sync(next(model.parameters()).device)
 
 
 def _deepcopy_trial(model, windows, clean, sites):
     twin = copy.deepcopy(model)  # the baseline under measurement, see the module docstring
     with flip_bits(twin, sites):
         evaluate(twin, windows, clean.reference)
-    _sync(next(twin.parameters()).device)
+    sync(next(twin.parameters()).device)
     del twin
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _rounds(benchmark) -> int:
@@ -120,7 +105,7 @@ def test_plain_forward(benchmark, bench):
     model, windows, _, _ = bench
     benchmark.group = GROUP
     benchmark.extra_info.update(tokens=windows.numel(), windows=list(windows.shape))
-    benchmark.pedantic(_plain_forward, args=(model, windows), rounds=_rounds(benchmark), warmup_rounds=1)
+    benchmark.pedantic(plain_forward, args=(model, windows), rounds=_rounds(benchmark), warmup_rounds=1)
 
 
 def test_clean_evaluate(benchmark, bench):
@@ -151,7 +136,7 @@ def test_guard_fingerprint(benchmark, bench):
     """The parameter guard's fingerprint of the whole model (taken before and after every test that
     uses the session model), as a ratio to one plain forward over the eval windows (``extra_info``)."""
     model, windows, _, _ = bench
-    forward = fastest(lambda: _plain_forward(model, windows), 1 if benchmark.disabled else 3)
+    forward = fastest(lambda: plain_forward(model, windows), 1 if benchmark.disabled else 3)
     benchmark.extra_info.update(weights=sum(p.numel() for p in model.parameters()), tokens=windows.numel())
     measure_ratio(benchmark, lambda: fingerprint(model), forward, "x_plain_forward", group=GROUP + "-guard",
                   name="fingerprint", rounds=7)
@@ -169,7 +154,7 @@ def test_fault_trial_overhead(benchmark, bench):
     """Interleaved rounds of plain forward / fault trial / deep-copy trial; median ratios in extra_info."""
     model, windows, clean, sites = bench
     benchmark.group = GROUP + "-interleaved"
-    fns = {"plain_forward": lambda: _plain_forward(model, windows),
+    fns = {"plain_forward": lambda: plain_forward(model, windows),
            "clean_evaluate": lambda: evaluate(model, windows, clean.reference),
            "fault_trial": lambda: _fault_trial(model, windows, clean, sites),
            "inject_restore": lambda: _inject_restore(model, sites),
@@ -329,7 +314,7 @@ def test_sign_trial_engine(benchmark, lm, eval_windows, esa):
             reduce_batch(lg, batch, clean.reference, start)
 
     trials = {"engine": [], "per_trial": []}
-    fns = {"plain_forward": lambda: _plain_forward(model, windows),
+    fns = {"plain_forward": lambda: plain_forward(model, windows),
            "clean_evaluate": lambda: evaluate(model, windows, clean.reference),
            "per_trial": lambda: trials["per_trial"].append(
                [run_trial(model, windows, clean, flip_bits(model, s)) for s in site_sets]),

@@ -25,7 +25,7 @@ import math
 import statistics
 import tomllib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from functools import cache
 from pathlib import Path
@@ -64,6 +64,9 @@ class Claim:
         margin: how the relation's margin or the bound's number is chosen, in words.
         seeded: the statistic depends on ``--seed`` (sampled sites, noise); a seed-independent one
             (an ablation map, a pruning curve) gets its bound from two agreeing seeds instead of five.
+        null: the value the statistic takes when the perturbation does nothing (a ratio of 1, a delta of
+            0), for a bound whose claim is that the perturbation acts. A bound that admits it is
+            vacuous: refused at export (:func:`derive_bound`) and unverified when judged.
     """
 
     suite: str
@@ -75,6 +78,7 @@ class Claim:
     pretrained_only: bool = True
     margin: str = ""
     seeded: bool = True
+    null: float | None = None
 
     @property
     def key(self) -> str:
@@ -109,12 +113,22 @@ class ClaimSet:
                                seeded))
 
     def bound(self, name: str, statement: str, *, side: Literal["max", "min", "within"], statistic: str,
-              pretrained_only: bool = False, margin: str = "", seeded: bool = True) -> Claim:
-        """Declare a regression bound (its number per model lives in ``suites/bounds/<suite>.toml``)."""
+              pretrained_only: bool = False, margin: str = "", seeded: bool = True,
+              null: float | None = None) -> Claim:
+        """Declare a regression bound (its number per model lives in ``suites/bounds/<suite>.toml``);
+        ``null``: what a perturbation that does nothing measures, when the claim is that it acts."""
         if side not in ("max", "min", "within"):
             raise HarnessError(f"claim {self.suite}.{name}: side must be 'max', 'min' or 'within', got {side!r}")
         return self._add(Claim(self.suite, name, statement, "bound", statistic, side, pretrained_only, margin,
-                               seeded))
+                               seeded, null))
+
+    def effect(self, cell: str, what: str, *, pretrained_only: bool = False) -> Claim:
+        """Declare the effect guard ``<cell>_has_effect``: the perturbation ``what`` changed the output in
+        at least one trial (judged by :func:`has_effect`). It applies to random-weight models too, unless
+        ``pretrained_only`` (a single flip can be rounded away in a tiny random model's small activations)."""
+        return self.relation(f"{cell}_has_effect", f"{what} changes the model's output in at least one trial "
+                             "(not masked: perplexity ratio != 1 or KL > 0)", statistic="trials with an effect",
+                             pretrained_only=pretrained_only, margin="at least one trial of the cell")
 
     def __iter__(self) -> Iterator[Claim]:
         return iter(self.claims.values())
@@ -138,7 +152,8 @@ class Comparison:
         other: the side it is compared with (recorded as the claim's ``bound`` column).
         detail: what decided it (intervals, pair counts, factor), recorded in the row's extra.
         undecidable: why the measurement cannot decide the relation at all (e.g. too few trials for
-            any two rates to be apart); the claim is then recorded as not applicable with this reason.
+            any two rates to be apart); the claim is then unverified with this reason, and fails under
+            ``--strict-claims`` (:func:`undecided`).
     """
 
     holds: bool
@@ -155,18 +170,44 @@ def _big(x: float) -> float:
 
 
 def greater(value: float, other: float, *, factor: float = 1.0) -> Comparison:
-    """``value >= factor * other`` (a stated minimum effect); a collapse is +inf, NaN never holds.
+    """``value > factor * other``, strictly: a tie never holds, so a no-op (both sides equal) fails.
 
-    Two collapses (inf vs inf) do not hold for ``factor > 1``: neither side is larger.
+    A collapse is +inf and NaN never holds. Two collapses (inf vs inf) never hold: neither side is
+    larger. With ``factor > 1`` the other side must be positive: a factor cannot scale 0 or a negative
+    number into a minimum effect, so ``other <= 0`` does not hold (the detail says why).
     """
     v, o = _big(value), _big(other)
+    detail: dict = {"test": "min_effect", "factor": factor}
     if math.isnan(v) or math.isnan(o):
         holds = False
     elif math.isinf(o):
-        holds = math.isinf(v) and factor <= 1.0
+        holds = False
+    elif factor > 1.0 and o <= 0.0:
+        holds = False
+        detail["refused"] = f"the other side is {o:g} <= 0: a factor {factor:g} states no minimum effect on it"
     else:
-        holds = v >= factor * o
-    return Comparison(holds, v, o, {"test": "min_effect", "factor": factor})
+        holds = v > factor * o
+    return Comparison(holds, v, o, detail)
+
+
+def has_effect(changed: Sequence[bool]) -> Comparison:
+    """The effect guard: at least one trial changed the output (``changed[i]``: trial i was not masked
+    and moved the perplexity ratio off 1 or the KL off 0). Recorded sides: the trials with an effect
+    and 0. Every trial unchanged (a perturbation that does nothing) fails.
+    """
+    if not changed:
+        raise HarnessError("an effect guard needs at least one trial")
+    hits = sum(bool(c) for c in changed)
+    return Comparison(hits > 0, float(hits), 0.0, {"test": "effect", "trials": len(changed), "with_effect": hits})
+
+
+def trial_changed(ratio: float, kl: float | None, masked: bool = False) -> bool:
+    """Whether one trial moved the output at all: not masked, and its ratio is not exactly 1 or its KL is
+    above 0 (a collapse, non-finite, counts as moved)."""
+    if masked:
+        return False
+    r = float(ratio)
+    return (not math.isnan(r) and r != 1.0) or (kl is not None and not (float(kl) <= 0.0))
 
 
 def rate_greater(hits: int, trials: int, other_hits: int, other_trials: int, *, z: float = 1.959964) -> Comparison:
@@ -186,7 +227,7 @@ def rate_greater(hits: int, trials: int, other_hits: int, other_trials: int, *, 
 
 
 def paired_greater(values: Sequence[float], others: Sequence[float], *, factor: float = 1.0) -> Comparison:
-    """Every seeded pair has ``value >= factor * other`` (a collapse is +inf).
+    """Every seeded pair has ``value > factor * other`` (:func:`greater`: strict; a collapse is +inf).
 
     The recorded sides are the smallest ``value`` and the largest ``other``.
     """
@@ -218,7 +259,7 @@ def paired_majority(values: Sequence[float], others: Sequence[float], *, z: floa
 
 
 def increasing(xs: Sequence[float], values: Sequence[float], *, factor: float = 1.0) -> Comparison:
-    """``values`` grow with ``xs``: each step at least ``factor`` times the previous one (collapse = +inf).
+    """``values`` grow with ``xs``: each step strictly above ``factor`` times the previous one (collapse = +inf).
 
     Recorded sides: the last value and the first one.
     """
@@ -245,19 +286,36 @@ def _bounds_file(path: Path) -> dict[str, dict[str, float | tuple[float, float]]
 
 @cache
 def _parse_bounds(path: Path, mtime_ns: int, size: int) -> dict[str, dict[str, float | tuple[float, float]]]:
+    """The tables of a bounds file; every error is one line ``<path>:<line>: what is wrong; what to do``."""
+    import re
+
+    text = path.read_text(encoding="utf-8")
+
+    def at(table: str | None, key: str) -> str:  # "path:line" of `key` in [table] (None: above every table)
+        current = None
+        for n, line in enumerate(text.splitlines(), 1):
+            stripped = line.split("#", 1)[0].strip()
+            if stripped.startswith("["):
+                current = stripped.strip("[] ").strip("\"'")
+            elif current == table and stripped.split("=", 1)[0].strip().strip("\"'").split(".")[0] == key:
+                return f"{path}:{n}"
+        return str(path)
+
     try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        raise HarnessError(f"{path}: not valid TOML ({err})") from None
+        line = re.search(r"\(at line (\d+), column \d+\)", str(err))
+        where, what = (f"{path}:{line[1]}", str(err)[:line.start()].strip()) if line else (str(path), str(err))
+        raise HarnessError(f"{where}: not valid TOML ({what}); fix that line") from None
     out: dict[str, dict[str, float | tuple[float, float]]] = {}
     for model, table in data.items():
         if not isinstance(table, dict):
-            raise HarnessError(f"{path}: top-level key {model!r} must be a [model] table of claim = number")
+            raise HarnessError(f"{at(None, model)}: top-level key {model!r} must be a [model] table of "
+                               "claim = number; put it under its model's [name] line")
         nested = [name for name, value in table.items() if isinstance(value, dict)]
         if nested:  # TOML reads a bare key with a dot as a table: `a_0.01_max = 1` is {"a_0": {"01_max": 1}}
-            raise HarnessError(f"{path}: [{model}] has dotted claim names ({', '.join(nested)}...): quote them, "
-                               f'e.g. "noise_0.01_ppl_ratio" = 1.0')
+            raise HarnessError(f"{at(model, nested[0])}: [{model}] has dotted claim names ({', '.join(nested)}...): "
+                               f'quote them, e.g. "noise_0.01_ppl_ratio" = 1.0')
         out[model] = {}
         for name, value in table.items():
             if isinstance(value, list) and len(value) == 2 and all(_is_number(v) for v in value):
@@ -265,7 +323,8 @@ def _parse_bounds(path: Path, mtime_ns: int, size: int) -> dict[str, dict[str, f
             elif _is_number(value):
                 out[model][name] = float(value)
             else:
-                raise HarnessError(f"{path}: [{model}] {name} must be a number, or [low, high] for a 'within' bound")
+                raise HarnessError(f"{at(model, name)}: [{model}] {name} = {value!r} must be a number, or "
+                                   "[low, high] for a 'within' bound")
     return out
 
 
@@ -308,6 +367,51 @@ def models_with_bounds(bounds_dir: Path, suite: str) -> set[str]:
     return set(_bounds_file(bounds_path(bounds_dir, suite)))
 
 
+# -- the configuration bounds were derived under -------------------------------------------------------
+
+CONFIG_FILE = "config.toml"  # suites/bounds/config.toml: [model] key = value, the options of the bound runs
+BOUND_CONFIG = ("preset", "trials", "eval_tokens", "window", "calib_tokens", "dtype", "corpus", "flip_budget")
+
+
+def bound_config(info: dict) -> dict[str, str | int]:
+    """The options a regression bound depends on, from a run's info (``runs`` row): None reads as the
+    preset's (trials, flip budget) or the model's (dtype) default."""
+    defaults = {"trials": "preset", "flip_budget": "preset", "dtype": "model default", "corpus": "pydoc-topics"}
+    return {k: info.get(k) if info.get(k) is not None else defaults.get(k, "") for k in BOUND_CONFIG}
+
+
+def config_mismatch(bounds_dir: Path, model: str, config: dict) -> str:
+    """Why ``model``'s bounds do not apply to a run under ``config`` (its :func:`bound_config`), or ""."""
+    path = Path(bounds_dir) / CONFIG_FILE
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return ""
+    recorded = _parse_config(path, stat.st_mtime_ns, stat.st_size).get(model)
+    if not recorded:
+        return ""
+    differ = [f"{k} {recorded[k]} (this run: {config.get(k)})" for k in BOUND_CONFIG
+              if k in recorded and str(recorded[k]) != str(config.get(k))]
+    if not differ:
+        return ""
+    return (f"the bounds of {model} were derived under another configuration: {', '.join(differ)} "
+            f"({path}); run with those options, or measure this configuration at five seeds (`make bounds`)")
+
+
+@cache
+def _parse_config(path: Path, mtime_ns: int, size: int) -> dict[str, dict]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as err:
+        raise HarnessError(f"{path}: not valid TOML ({err})") from None
+    for model, table in data.items():
+        unknown = sorted(set(table) - set(BOUND_CONFIG)) if isinstance(table, dict) else [model]
+        if unknown:
+            raise HarnessError(f"{path}: [{model}] has {unknown[0]!r}; a model's table takes {', '.join(BOUND_CONFIG)}")
+    return data
+
+
 # -- judging --------------------------------------------------------------------------------------
 
 
@@ -338,35 +442,66 @@ class Verdict:
             if self.outcome is Outcome.PASSED:
                 return f"claim {c.key} holds: {self.value:.6g} {side} {self.other:.6g}"
             return f"claim {c.key} failed: {self.value:.6g} is not {side} {self.other:.6g}"
+        if self.reason.startswith("undecided"):
+            return f"claim {c.key} {self.outcome} ({c.statement}): {self.reason}"
         verb = "holds" if self.outcome is Outcome.PASSED else "failed"
         return f"claim {c.key} {verb} ({c.statement}): {self.value:.6g} vs {self.other:.6g} {self.detail}"
 
 
-VACUOUS_RATE = ("the bound [0, 1] admits every rate: at the trial count it was derived for, one run can show any "
-                "rate; run more trials per cell (--trials, or the full preset) and export the bound again")
+VACUOUS_RATE = ("the bound [0, 1] admits every rate: no run can break it; measure the cell at five seeds and "
+                "export the bound again (`make bounds`)")
 
 
-def judge_bound(claim: Claim, value: float, bound: float | tuple[float, float] | None) -> Verdict:
-    """Check a regression bound; no number for the model -> unverified; a rate bound of [0, 1], which no
-    rate can break, -> not applicable (:data:`VACUOUS_RATE`)."""
+def vacuous_reason(claim: Claim, bound: float | tuple[float, float]) -> str:
+    """Why ``bound`` cannot fail the way its claim needs, or "" when it can.
+
+    A rate interval of [0, 1] admits every rate; a bound that admits the claim's ``null`` (what a
+    perturbation that does nothing measures) would pass a no-op although the claim is that it acts.
+    """
+    if claim.side == "within" and bound[0] <= 0.0 and bound[1] >= 1.0 and "rate" in claim.statistic:
+        return VACUOUS_RATE
+    if claim.null is not None and _passes(claim, claim.null, bound):
+        return (f"vacuous: a perturbation that does nothing (value {claim.null:g}) would pass the bound {bound}; "
+                "derive it again from five seeds (`make bounds`) or state the claim as a relation")
+    return ""
+
+
+def _passes(claim: Claim, value: float, bound: float | tuple[float, float]) -> bool:
+    if math.isnan(value):
+        return False
+    if claim.side == "within":
+        return bound[0] <= value <= bound[1]
+    return value <= bound if claim.side == "max" else value >= bound
+
+
+def judge_bound(claim: Claim, value: float, bound: float | tuple[float, float] | None, *,
+                trials: int | None = None) -> Verdict:
+    """Check a regression bound.
+
+    No number for the model -> unverified; a vacuous bound (:func:`vacuous_reason`) -> unverified with
+    the reason. A rate bound (``side="within"``, a collapse-rate statistic) is an interval on the rate
+    itself (:func:`derive_bound`); with ``trials`` given the run passes when its own Wilson 95% interval
+    (``value * trials`` hits) meets that interval, and fails when the two lie apart.
+    """
     if claim.kind != "bound":
         raise HarnessError(f"claim {claim.key} is a relation: pass a Comparison, not a number")
     v = _big(value)
     if bound is None:
         return Verdict(claim, Outcome.UNVERIFIED, v, None,
                        f"no number for this model in suites/bounds/{claim.suite}.toml")
-    if claim.side == "within" and "rate" in claim.statistic and bound[0] <= 0.0 and bound[1] >= 1.0:
-        return Verdict(claim, Outcome.NOT_APPLICABLE, v, tuple(bound), VACUOUS_RATE)
-    if math.isnan(v):
-        ok = False
-    elif claim.side == "within":
-        ok = bound[0] <= v <= bound[1]
-    elif claim.side == "max":
-        ok = v <= bound
+    shown = tuple(bound) if isinstance(bound, tuple) else float(bound)
+    vacuous = vacuous_reason(claim, bound)
+    if vacuous:
+        return Verdict(claim, Outcome.UNVERIFIED, v, shown, vacuous)
+    detail: dict = {}
+    if claim.side == "within" and trials and not math.isnan(v) and "rate" in claim.statistic:
+        hits = round(v * trials)
+        low, high = wilson(hits, trials)
+        ok = low <= bound[1] and high >= bound[0]
+        detail = {"test": "wilson_overlap", "ci": [low, high], "hits": hits, "trials": trials}
     else:
-        ok = v >= bound
-    return Verdict(claim, Outcome.PASSED if ok else Outcome.FAILED, v,
-                   tuple(bound) if isinstance(bound, tuple) else float(bound))
+        ok = _passes(claim, v, bound)
+    return Verdict(claim, Outcome.PASSED if ok else Outcome.FAILED, v, shown, detail=detail)
 
 
 def judge_relation(claim: Claim, comparison: Comparison) -> Verdict:
@@ -375,6 +510,17 @@ def judge_relation(claim: Claim, comparison: Comparison) -> Verdict:
         raise HarnessError(f"claim {claim.key} is a bound: pass its measured number, not a Comparison")
     outcome = Outcome.PASSED if comparison.holds else Outcome.FAILED
     return Verdict(claim, outcome, comparison.value, comparison.other, claim.statement, dict(comparison.detail))
+
+
+def undecided(claim: Claim, comparison: Comparison, *, strict: bool) -> Verdict:
+    """A relation the measurement could not decide (too few trials, nothing to compare at this budget).
+
+    It is never passed and never "not applicable" (that is for structural reasons): unverified with
+    the reason, and failed under ``--strict-claims``.
+    """
+    outcome = Outcome.FAILED if strict else Outcome.UNVERIFIED
+    reason = f"undecided: {comparison.undecidable}"
+    return Verdict(claim, outcome, comparison.value, comparison.other, reason, dict(comparison.detail))
 
 
 def not_applicable(claim: Claim, reason: str) -> Verdict:
@@ -386,16 +532,6 @@ def not_applicable(claim: Claim, reason: str) -> Verdict:
 # -- deriving bounds from measured runs ------------------------------------------------------------
 
 
-def _binomial_quantile(n: int, p: float, q: float) -> int:
-    """The smallest k with P(Binomial(n, p) <= k) >= q."""
-    total = 0.0
-    for k in range(n + 1):
-        total += math.comb(n, k) * p**k * (1 - p) ** (n - k)
-        if total >= q - 1e-12:
-            return k
-    return n
-
-
 @dataclass(frozen=True)
 class DerivedBound:
     """A regression bound derived from the values of several seeds, and how."""
@@ -404,18 +540,50 @@ class DerivedBound:
     how: str
 
 
+PREDICTIVE_K = 3.0  # the predictive half-width in standard deviations of the seeds
+MAX_LOOSENESS = 10.0  # a ratio bound is never more than 10x looser than the worst seed (log scale)
+REL_MARGIN = 0.05  # the least margin: 5% of the worst seed's value
+
+
+def widen(claim: Claim, worst: float, sd: float, n: int, *, log_scale: bool) -> tuple[float, str]:
+    """The one derivation of a non-rate bound: a predictive interval for the next run, from the worst of
+    ``n`` seeds (on the log scale for ratios and perplexities, ``worst`` and ``sd`` already logged).
+
+    Margin: ``PREDICTIVE_K`` x ``sd`` x sqrt(1 + 1/n) (the spread of one more run around seeds that
+    scatter by ``sd``), at least ``REL_MARGIN`` of the worst value and, on the log scale, at most a
+    factor ``MAX_LOOSENESS``. Returns the bound on the statistic's own scale and how it was chosen.
+    """
+    predictive = PREDICTIVE_K * sd * math.sqrt(1 + 1 / n)
+    rel = math.log1p(REL_MARGIN) if log_scale else REL_MARGIN * abs(worst)
+    margin = max(predictive, rel)
+    capped = log_scale and margin > math.log(MAX_LOOSENESS)
+    if capped:
+        margin = math.log(MAX_LOOSENESS)
+    x = worst + margin if claim.side == "max" else worst - margin
+    bound = math.exp(x) if log_scale else x
+    scale = "log " if log_scale else ""
+    how = (f"margin max({PREDICTIVE_K:g} sd x sqrt(1+1/{n}), {REL_MARGIN:g} relative) = {scale}{margin:.3g} beyond "
+           f"the worst seed" + (f", capped at {MAX_LOOSENESS:g}x" if capped else ""))
+    return float(f"{bound:.6g}"), how
+
+
+def rate_interval(hits: int, total: int) -> tuple[float, float]:
+    """A rate bound: the Wilson 99.9% interval of the pooled collapse rate, rounded outward (one interval)."""
+    low, high = wilson(hits, total, Z_BOUND)
+    return math.floor(low * 1e4) / 1e4, math.ceil(high * 1e4) / 1e4
+
+
 def derive_bound(claim: Claim, values: Sequence[float], *, rate_trials: int | None = None,
-                 min_seeds: int = 5, rel_margin: float = 0.05, sd_margin: float = 3.0,
-                 censored: Sequence[float] = ()) -> DerivedBound:
+                 min_seeds: int = 5, censored: Sequence[float] = ()) -> DerivedBound:
     """A bound for ``claim`` from its values at several seeds.
 
-    Rates (``rate_trials`` given): the pooled rate's Wilson interval at the preset's trial count,
-    z = 3.29 (99.9%): a ``min`` bound at its lower limit, ``max`` at its upper, ``within`` both.
-    Other statistics: the worst seed widened by max(``sd_margin`` x the standard deviation over
-    seeds, ``rel_margin`` x the value); ratios and perplexities (positive, multiplicative) on a log
-    scale. A seed-independent claim (``claim.seeded`` False) needs two agreeing seeds, not five.
-    A value equal to a censoring value (``censored``: a budget + 1, a cap) or a collapse gives no
-    bound: a bound must never be a censoring value, and a collapse never passes a ``max``.
+    Rates (``rate_trials`` given): the pooled rate's Wilson 99.9% interval (:func:`rate_interval`), an
+    interval on the rate itself; a run is judged by whether its own interval meets it
+    (:func:`judge_bound`). Other statistics: :func:`widen` from the worst seed; ratios and perplexities
+    (positive, multiplicative) on a log scale. A seed-independent claim (``claim.seeded`` False) needs
+    two agreeing seeds, not five. No bound when a value equals a censoring value (``censored``: a budget
+    + 1, a cap), when a seed collapsed under a ``max``, or when the result is vacuous
+    (:func:`vacuous_reason`: it would pass a no-op).
     """
     vals = [float(v) for v in values]
     n = len(vals)
@@ -432,39 +600,119 @@ def derive_bound(claim: Claim, values: Sequence[float], *, rate_trials: int | No
         return DerivedBound(None, f"a seed hit a censoring value {sorted(set(censored))}: the statistic is censored")
     if rate_trials is not None:
         hits = round(sum(vals) * rate_trials)
-        p = hits / (n * rate_trials)
-        p_low, p_high = wilson(hits, n * rate_trials, Z_BOUND)
-        # the rate one run of ``rate_trials`` can show: binomial quantiles at the interval's ends
-        low = _binomial_quantile(rate_trials, p_low, 1e-3) / rate_trials
-        high = _binomial_quantile(rate_trials, p_high, 1 - 1e-3) / rate_trials
-        how = (f"Wilson 99.9% of the pooled rate {p:.3f} ({hits}/{n * rate_trials}, {n} seeds), then the 0.1%/99.9% "
-               f"binomial quantiles of one run of {rate_trials} trials")
+        total = n * rate_trials
+        bound: float | tuple[float, float] = rate_interval(hits, total)
+        how = (f"Wilson 99.9% of the pooled rate {hits / total:.3f} ({hits}/{total}, {n} seeds): an interval on the "
+               "rate; a run passes when its Wilson 95% interval meets it")
+        if claim.side != "within":
+            bound = bound[0] if claim.side == "min" else bound[1]
+    else:
+        finite = [v for v in vals if math.isfinite(v)]
+        if claim.side == "min" and len(finite) < len(vals):
+            vals = finite  # a collapse is +inf: it cannot be the worst value of a 'min' statistic
+            if len(vals) < need:
+                return DerivedBound(None, f"fewer than {need} seeds stayed finite")
+        log_scale = all(v > 0 for v in vals) and ("ratio" in claim.statistic or "perplexity" in claim.statistic)
+        xs = [math.log(v) for v in vals] if log_scale else vals
+        mean = sum(xs) / len(xs)
+        sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+        back = math.exp if log_scale else (lambda x: x)
+        kind = "" if claim.seeded else " (seed-independent)"
+        head = (f"{len(vals)} seeds{kind}: range {back(min(xs)):.6g}..{back(max(xs)):.6g}, "
+                f"{'log ' if log_scale else ''}sd {sd:.3g}; ")
         if claim.side == "within":
-            if low <= 0.0 and high >= 1.0:
-                how += f"; this spans every rate at {rate_trials} trials: the claim is reported not applicable"
-            return DerivedBound((low, high), how)
-        bound = low if claim.side == "min" else high
-        if (claim.side == "max" and bound >= 1.0) or (claim.side == "min" and bound <= 0.0):
-            return DerivedBound(None, f"{how} gives {bound}, which no rate can break: use side 'within'")
-        return DerivedBound(bound, how)
-    finite = [v for v in vals if math.isfinite(v)]
-    if claim.side == "min" and len(finite) < len(vals):
-        vals = finite  # a collapse is +inf: it cannot be the worst value of a 'min' statistic
-        if len(vals) < need:
-            return DerivedBound(None, f"fewer than {need} seeds stayed finite")
-    log_scale = all(v > 0 for v in vals) and ("ratio" in claim.statistic or "perplexity" in claim.statistic)
-    xs = [math.log(v) for v in vals] if log_scale else vals
-    mean = sum(xs) / len(xs)
-    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
-    rel = math.log1p(rel_margin) if log_scale else rel_margin
-    low, high = min(xs), max(xs)
-    margin = max(sd_margin * sd, rel if log_scale else rel * max(abs(low), abs(high)))
-    back = math.exp if log_scale else (lambda x: x)
-    scale = "log " if log_scale else ""
-    kind = "" if claim.seeded else " (seed-independent)"
-    how = (f"{len(vals)} seeds{kind}: range {back(low):.6g}..{back(high):.6g}, "
-           f"{scale}sd {sd:.3g}; margin max({sd_margin:g} sd, {rel_margin:g} relative) = {scale}{margin:.3g}")
-    if claim.side == "within":
-        return DerivedBound((float(f"{back(low - margin):.6g}"), float(f"{back(high + margin):.6g}")), how)
-    bound = back(high + margin) if claim.side == "max" else back(low - margin)
-    return DerivedBound(float(f"{bound:.6g}"), how)
+            low, how_low = widen(replace(claim, side="min"), min(xs), sd, len(xs), log_scale=log_scale)
+            high, _ = widen(replace(claim, side="max"), max(xs), sd, len(xs), log_scale=log_scale)
+            bound, how = (low, high), head + how_low
+        else:
+            worst = max(xs) if claim.side == "max" else min(xs)
+            bound, how = widen(claim, worst, sd, len(xs), log_scale=log_scale)
+            how = head + how
+    vacuous = vacuous_reason(claim, bound)
+    if vacuous:
+        return DerivedBound(None, f"{how}: {vacuous}")
+    return DerivedBound(bound, how)
+
+
+# -- the session's summary ----------------------------------------------------------------------------
+
+OUTCOMES = ("passed", "failed", "unverified", "not_applicable")
+
+
+@dataclass
+class Summary:
+    """The claims of one run: counts by outcome and suite, and the selected tests that checked none.
+
+    Attributes:
+        rows: the run's claim rows (``suite``, ``model``, ``metric``, ``outcome``, ``value``, ``bound``,
+            ``test_id``, ``extra``).
+        unchecked: test ids of selected tests of claim-declaring suites that ended skipped, errored or
+            failed without writing a single claim row: their claims were never decided.
+        store_error: why the store could not be read ("" when it was): then nothing is known.
+    """
+
+    rows: list[dict]
+    unchecked: list[str] = field(default_factory=list)
+    store_error: str = ""
+
+    @property
+    def counts(self) -> dict[str, int]:
+        out = {o: sum(r["outcome"] == o for r in self.rows) for o in OUTCOMES}
+        out["unchecked"] = len(self.unchecked)
+        return out
+
+    def by_suite(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for r in self.rows:
+            out.setdefault(r["suite"], dict.fromkeys((*OUTCOMES, "unchecked"), 0))[r["outcome"]] += 1
+        for test_id in self.unchecked:
+            suite = Path(test_id.split("::")[0]).stem.removeprefix("test_")
+            out.setdefault(suite, dict.fromkeys((*OUTCOMES, "unchecked"), 0))["unchecked"] += 1
+        return out
+
+    def strict_failures(self) -> list[str]:
+        """Why ``--strict-claims`` fails this run (empty: it does not)."""
+        c = self.counts
+        out = []
+        if self.store_error:
+            out.append(f"the results store could not be read ({self.store_error}): no claim can be confirmed")
+        if c["unverified"]:
+            out.append(f"{c['unverified']} unverified claim(s)")
+        if c["unchecked"]:
+            out.append(f"{c['unchecked']} selected test(s) checked none of their claims (skipped or errored)")
+        return out
+
+    def lines(self, *, verbose: bool = False) -> list[str]:
+        """The terminal's "claims" section."""
+        c = self.counts
+        if self.store_error:
+            return [f"claims: the results store could not be read: {self.store_error}"]
+        decided = sum(c[o] for o in OUTCOMES)
+        share = c["not_applicable"] / decided if decided else 0.0
+        out = [f"claims: {c['passed']} passed, {c['failed']} failed, {c['unverified']} unverified, "
+               f"{c['not_applicable']} not applicable ({share:.0%}), {c['unchecked']} unchecked"]
+        for suite, n in sorted(self.by_suite().items()):
+            total = sum(n[o] for o in OUTCOMES)
+            out.append(f"  {suite}: {n['passed']} passed, {n['failed']} failed, {n['unverified']} unverified, "
+                       f"{n['not_applicable']} n/a ({n['not_applicable'] / total if total else 0:.0%}), "
+                       f"{n['unchecked']} unchecked")
+        for outcome in ("failed", "unverified"):
+            for r in self.rows:
+                if r["outcome"] == outcome:
+                    reason = _reason(r) if outcome == "unverified" else ""
+                    out.append(f"{outcome.upper()} {r['suite']}.{r['metric']} [{r['model']}] value={r['value']}"
+                               + (f" bound={r['bound']}" if r["bound"] is not None and outcome == "failed" else "")
+                               + (f": {reason}" if reason else ""))
+        for test_id in self.unchecked:
+            out.append(f"UNCHECKED {test_id}: ended without deciding any claim")
+        if verbose:
+            out += [f"NOT APPLICABLE {r['suite']}.{r['metric']} [{r['model']}]: {_reason(r)}"
+                    for r in self.rows if r["outcome"] == "not_applicable"]
+        return out
+
+
+def _reason(row: dict) -> str:
+    import json
+
+    extra = row.get("extra")
+    return (json.loads(extra) if isinstance(extra, str) else dict(extra or {})).get("reason", "")

@@ -28,6 +28,10 @@ class OfflineError(HarnessError):
     """Something needs the Hugging Face hub and this machine cannot reach it."""
 
 
+class DiskFullError(HarnessError):
+    """The disk holding the results store or the model cache is full; what was committed before is kept."""
+
+
 def as_option_type(convert: Callable[[str], T]) -> Callable[[str], T]:
     """Wrap a parser for a command-line ``type=``: its HarnessError becomes argparse's one-line usage error."""
 

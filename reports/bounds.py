@@ -53,7 +53,8 @@ def _claim_values(results_dir: str | Path, model: str) -> dict[tuple[str, str], 
             continue
         key = (row["suite"], row["metric"])
         claim = Claim(row["suite"], row["metric"], extra.get("statement", ""), "bound",
-                      extra.get("statistic", row["metric"]), extra.get("side", "max"), seeded=extra.get("seeded", True))
+                      extra.get("statistic", row["metric"]), extra.get("side", "max"), seeded=extra.get("seeded", True),
+                      null=extra.get("null"))
         entry = out.setdefault(key, {"by_seed": {}, "trials": None, "censored": set()})
         entry["claim"] = claim  # rows oldest first: the newest run's declaration wins
         value = row["value"]
@@ -126,12 +127,45 @@ def write_bounds(exported: list[Exported], model: str, bounds_dir: str | Path, c
     return written
 
 
+def run_config(results_dir: str | Path, model: str) -> dict:
+    """The one configuration (:func:`harness.claims.bound_config`) of the runs of ``model`` in the store.
+
+    Raises:
+        HarnessError: the runs differ in an option a bound depends on (their bounds cannot be pooled).
+    """
+    from harness.claims import bound_config
+    from harness.records import ResultStore
+
+    with ResultStore(results_dir, create=False) as store:
+        run_ids = sorted(set(store.records().query("model == @model")["run_id"]))
+        configs = {json.dumps(bound_config(store.run_info(r) or {}), sort_keys=True): r for r in run_ids}
+    if len(configs) > 1:
+        shown = "; ".join(f"{r}: {c}" for c, r in configs.items())
+        raise HarnessError(f"the runs of {model} in {results_dir} differ in their configuration ({shown}): export "
+                           "the bounds of one configuration at a time")
+    return json.loads(next(iter(configs))) if configs else {}
+
+
+def write_config(bounds_dir: Path, model: str, config: dict) -> Path:
+    """Write ``model``'s table of ``suites/bounds/config.toml`` (the options its bounds were derived under)."""
+    from harness.claims import CONFIG_FILE
+
+    path = bounds_dir / CONFIG_FILE
+    body = "\n".join(f"{k} = {json.dumps(v)}" for k, v in config.items()) + "\n"
+    text = path.read_text() if path.exists() else "# The configuration each model's bounds were derived under.\n\n"
+    path.write_text(_replace_table(text, model, body))
+    return path
+
+
 def export_bounds(results_dir: str | Path, model: str, bounds_dir: str | Path = "suites/bounds", *,
                   min_seeds: int = 5) -> tuple[list[Exported], list[Path]]:
-    """Derive ``model``'s bounds from the store in ``results_dir`` and write them into ``bounds_dir``."""
+    """Derive ``model``'s bounds from the store in ``results_dir`` and write them into ``bounds_dir``, with
+    the configuration they hold for (``config.toml``)."""
     bounds_dir = Path(bounds_dir)
     if not bounds_dir.is_dir():
         raise HarnessError(f"no bounds directory at {bounds_dir} (run from the repository root or pass --bounds-dir)")
+    config = run_config(results_dir, model)
     exported = derive_bounds(results_dir, model, min_seeds=min_seeds)
     command = f"python -m reports export-bounds {results_dir} --model {model}"
-    return exported, write_bounds(exported, model, bounds_dir, command)
+    written = write_bounds(exported, model, bounds_dir, command)
+    return exported, written + ([write_config(bounds_dir, model, config)] if config else [])

@@ -80,6 +80,9 @@ def collect(data: RunData, baseline=None) -> Report:
                super_weights=tables.super_weight_table(data.super_weights),
                outputs=tables.output_comparisons(data.records), trend=trend.trend_table(hist), history=hist,
                changes=trend.changes(hist))
+    if r.interrupted:
+        r.warnings.append(f"Interrupted ({r.interrupted}): the tests it did not finish have no claims here; finish "
+                          f"the run with its pytest command and --resume {data.run_id}")
     base = _baseline_for(data, baseline)
     if base is not None:
         r.comparison = base.compare(data.records)

@@ -128,6 +128,9 @@ def figure(report_dir: Path, f) -> str:
             f"<figcaption>{esc(f.caption)}</figcaption></figure>")
 
 
+MAX_NA_SHARE = 0.25  # the top banner is green only when at most this share of the checked claims is n/a
+
+
 def _attention(r: Report) -> list[str]:
     n = r.outcome_counts()
     regressed = r.regressed()
@@ -136,12 +139,26 @@ def _attention(r: Report) -> list[str]:
              ("unverified", n["unverified"], "warnc" if n["unverified"] else "ok")]
     if r.comparison is not None:
         cards.append(("regressed", len(regressed), "bad" if len(regressed) else "ok"))
-    cards += [("passed", n["passed"], ""), ("not applicable", n["not_applicable"], ""),
+    checked = sum(n.values())
+    na_share = n["not_applicable"] / checked if checked else 0.0
+    unchecked = r.data.unchecked
+    cards += [("unchecked", len(unchecked), "warnc" if unchecked else "ok"), ("passed", n["passed"], ""),
+              ("not applicable", n["not_applicable"], "warnc" if na_share > MAX_NA_SHARE else ""),
               ("records", len(r.data.records), "")]
     out = ["<section id='attention'><h2>Needs attention</h2><div class='cards'>" + "".join(
         f"<div class='card {cls}' data-count='{k}'><b>{v}</b>{esc(k)}</div>" for k, v, cls in cards) + "</div>"]
     out += [f"<div class='warn'>{esc(w)}</div>" for w in r.warnings]
-    if not n["failed"] and not n["unverified"] and regressed.empty:
+    if not checked:
+        out.append("<div class='warn'>No claim was checked in this run: a green run here confirms nothing.</div>")
+    elif na_share > MAX_NA_SHARE:
+        out.append(f"<div class='warn'>{n['not_applicable']} of {checked} claims ({na_share:.0%}) were not "
+                   f"applicable, more than {MAX_NA_SHARE:.0%}: most of what the suites claim was not checked "
+                   "on this model.</div>")
+    if unchecked:
+        out.append(f"<div class='warn'>{len(unchecked)} suite test(s) ended skipped or failed without deciding "
+                   f"any claim: {esc(', '.join(unchecked[:5]))}{' ...' if len(unchecked) > 5 else ''}</div>")
+    if (checked and na_share <= MAX_NA_SHARE and not unchecked and not n["failed"] and not n["unverified"]
+            and regressed.empty and not r.interrupted):
         out.append(f"<p class='allgood'>Nothing needs attention: {n['passed']} claims passed, "
                    f"{n['not_applicable']} not applicable"
                    + (f", none regressed against {esc(r.baseline_label)}" if r.comparison is not None else "")

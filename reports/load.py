@@ -161,6 +161,7 @@ class RunData:
     records: pd.DataFrame
     history: pd.DataFrame
     super_weights: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SW_COLUMNS))
+    unchecked: list[str] = field(default_factory=list)  # suite tests that ended skipped or failed with no claim row
 
     @property
     def models(self) -> list[str]:
@@ -192,6 +193,13 @@ def open_store(results_dir: str | Path) -> ResultStore:
     return ResultStore(results_dir, create=False)
 
 
+def unchecked_tests(ended: dict[str, str], records: pd.DataFrame) -> list[str]:
+    """Suite tests of a run that ended skipped or failed without writing a claim row (their claims undecided)."""
+    claimed = set(records.loc[records["outcome"].notna(), "test_id"]) if "outcome" in records else set()
+    return sorted(t for t, outcome in ended.items()
+                  if outcome in ("skipped", "failed") and t.startswith("suites/") and t not in claimed)
+
+
 def load_run(results_dir: str | Path, run_id: str | None = None) -> RunData:
     """Load ``run_id`` (default: the latest run that has records) from ``results_dir``.
 
@@ -202,6 +210,9 @@ def load_run(results_dir: str | Path, run_id: str | None = None) -> RunData:
     with open_store(results_dir) as store:
         runs = store.runs()
         history = parse_records(store.records())
+        ended = {r: store.completed_tests(r) for r in runs["run_id"]} if run_id is None else {}
+        if run_id is not None:
+            ended[run_id] = store.completed_tests(run_id)
     if runs.empty:
         raise HarnessError(f"the results store in {results_dir} has no runs (run the suites first)")
     with_records = set(history["run_id"])
@@ -219,6 +230,7 @@ def load_run(results_dir: str | Path, run_id: str | None = None) -> RunData:
     records = history[history["run_id"] == run_id].reset_index(drop=True)
     data = RunData(results_dir, run_id, runs[runs["run_id"] == run_id].iloc[0].to_dict(), runs, records,
                    history)
+    data.unchecked = unchecked_tests(ended.get(run_id, {}), records)
     data.super_weights = load_super_weights(results_dir, records)
     return data
 

@@ -29,7 +29,8 @@ def _header(r: Report) -> list[str]:
     run = r.run_info
     out = [f"# ESA analysis report: {', '.join(r.data.models)}", "",
            f"Run `{r.data.run_id}`, started {run.get('started_at') or '?'}"
-           + (f", finished {run['finished_at']}" if run.get("finished_at") else " (not finished)") + ".", "",
+           + (f", finished {run['finished_at']}" if run.get("finished_at") else
+              f" (interrupted: {r.interrupted})" if r.interrupted else " (not finished)") + ".", "",
            "| commit | device | dtype | torch | transformers | lm_eval | python |",
            "| --- | --- | --- | --- | --- | --- | --- |",
            "| " + " | ".join(fmt(run.get(k)) or "-" for k in

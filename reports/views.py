@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from harness.records.store import interruption
 from reports.figures import Figure
 from reports.load import OUTCOMES, RunData
 from reports.tables import fmt
@@ -42,6 +43,11 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     highlights: list[str] = field(default_factory=list)
     figures: list[Figure] = field(default_factory=list)
+
+    @property
+    def interrupted(self) -> str | None:
+        """Why and when the run was stopped before its end (SIGTERM, disk full), None when it was not."""
+        return interruption(self.run_info)
 
     def outcome_counts(self) -> dict[str, int]:
         """Claims per outcome (every outcome present, 0 when none)."""

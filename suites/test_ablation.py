@@ -58,7 +58,7 @@ for _m in MODES:
     for _c in ("all", "attention", "mlp", *COMPONENTS):
         WORST[_m, _c] = CLAIMS.bound(f"{_m}_{_c}_max_layer_ppl_ratio",
                                      f"Removing ({_m}) {_c} of the most damaging layer stays as damaging as measured",
-                                     side="min", statistic="ppl_ratio", seeded=False)
+                                     side="min", statistic="ppl_ratio", seeded=False, null=1.0)
         MILDEST[_m, _c] = CLAIMS.bound(f"{_m}_{_c}_min_layer_ppl_ratio",
                                        f"Removing ({_m}) {_c} of the most benign layer stays as mild as measured",
                                        side="max", statistic="ppl_ratio", seeded=False)

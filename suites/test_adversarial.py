@@ -6,9 +6,10 @@ with ``-k adversarial``.
 Prompts: the opening words of the first evaluation documents (``harness.data.generation_prompts``,
 quick: 3 prompts, full: 8); the first ``PROMPT_WORDS`` words are the prompt and the next
 ``TARGET_WORDS`` words the target continuation whose log-probability the attack lowers. Seeds:
-prompt i uses ``--seed`` + i. Character attacks: best of ``tries`` random prompts with ``edits``
-edits; token attacks: a suffix of ``length`` tokens searched for ``steps`` steps of ``batch``
-candidates (quick sizes in ``_options``). Weights are never touched.
+prompt i uses ``harness.stats.trial_seed(--seed, i, stream="adversarial.<attack>")``. Character
+attacks: best of ``tries`` random prompts with ``edits`` edits; token attacks: a suffix of
+``length`` tokens searched for ``steps`` steps of ``batch`` candidates (quick sizes in ``_options``).
+Weights are never touched.
 
 Records (suite ``adversarial``; ``method`` = attack; ``perturbation`` = {kind, attack, options};
 ``extra`` = {prompt, target, adversarial, clean_logprob, attacked_logprob, queries}), per prompt:
@@ -30,6 +31,7 @@ from harness.attacks.input_attacks import run_input_attack
 from harness.attacks.options import INPUT_ATTACK_NAMES
 from harness.attacks.random_suffix import random_suffix_logprob
 from harness.claims import ClaimSet, greater
+from harness.stats import trial_seed
 
 PROMPT_WORDS, TARGET_WORDS = 10, 6
 SUFFIX_ATTACKS = ("gcg", "hotflip")
@@ -42,10 +44,19 @@ SEARCH_GAIN = {a: CLAIMS.relation(
     "suffix it starts from (the same length of '!' tokens)", statistic="smallest gain over the prompts (nats)",
     margin=f"stated minimum effect {MIN_GAIN:g} nat on the worst prompt")
     for a in SUFFIX_ATTACKS}
+MIN_DAMAGE = 0.25  # nats: the least mean drop of the target's log-probability a character attack must cause
+# Suffix searches: a bound (their damage is large and stable over seeds). Character attacks: their mean delta
+# scatters over seeds by ~1-3.5 nats on both models, so a bound from five seeds reaches past 0 and would pass an
+# attack that does nothing; the claim is the relation that they damage at all, by a stated minimum.
 MEAN_DELTA = {a: CLAIMS.bound(f"{a}_mean_logprob_delta", f"The {a} attack lowers the target's log-probability "
                               "(mean over prompts, nats; negative = damage) at least as much as measured",
-                              side="max", statistic="target_logprob_delta")
-              for a in INPUT_ATTACK_NAMES}
+                              side="max", statistic="target_logprob_delta", null=0.0)
+              for a in SUFFIX_ATTACKS}
+LOWERS = {a: CLAIMS.relation(
+    f"{a}_lowers_target",
+    f"The {a} attack lowers the target's log-probability by more than {MIN_DAMAGE:g} nat on average over the prompts",
+    statistic="mean target_logprob_delta drop (nats)", margin=f"stated minimum effect {MIN_DAMAGE:g} nat")
+    for a in INPUT_ATTACK_NAMES if a not in SUFFIX_ATTACKS}
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -81,7 +92,7 @@ def test_input_attack(esa, lm, recorder, input_attack):
     perturbation = {"kind": "input_attack", "attack": input_attack, "options": options}
     deltas, controls, starts, attacked = [], [], [], []
     for i, (prompt, target) in enumerate(prompts):
-        seed = esa.options.seed + i
+        seed = trial_seed(esa.options.seed, i, stream=f"adversarial.{input_attack}")
         r = run_input_attack(lm, input_attack, prompt, target, generator=torch.Generator().manual_seed(seed),
                              greedy=esa.pick(quick=6, full=16), **options)
         extra = {"prompt_index": i, "prompt": prompt, "target": target, "adversarial": r.adversarial,
@@ -106,6 +117,9 @@ def test_input_attack(esa, lm, recorder, input_attack):
         recorder.claim(SEARCH_GAIN[input_attack], greater(min(gains), MIN_GAIN),
                        extra={"gains": gains, "start_logprobs": starts, "attacked_logprobs": attacked,
                               "deltas": deltas, "random_suffix_deltas": controls}, **columns)
-    bound = MEAN_DELTA.get(input_attack)
-    if bound is not None:
-        recorder.claim(bound, statistics.mean(deltas), extra={"prompts": len(deltas), "deltas": deltas}, **columns)
+    mean = statistics.mean(deltas)
+    if input_attack in MEAN_DELTA:
+        recorder.claim(MEAN_DELTA[input_attack], mean, extra={"prompts": len(deltas), "deltas": deltas}, **columns)
+    if input_attack in LOWERS:
+        recorder.claim(LOWERS[input_attack], greater(-mean, MIN_DAMAGE), extra={"prompts": len(deltas),
+                                                                              "deltas": deltas}, **columns)

@@ -37,12 +37,13 @@ import pytest
 import torch
 
 from harness.attacks import attack_targets
-from harness.attacks.cells import AttackCell, flips_or_inf, guided_sites
+from harness.attacks.cells import AttackCell, flips_or_inf, guided_sites, replayed
 from harness.attacks.options import ATTACK_DTYPES, DEFENSE_NAMES, WEIGHT_ATTACKS
 from harness.attacks.result import AttackResult
-from harness.claims import ClaimSet, Comparison, paired_greater
+from harness.claims import ClaimSet, Comparison, greater
 from harness.faults import quantize_int8
 from harness.fingerprint import changed, fingerprint
+from harness.stats import trial_seed
 
 FLOAT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 DETAILS = ("trials", "undone_trials", "iterations", "bits", "neighbours", "source")  # AttackResult.extra kept
@@ -65,11 +66,17 @@ BEATS_RANDOM = {a: CLAIMS.relation(
 # pair isolates the defense. The searches adapt to the defended model and take another greedy path, whose
 # length is no property of the defense (gemma3-270m, int8, clamp: progressive 2 flips vs 3 undefended,
 # seed 0); their flips under each defense are recorded (``flips_vs_undefended``), not claimed.
-DEFENSE_NO_WEAKER = {d: CLAIMS.relation(
-    f"{d}_no_weaker_random",
-    f"Under the {d} defense random flips need at least as many flips to collapse the model as the same "
-    "flips without it (+inf: held off)",
-    statistic="flips_to_collapse", margin="factor 1, paired over the random seeds")
+# A defense is judged on the same flips with and without it: the undefended search's flips, replayed in order on
+# the defended model (``harness.attacks.cells.replayed``), so the pair isolates the defense. It must show a measured
+# gain: strictly more flips to collapse (+inf: held off), where the undefended run collapses within the budget. Not
+# on int8: a flipped int8 code stays inside the matrix's code range, which clamping cannot repair. Random flips
+# under each defense are recorded, not claimed: a random flip almost never hits the ~1e3 weights checksum
+# protects. The searches' own runs under a defense (another greedy path) are recorded too.
+DEFENSE_GAIN = {d: CLAIMS.relation(
+    f"{d}_defends_search_flips",
+    f"Under the {d} defense the flips with which an undefended search collapsed the model (fp32, bf16), replayed "
+    "in order, need strictly more flips to collapse it, or never do",
+    statistic="flips_to_collapse", margin="strict; a tie fails; undecided when the undefended run never collapsed")
     for d in DEFENSE_NAMES if d != "none"}
 FLIPS = {(a, dt): CLAIMS.bound(f"{a}_{dt}_flips", f"The undefended {a} attack on {dt} weights collapses the model "
                                "within its measured number of flips (a run that never collapses fails)",
@@ -165,6 +172,15 @@ def fewer_flips(attack: float, random: list[float]) -> Comparison:
                                                    "random": random, "attack": attack})
 
 
+def defended_gain(defended: float, undefended: float) -> Comparison:
+    """Strictly more flips with the defense (+inf: held off); undecidable when the undefended run did not collapse
+    within the budget (nothing to defend against at this budget)."""
+    if not math.isfinite(undefended):
+        return Comparison(False, defended, undefended, {"undefended": undefended},
+                          undecidable="the undefended run did not collapse within the budget: raise --flip-budget")
+    return greater(defended, undefended)
+
+
 def _record(recorder, result: AttackResult, seed: int, perturbation: dict) -> None:
     n = result.flips_to_collapse
     details = {k: v for k, v in result.extra.items() if k in DETAILS}
@@ -185,7 +201,7 @@ def test_attack(esa, cell, guided, recorder, attack_name, attack_dtype, defense_
                     "defense": defense_name, "budget": budget}
     if attack_name == "guided":
         perturbation["super_weights"] = guided[1]
-    seeds = [esa.options.seed + i for i in range(_settings(esa)["trials"])]
+    seeds = [trial_seed(esa.options.seed, i, stream="attack.random") for i in range(_settings(esa)["trials"])]
     random_flips = [flips_or_inf(cell.run("random", seed)) for seed in seeds]
     columns = {"method": attack_name, "perturbation": perturbation}
     if attack_name == "random":
@@ -202,14 +218,18 @@ def test_attack(esa, cell, guided, recorder, attack_name, attack_dtype, defense_
                                                           "censored_as": budget + 1})
     if defense_name != "none":
         undefended = replace(cell, defense="none")
-        plain = ([flips_or_inf(undefended.run("random", seed)) for seed in seeds] if attack_name == "random"
-                 else [flips_or_inf(undefended.run(attack_name))])
         if attack_name == "random":
-            recorder.claim(DEFENSE_NO_WEAKER[defense_name], paired_greater(flips, plain), **columns,
-                           extra={"seeds": seeds})
-        else:
-            recorder.record("flips_vs_undefended", flips[0], **columns,
-                            extra={"undefended": plain[0]})
+            plain = [flips_or_inf(undefended.run("random", seed)) for seed in seeds]
+            recorder.record("flips_vs_undefended", statistics.median(flips), **columns,
+                            extra={"undefended": plain, "defended": flips, "seeds": seeds})
+            return
+        plain_run = undefended.run(attack_name)
+        same = flips_or_inf(replayed(cell, plain_run))
+        recorder.record("flips_vs_undefended", flips[0], **columns,
+                        extra={"undefended": flips_or_inf(plain_run), "replayed_under_defense": same})
+        if attack_dtype in FLOAT_DTYPES:
+            recorder.claim(DEFENSE_GAIN[defense_name], defended_gain(same, flips_or_inf(plain_run)), **columns,
+                           extra={"undefended_flips": [s.to_dict() for s in plain_run.flips]})
         return
     if attack_name not in SEARCHES:
         return

@@ -46,7 +46,7 @@ import torch
 from harness.attribution import attribute, greedy_target
 from harness.attribution.measures import compare, spearman
 from harness.attribution.prompts import select_prompts
-from harness.claims import ClaimSet, greater, paired_greater
+from harness.claims import ClaimSet, Comparison, paired_greater
 from harness.faults import FaultSite, ablate, flip_bits, uniform_sites
 from harness.models.archmap import select
 
@@ -218,7 +218,7 @@ def test_attribution_deterministic(lm, esa, recorder):
     worst = max(diffs)
     recorder.record("attr_repeat_max_abs_diff", worst, extra={"per_run": diffs})
     # a relation "0 >= largest difference": holds exactly when the repeat is bit-identical
-    recorder.claim(DETERMINISTIC, greater(0.0, worst))
+    recorder.claim(DETERMINISTIC, Comparison(worst == 0.0, 0.0, worst, {"test": "exact", "max_abs_diff": worst}))
 
 
 def test_attribution_method_agreement(lm, esa, recorder):

@@ -10,7 +10,10 @@ perturbed}, the perturbation chosen by ``--perturb``:
   weight of every block, seeded by ``--seed``.
 
 The model is evaluated in place (no reload, no copy) through :mod:`harness.metrics.lmeval`; hub
-tasks skip with the reason on a machine without the hub.
+tasks skip with the reason on a machine without the hub. The clean evaluation of a task keeps, for each of
+its forward passes, the input of the block the perturbation will touch first, and the perturbed evaluation
+starts there (``harness.campaign.prefix.CallPrefix``; bit-identical to a full recompute: smollm2-135m's super
+weight is in block 11 of 30, so its perturbed forwards skip 11 blocks).
 
 Records (suite ``evaluate``, ``method`` = task, ``perturbation`` = null when clean, else the
 perturbation's JSON): ``acc``, ``acc_norm`` (multiple choice), ``word_perplexity``,
@@ -24,15 +27,19 @@ The claims are declared below (relations need no per-model number; bounds in
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
 import pytest
 
+from harness.campaign import touched_params
+from harness.campaign.prefix import CallPrefix, block_index
 from harness.claims import ClaimSet, Comparison, greater
 from harness.errors import OfflineError
 from harness.metrics import lmeval
 from harness.metrics.chance import chance_accuracy
+from harness.models.archmap import arch_map
 from harness.stats import wilson
 
 CLAIMS = ClaimSet("evaluate")
@@ -50,10 +57,11 @@ CLEAN_ACC = CLAIMS.bound("clean_acc", "Clean pydoc_cloze accuracy stays at its m
 CLEAN_WORD_PPL = CLAIMS.bound("clean_word_perplexity", "Clean pydoc_rolling word perplexity stays at its measured "
                               "level", side="max", statistic="word_perplexity", seeded=False)
 SW_ZERO_ACC_DROP = CLAIMS.bound("super_weight_zero_acc_drop", "Zeroing the super weight costs pydoc_cloze accuracy "
-                                "at least its measured drop", side="min", statistic="acc drop", seeded=False)
+                                "at least its measured drop", side="min", statistic="acc drop", seeded=False,
+                                null=0.0)
 SW_ZERO_PPL_RATIO = CLAIMS.bound("super_weight_zero_word_ppl_ratio", "Zeroing the super weight raises pydoc_rolling "
                                  "word perplexity at least its measured ratio", side="min", statistic="word ppl ratio",
-                                 seeded=False)
+                                 seeded=False, null=1.0)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -75,13 +83,34 @@ def _loadable(task: str) -> None:
         pytest.skip(str(err))
 
 
-def _clean_rows(esa, lm, task: str) -> tuple[list[lmeval.TaskMetric], float]:
+def _clean_rows(esa, lm, task: str) -> tuple[list[lmeval.TaskMetric], float, CallPrefix]:
+    """(rows, seconds, the kept prefix for the perturbed evaluation) of the clean model on ``task``, once."""
     def measure():
+        prefix = CallPrefix(lm.model, _first_block(esa, lm))
         start = time.perf_counter()
-        rows = _evaluator(esa, lm).run([task])
-        return rows, time.perf_counter() - start
+        with prefix.record():
+            rows = _evaluator(esa, lm).run([task])
+        return rows, time.perf_counter() - start, prefix
 
     return esa.cached((lm.name, "lmeval-clean", task), measure)
+
+
+def _first_block(esa, lm) -> int:
+    """The first decoder block ``--perturb`` touches (0: noise on every block, or no super weight to zero)."""
+    if esa.options.extra["perturb"].kind != "super_weight_zero":
+        return 0
+    try:
+        site, _ = _super_weight(esa, lm)
+    except pytest.skip.Exception:
+        return 0
+    return block_index(arch_map(lm.model).blocks, site.param) or 0
+
+
+def _replayable(prefix: CallPrefix, perturbation) -> bool:
+    """Whether ``perturbation`` leaves blocks ``0..prefix.start-1`` untouched, so the kept prefix holds."""
+    params = touched_params(perturbation)
+    blocks = [block_index(arch_map(prefix.model).blocks, p) for p in params or ()]
+    return bool(blocks) and all(b is not None and b >= prefix.start for b in blocks)
 
 
 def _super_weight(esa, lm):
@@ -115,7 +144,7 @@ def _perturbation(esa, lm, rng):
 
 def test_clean(lm, task, recorder, esa):
     _loadable(task)
-    rows, seconds = _clean_rows(esa, lm, task)
+    rows, seconds, _ = _clean_rows(esa, lm, task)
     for row in rows:
         recorder.record(row.metric, row.value, **row.columns())
     recorder.record("seconds", seconds, method=task)
@@ -138,14 +167,15 @@ def above_chance(acc: float, items: int, chance: float) -> Comparison:
 
 def test_perturbed(lm, task, recorder, esa, rng):
     _loadable(task)
-    clean_rows, _ = _clean_rows(esa, lm, task)
+    clean_rows, _, prefix = _clean_rows(esa, lm, task)
     clean = {(r.task, r.metric): r.value for r in clean_rows}
     evaluator = _evaluator(esa, lm)
     perturbation, described = _perturbation(esa, lm, rng)
     start = time.perf_counter()
-    with perturbation:
+    with perturbation, prefix.replay() if _replayable(prefix, perturbation) else contextlib.nullcontext():
         rows = evaluator.run([task])
     seconds = time.perf_counter() - start
+    prefix.calls.clear()  # the kept outputs served their one perturbed evaluation
     for row in rows:
         recorder.record(row.metric, row.value, clean_value=clean.get((row.task, row.metric)),
                         perturbation=described, **row.columns())

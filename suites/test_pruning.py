@@ -22,7 +22,7 @@ import math
 
 import pytest
 
-from harness.claims import ClaimSet, greater
+from harness.claims import ClaimSet, greater, has_effect, trial_changed
 from harness.pruning.cells import PruneCell, PruningCells, ScoreSlot, grid, rounding
 from harness.pruning.options import (
     FULL_GRANULARITIES,
@@ -45,13 +45,15 @@ WANDA_BEATS_MAGNITUDE = {
 PROTECTION_HELPS = {
     g: CLAIMS.relation(f"protection_no_worse_{tag}",
                        f"Where 50% magnitude pruning ({g}) removes some of the detected super weights, keeping them "
-                       "gives a perplexity no higher than removing them",
-                       statistic="perplexity", margin="factor 1: protected <= unprotected")
+                       "gives a lower perplexity than removing them",
+                       statistic="perplexity", margin="strict: protected < unprotected; a tie fails")
     for g, tag in COMPARED.items()}
 WANDA_PPL_RATIO = {
     g: CLAIMS.bound(f"wanda_{tag}_ppl_ratio", f"Perplexity after 50% Wanda pruning ({g}) over clean stays at its "
                     "measured level", side="max", statistic="ppl_ratio", seeded=False)
     for g, tag in COMPARED.items()}
+
+EFFECT = CLAIMS.effect("pruned_cell", "Pruning the cell's weights at its sparsity")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -91,6 +93,8 @@ def test_pruning_cell(lm, clean, cells, recorder, cell):
     recorder.record("kl", result.kl, **columns)
     recorder.record("top1", result.top1, **columns)
     recorder.record("seconds", measured.seconds, **columns)
+    recorder.claim(EFFECT, has_effect([trial_changed(result.ratio_to(clean.result), result.kl)]),
+                   method=cell.scorer, perturbation=measured.perturbation)
     # the sparsity asked for is reached in every matrix, up to rounding to whole elements of each group
     if cell.granularity not in ("head", "neuron"):
         assert summary["sparsity"] == pytest.approx(cell.sparsity, abs=rounding(lm, cell.granularity))

@@ -31,7 +31,7 @@ from __future__ import annotations
 import pytest
 
 from harness.campaign import Campaign, clean_baseline, trial_specs
-from harness.claims import ClaimSet, paired_greater
+from harness.claims import ClaimSet, has_effect, paired_greater, trial_changed
 from harness.errors import HarnessError
 from harness.faults import add_noise
 from harness.models.archmap import COMPONENTS, select
@@ -47,7 +47,7 @@ KINDS = ("gaussian", "uniform")
 GROUPS = ("attention", "mlp", "linear")
 
 CLAIMS = ClaimSet("robustness")
-GROWS, LOW_BOUND, HIGH_BOUND = {}, {}, {}
+GROWS, LOW_BOUND, HIGH_BOUND, EFFECT = {}, {}, {}, {}
 for _kind in KINDS:
     for _c in (*GROUPS, *COMPONENTS, "norms"):
         GROWS[_kind, _c] = CLAIMS.relation(
@@ -56,9 +56,10 @@ for _kind in KINDS:
         LOW_BOUND[_kind, _c] = CLAIMS.bound(
             f"{_kind}_{_c}_low_noise_ppl_ratio", f"{_kind} noise of {LOW} x std on {_c} stays harmless",
             side="max", statistic="ppl_ratio")
+        EFFECT[_kind, _c] = CLAIMS.effect(f"{_kind}_{_c}", f"{_kind} noise on {_c}")
         HIGH_BOUND[_kind, _c] = CLAIMS.bound(
             f"{_kind}_{_c}_high_noise_ppl_ratio", f"{_kind} noise of {HIGH} x std on {_c} stays as damaging",
-            side="min", statistic="ppl_ratio")
+            side="min", statistic="ppl_ratio", null=1.0)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -84,6 +85,7 @@ def test_noise_robustness(lm, eval_windows, esa, recorder, timer, noise_kind, co
     trials = esa.options.trials or esa.pick(**TRIALS)
 
     ratios: dict[float, list[float]] = {level: [] for level in levels}
+    changes: list[bool] = []
     def perturb(spec, g):
         return add_noise(model, refs, spec.values["level"], kind=noise_kind, scale=SCALE, generator=g)
 
@@ -93,6 +95,7 @@ def test_noise_robustness(lm, eval_windows, esa, recorder, timer, noise_kind, co
         for rec in campaign.run(specs, perturb, cell=f"{lm.name} {noise_kind}-{component}"):
             result, level = rec.trial, rec.spec.values["level"]
             ratios[level].append(result.ratio)
+            changes.append(trial_changed(result.ratio, result.result.kl, result.masked))
             columns = dict(method=noise_kind, collapsed=result.collapsed,
                            perturbation={"kind": "noise", "noise": noise_kind, "scale": SCALE, "level": level,
                                          "target": component},
@@ -104,6 +107,8 @@ def test_noise_robustness(lm, eval_windows, esa, recorder, timer, noise_kind, co
     recorder.record("seconds", t.seconds, method=noise_kind, perturbation=pert,
                     extra={"trials": trials, "levels": len(levels)})
 
+    recorder.claim(EFFECT[noise_kind, component], has_effect(changes), method=noise_kind, perturbation=pert,
+                   extra={"trials": trials, "levels": len(levels)})
     above = [level for level in levels if level >= FLOOR]
     # each level's smallest trial ratio against the previous level's largest
     grows = paired_greater([min(ratios[b]) for b in above[1:]], [max(ratios[a]) for a in above[:-1]])

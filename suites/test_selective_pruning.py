@@ -88,18 +88,25 @@ def cells(esa, lm, eval_windows, calib_windows, clean) -> SelectiveCells:
                                overwrite=bool(o.extra.get("overwrite_pruned")), tag=o.corpus))
 
 
-def _skip_missing_layers(lm, selection: Selection) -> None:
+def _missing_layers(lm, selection: Selection) -> str:
+    """Why ``selection`` cannot apply to ``lm`` (it names layers the model lacks), or ""."""
     from harness.models import num_layers
 
     top = selection.max_layer()
     if selection.id != "cli" and top is not None and top >= num_layers(lm):
-        pytest.skip(f"selection {selection.id} names layers {selection.layers}; {lm.name} has {num_layers(lm)} layers")
+        return f"selection {selection.id} names layers {selection.layers}; {lm.name} has {num_layers(lm)} layers"
+    return ""
 
 
 def test_selective_pruning(lm, clean, cells, recorder, esa, scorer, selection):
     from harness.pruning.compare import divergence, format_section, write_comparison
 
-    _skip_missing_layers(lm, selection)
+    missing = _missing_layers(lm, selection)
+    if missing:  # structural: the claim cannot apply to this model
+        if (scorer, selection.id) in PPL_RATIO:
+            recorder.not_applicable(PPL_RATIO[scorer, selection.id], missing, method=scorer)
+            return
+        pytest.skip(missing)
     measured = cells.measure(scorer, selection)
     result, summary, prompts = measured.result, measured.summary, cells.prompts
     clean_text, pruned_text = measured.clean_text, measured.pruned_text
@@ -142,7 +149,10 @@ def test_selective_pruning(lm, clean, cells, recorder, esa, scorer, selection):
 
 
 def test_wanda_beats_magnitude(lm, clean, cells, recorder):
-    _skip_missing_layers(lm, COMPARED)
+    missing = _missing_layers(lm, COMPARED)
+    if missing:
+        recorder.not_applicable(WANDA_BEATS_MAGNITUDE, missing, method="wanda")
+        return
     wanda, magnitude = (cells.measure(s, COMPARED) for s in ("wanda", "magnitude"))
     excess = {name: m.result.ratio_to(clean.result) - 1 for name, m in (("wanda", wanda), ("magnitude", magnitude))}
     recorder.claim(WANDA_BEATS_MAGNITUDE, greater(excess["magnitude"], excess["wanda"], factor=WANDA_FACTOR),

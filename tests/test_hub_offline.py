@@ -2,8 +2,8 @@
 
 A fixture fills a Hugging Face hub cache (the real layout: ``models--owner--name/blobs``,
 ``snapshots/<commit>/`` of symlinks, ``refs/main``) with the tiny random model of the family saved
-under the registered hub id, and the command runs in a subprocess with ``HF_HUB_CACHE`` pointing
-there and ``HF_HUB_OFFLINE=1``: through preflight, the hub loading code and the suites. What is
+under the registered hub id, and the command (both hub models in one run, ``--strict-claims``) runs in a
+subprocess with ``HF_HUB_CACHE`` pointing there and ``HF_HUB_OFFLINE=1``: through preflight, the hub loading code and the suites. What is
 checked is the code path and the visible outcomes (every claim has one; a hub model without bounds
 has unverified ones, and ``--strict-claims`` fails saying how to create them), not what random
 weights do.
@@ -25,7 +25,7 @@ from harness.models.specs import MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTCOMES = ("passed", "failed", "unverified", "not_applicable")
-SUMMARY = re.compile(r"^claims: (\d+) passed, (\d+) failed, (\d+) unverified, (\d+) not applicable$", re.M)
+SUMMARY = re.compile(r"^claims: (\d+) passed, (\d+) failed, (\d+) unverified, (\d+) not applicable\b", re.M)
 FAST = ("--trials", "1", "--eval-tokens", "128", "--window", "64", "--calib-tokens", "256")
 HUB_MODELS = ("opt-350m", "pythia-70m")  # OPT and GPT-NeoX, each with its tiny random twin
 
@@ -78,9 +78,9 @@ def _pytest(env: dict[str, str], results: Path, *args: str) -> subprocess.Comple
     )
 
 
-def _check_claims(run: subprocess.CompletedProcess, results: Path, name: str) -> dict[str, int]:
-    """The claims section counts every claim row of the store, each with one of the four outcomes, and
-    names every failed and unverified claim. Returns the counts."""
+def _check_claims(run: subprocess.CompletedProcess, results: Path, names: set[str]) -> dict[str, dict[str, int]]:
+    """The claims section counts every claim row of the store (of the models ``names``), each with one of the
+    four outcomes, and names every failed and unverified claim. Returns the counts per model."""
     out = run.stdout + run.stderr
     assert run.returncode in (0, 1), f"pytest did not finish its tests (exit {run.returncode}):\n{out[-3000:]}"
     last = out.strip().splitlines()[-1]
@@ -93,13 +93,14 @@ def _check_claims(run: subprocess.CompletedProcess, results: Path, name: str) ->
         silent = conn.execute("SELECT count(*) FROM records WHERE outcome IS NULL "
                               "AND (bound IS NOT NULL OR passed IS NOT NULL)").fetchone()[0]
     assert silent == 0, "claim rows without an outcome"
-    assert claims and {model for *_, model in claims} == {name}
+    assert claims and {model for *_, model in claims} == names
     assert {outcome for _, _, outcome, _ in claims} <= set(OUTCOMES)
     assert counts == {o: sum(outcome == o for _, _, outcome, _ in claims) for o in OUTCOMES}
-    for suite, metric, outcome, _ in claims:
+    for suite, metric, outcome, model in claims:
         if outcome in ("failed", "unverified"):
-            assert f"{outcome.upper()} {suite}.{metric} [{name}]" in out
-    return counts
+            assert f"{outcome.upper()} {suite}.{metric} [{model}]" in out
+    return {name: {o: sum(outcome == o and model == name for _, _, outcome, model in claims) for o in OUTCOMES}
+            for name in names}
 
 
 def test_fixture_is_a_real_hub_cache(tmp_path):
@@ -123,19 +124,27 @@ def test_a_model_missing_from_the_offline_cache_is_one_line(hub_env):
            "HF_HUB_OFFLINE is set" in run.stderr
 
 
-@pytest.mark.slow
-def test_user_command_gives_every_claim_an_outcome(hub_env, tmp_path):
-    counts = _check_claims(_pytest(hub_env, tmp_path, "--model", "opt-350m"), tmp_path, "opt-350m")
-    assert counts["unverified"] > 0  # opt-350m has no regression bounds: never a silent pass
+@pytest.fixture(scope="module")
+def strict_run(hub_env, tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """The user's command on both hub models at once, with ``--strict-claims`` (one subprocess: ~4 s of
+    imports each saved): the run and its results directory."""
+    results = tmp_path_factory.mktemp("strict")
+    return _pytest(hub_env, results, "--model", ",".join(HUB_MODELS), "--strict-claims"), results
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", HUB_MODELS)
-def test_strict_claims_fails_and_says_how_to_create_bounds(hub_env, tmp_path, name):
-    run = _pytest(hub_env, tmp_path, "--model", name, "--strict-claims")
-    counts = _check_claims(run, tmp_path, name)
-    assert counts["unverified"] > 0
+def test_user_command_gives_every_claim_an_outcome(strict_run):
+    run, results = strict_run
+    per_model = _check_claims(run, results, set(HUB_MODELS))
+    for name, counts in per_model.items():  # no regression bounds for these models: never a silent pass
+        assert counts["unverified"] > 0, name
+
+
+@pytest.mark.slow
+def test_strict_claims_fails_and_says_how_to_create_bounds(strict_run):
+    run, results = strict_run
+    unverified = sum(c["unverified"] for c in _check_claims(run, results, set(HUB_MODELS)).values())
     assert run.returncode == 1
     out = run.stdout + run.stderr
-    assert f"--strict-claims: {counts['unverified']} unverified claim(s) fail the session" in out
+    assert f"--strict-claims: {unverified} unverified claim(s)" in out
     assert "python -m reports export-bounds" in out

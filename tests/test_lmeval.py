@@ -191,6 +191,50 @@ def test_perturbed_model_is_evaluated_in_place(tiny, evaluator):
     assert [r.value for r in again] == [r.value for r in clean]
 
 
+def test_replayed_prefix_gives_the_rows_of_a_full_perturbed_run(tiny, evaluator):
+    """The clean run records the input of the first perturbed block for each forward (lm-eval's and the token
+    perplexity's); the perturbed run replays them: every row equals the full perturbed run's, bit for bit."""
+    from harness.campaign.prefix import CallPrefix, block_index
+    from harness.faults import ablate
+    from harness.models.archmap import arch_map
+
+    def run():
+        return {(r.task, r.metric): r.value for r in evaluator.run("offline", limit=2)}
+
+    param = "model.layers.1.mlp.down_proj.weight"
+    prefix = CallPrefix(tiny.model, block_index(arch_map(tiny.model).blocks, param))
+    assert prefix.start == 1
+    with prefix.record():
+        clean = run()
+    assert clean == run() and prefix.calls and prefix.nbytes > 0  # recording changes nothing
+    with ablate(tiny.model, param, "zero"):
+        full = run()
+        with prefix.replay():
+            replayed = run()
+        assert prefix.replayed == len(prefix.calls)  # every forward started at block 1
+        with prefix.replay():  # a forward no clean call made computes in full
+            tiny.model(input_ids=torch.tensor([[5, 6, 7]]))
+        assert prefix.replayed == 0
+    assert full != clean and replayed == full
+    assert "forward" not in vars(tiny.model.get_submodule("model.layers.0"))  # the swap is undone
+
+
+def test_the_adapter_builds_no_kv_cache_and_skips_lm_evals_machine_probe(tiny, evaluator, monkeypatch):
+    import torch.utils.collect_env
+
+    def probe(*_):
+        raise AssertionError("simple_evaluate probed the machine")
+
+    monkeypatch.setattr(torch.utils.collect_env, "get_pretty_env_info", probe)
+    seen = []
+    handle = tiny.model.register_forward_pre_hook(lambda m, *_: seen.append(m.config.use_cache))
+    try:
+        evaluator.run(["pydoc_cloze"], limit=1)
+    finally:
+        handle.remove()
+    assert seen and not any(seen) and tiny.model.config.use_cache is True
+
+
 def test_bos_adding_tokenizer_gets_no_second_bos(tiny):
     plain = lmeval.LMEvaluator(tiny.model, tiny.tokenizer)
     bos = lmeval.LMEvaluator(tiny.model, _bos_tokenizer(tiny.tokenizer))
@@ -225,7 +269,10 @@ def _rolling_docs(n: int) -> list[str]:
     return [json.loads(line)["text"] for line in lines[:n]]
 
 
-def _cross_check(model, tokenizer, max_length: int, n_docs: int) -> None:
+def _cross_check(model, tokenizer, max_length: int, n_docs: int, *, through_simple_evaluate: bool = True) -> None:
+    """lm-eval's rolling log-likelihood of each document equals the direct computation; with
+    ``through_simple_evaluate`` also the word perplexity ``simple_evaluate`` aggregates from them (a third pass
+    over the documents)."""
     from lm_eval.api.instance import Instance
 
     ev = lmeval.LMEvaluator(model, tokenizer, max_length=max_length)
@@ -240,6 +287,8 @@ def _cross_check(model, tokenizer, max_length: int, n_docs: int) -> None:
         assert len(tokens) > max_length, "the document must span several windows"
         ours.append(lmeval.rolling_loglikelihood(model, tokens, lm.prefix_token_id, max_length))
         assert ll == pytest.approx(ours[-1], rel=1e-4)
+    if not through_simple_evaluate:
+        return
     # and through simple_evaluate: lm-eval's word perplexity equals the one from the direct sums
     rows = _by_metric(ev.run(["pydoc_rolling"], limit=n_docs, token_perplexity=False), "pydoc_rolling")
     words = sum(len(re.split(r"\s+", d)) for d in docs)
@@ -255,4 +304,6 @@ def test_rolling_loglikelihood_matches_direct_computation_smollm2():
     from harness.models import load_model
 
     loaded = load_model("smollm2-135m")
-    _cross_check(loaded.model, loaded.tokenizer, max_length=128, n_docs=2)
+    # simple_evaluate's aggregation of these log-likelihoods into word perplexity does not depend on the model:
+    # the tiny case checks it on the same documents, so the real model skips that third pass
+    _cross_check(loaded.model, loaded.tokenizer, max_length=128, n_docs=2, through_simple_evaluate=False)

@@ -98,13 +98,59 @@ def test_claims_summary_and_strict_claims(pytester: pytest.Pytester):
     result = _run(pytester, *args)
     result.assert_outcomes(passed=6)
     assert result.ret == 0
-    result.stdout.fnmatch_lines(["*= claims =*", "claims: 3 passed, 0 failed, 1 unverified, 2 not applicable",
+    result.stdout.fnmatch_lines(["*= claims =*", "claims: 3 passed, 0 failed, 1 unverified, 2 not applicable (33%), "
+                                 "0 unchecked", "  demo: 3 passed, 0 failed, 1 unverified, 2 n/a (33%), 0 unchecked",
                                  "UNVERIFIED demo.clean_perplexity ?tiny-llama?*", "*python -m reports export-bounds*"])
     result = _run(pytester, *args, "--strict-claims")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    result.stdout.fnmatch_lines(["*--strict-claims: 1 unverified claim(s) fail the session*"])
+    result.stdout.fnmatch_lines(["*--strict-claims: 1 unverified claim(s): the session fails*"])
     result = _run(pytester, "--model", "tiny-opt", "--eval-tokens", "64", "--window", "32", "--strict-claims")
     assert result.ret == 0
+
+
+UNDECIDED = """
+import pytest
+from harness.claims import ClaimSet, rate_greater
+
+CLAIMS = ClaimSet("demo")
+APART = CLAIMS.relation("rates_apart", "one rate above another", statistic="collapse_rate", pretrained_only=False)
+SKIPPED = CLAIMS.relation("never_checked", "checked by a test that skips", statistic="x", pretrained_only=False)
+
+def test_too_few_trials(lm, recorder):
+    recorder.claim(APART, rate_greater(1, 1, 0, 1))
+
+def test_skips_before_its_claim(lm, recorder):
+    pytest.skip("a reason that is not structural")
+"""
+
+
+def test_strict_fails_on_undecided_relations_unchecked_tests_and_an_unreadable_store(pytester: pytest.Pytester):
+    """--strict-claims: a relation the run was too small to decide fails; a selected test that skipped without
+    deciding any claim is unchecked and fails the session; so does a store that cannot be read back."""
+    pytester.makepyfile(test_demo=UNDECIDED)
+    args = ("--model", "tiny-opt", "--eval-tokens", "64", "--window", "32")
+    result = _run(pytester, *args)
+    assert result.ret == 0  # not strict: unverified and unchecked are reported, not failed
+    result.stdout.fnmatch_lines(["claims: 0 passed, 0 failed, 1 unverified, 0 not applicable (0%), 1 unchecked",
+                                 "UNVERIFIED demo.rates_apart ?tiny-opt?*undecided: 1 vs 1 trials cannot separate*",
+                                 "UNCHECKED *test_skips_before_its_claim?tiny-opt?: ended without deciding any claim"])
+    result = _run(pytester, *args, "--strict-claims")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*claim demo.rates_apart failed*undecided*",
+                                 "*--strict-claims: 1 selected test(s) checked none of their claims*"])
+    pytester.makeconftest("""
+import pytest
+import fixtures.plugin
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session):
+    (session.config.stash[fixtures.plugin._SESSION].options.results_dir / "results.sqlite").write_bytes(b"garbage")
+""")
+    only_relations = SUITE.replace("def test_claim(", "def _unused(").replace("def test_measure(", "def _u(")
+    pytester.makepyfile(test_demo=only_relations)
+    result = _run(pytester, "--model", "tiny-opt", "--eval-tokens", "64", "--window", "32", "--strict-claims")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*the results store could not be read*"])
 
 
 def test_bounds_file_naming_an_undeclared_claim_is_one_line(pytester: pytest.Pytester):

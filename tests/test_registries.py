@@ -119,7 +119,8 @@ def test_every_chosen_subset_names_registered_entries():
 
     for name in (*DEFAULT_METHOD, *QUICK_TARGETED, *FULL_TARGETED, *SUITE_SCORERS, *FULL_SCORERS):
         SCORERS.get(name.removesuffix("+protect"))
-    assert attack_options.weight_attacks() == tuple(ATTACKS.names())
+    assert attack_options.weight_attacks() == tuple(ATTACKS.names(tag="grid"))
+    assert "replay" in ATTACKS.names() and "replay" not in attack_options.weight_attacks()
     assert attack_options.defense_names() == tuple(DEFENSES.names())
     assert attack_options.input_attack_names() == tuple(INPUT_ATTACKS.names())
     campaign = BIT_CLASSES.names(tag="campaign")

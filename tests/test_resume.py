@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -49,10 +50,11 @@ def test_sigkill_then_resume_gives_the_uninterrupted_claims(tmp_path: Path) -> N
     (tmp_path / "plugins").mkdir()
     (tmp_path / "plugins" / "esa_killer.py").write_text(KILLER)
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    assert _pytest(whole).returncode == 0
-
-    first = _pytest(killed, "-p", "esa_killer",
-                    env={"PYTHONPATH": str(tmp_path / "plugins"), "ESA_KILL_AFTER": str(KILL_AFTER)})
+    kill = {"PYTHONPATH": str(tmp_path / "plugins"), "ESA_KILL_AFTER": str(KILL_AFTER)}
+    with ThreadPoolExecutor(2) as pool:  # the uninterrupted run and the killed one at once (separate stores)
+        uninterrupted = pool.submit(_pytest, whole)
+        first = pool.submit(_pytest, killed, "-p", "esa_killer", env=kill).result()
+        assert uninterrupted.result().returncode == 0
     assert first.returncode == -9, first.stdout[-2000:]
     partial = {t for (t,) in _rows(killed, "SELECT DISTINCT test_id FROM records")}
     complete = {t for (t,) in _rows(killed, "SELECT test_id FROM tests")}
@@ -73,15 +75,15 @@ def test_sigkill_then_resume_gives_the_uninterrupted_claims(tmp_path: Path) -> N
 
 
 def test_resume_errors_are_one_line(tmp_path: Path) -> None:
-    out = _pytest(tmp_path / "none", "--resume", "--collect-only")
-    assert out.returncode == 4 and "nothing to resume" in out.stderr, out.stderr
-
     store = tmp_path / "store"
-    assert _pytest(store, "-k", "zero-all").returncode == 0
-    (run_id,), = _rows(store, "SELECT run_id FROM runs")
-    out = _pytest(store, "--resume", "nope", "--collect-only")
-    assert out.returncode == 4 and "no run 'nope'" in out.stderr and run_id in out.stderr, out.stderr
-    out = _pytest(store, "--resume", "--seed", "3", "--collect-only")
-    assert out.returncode == 4 and "seed 0 (now 3)" in out.stderr, out.stderr
-    out = _pytest(store, "--resume", "--run-id", "x", "--collect-only")
-    assert out.returncode == 4 and "--resume and --run-id" in out.stderr, out.stderr
+    with ThreadPoolExecutor(3) as pool:  # the runs of each step at once: none writes what another reads
+        nothing = pool.submit(_pytest, tmp_path / "none", "--resume", "--collect-only")
+        assert _pytest(store, "-k", "zero-all").returncode == 0
+        out = nothing.result()
+        assert out.returncode == 4 and "nothing to resume" in out.stderr, out.stderr
+        (run_id,), = _rows(store, "SELECT run_id FROM runs")
+        bad = [("nope",), ("--seed", "3"), ("--run-id", "x")]
+        nope, seed, both = pool.map(lambda args: _pytest(store, "--resume", *args, "--collect-only"), bad)
+    assert nope.returncode == 4 and "no run 'nope'" in nope.stderr and run_id in nope.stderr, nope.stderr
+    assert seed.returncode == 4 and "seed 0 (now 3)" in seed.stderr, seed.stderr
+    assert both.returncode == 4 and "--resume and --run-id" in both.stderr, both.stderr

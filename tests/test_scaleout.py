@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -171,21 +172,30 @@ def _measurements(store: Path) -> Counter:
 
 
 @pytest.fixture(scope="module")
-def serial(tmp_path_factory) -> Path:
-    results = tmp_path_factory.mktemp("serial")
-    _pytest(results)
-    store = results / "results.sqlite"
+def runs(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
+    """The serial run and the two shards of one run id, at the same time (as a CI matrix runs them; separate
+    processes and stores): name -> (store, the run)."""
+    root = tmp_path_factory.mktemp("runs")
+    args = {"serial": ()} | {f"shard{k}": ("--shard", f"{k}/2", "--run-id", "nightly-42") for k in (1, 2)}
+    with ThreadPoolExecutor(len(args)) as pool:
+        done = dict(zip(args, pool.map(lambda name: _pytest(root / name, *args[name]), args), strict=True))
+    return {name: (root / name / "results.sqlite", res) for name, res in done.items()}
+
+
+@pytest.fixture(scope="module")
+def serial(runs) -> Path:
+    store = runs["serial"][0]
     assert _claims(store), "the serial run recorded no claims"
     return store
 
 
 @pytest.mark.slow
-def test_two_shards_merged_equal_an_unsharded_run(serial, tmp_path):
+def test_two_shards_merged_equal_an_unsharded_run(serial, runs, tmp_path):
     stores = []
     for k in (1, 2):
-        res = _pytest(tmp_path / f"shard{k}", "--shard", f"{k}/2", "--run-id", "nightly-42")
+        store, res = runs[f"shard{k}"]
         assert re.search(r"\d+ passed|\d+ failed", res.stdout)
-        stores.append(tmp_path / f"shard{k}" / "results.sqlite")
+        stores.append(store)
     per_shard = [_claims(s) for s in stores]
     assert all(per_shard) and not (per_shard[0] & per_shard[1])  # both shards did work, none twice
     out = tmp_path / "merged.sqlite"

@@ -40,9 +40,10 @@ DEFAULT_COMPONENTS = "linear"
 ATTACKS: Registry[Callable[..., None]] = Registry("weight attack")
 
 
-def attack(name: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """Register ``fn(session, **options)`` as weight attack ``name``."""
-    return ATTACKS.register(name)
+def attack(name: str, *, grid: bool = True) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Register ``fn(session, **options)`` as weight attack ``name``; ``grid``: part of the suite's default
+    grid (tag ``grid``; the replay of another run's flips is not)."""
+    return ATTACKS.register(name, tags=("grid",) if grid else ())
 
 
 @dataclass(frozen=True)

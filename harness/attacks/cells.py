@@ -89,6 +89,15 @@ class AttackCell:
             budget=self.budget, defense=self.make_defense(), clean_perplexity=self.clean_perplexity(), **options))
 
 
+def replayed(cell: AttackCell, result: AttackResult) -> AttackResult:
+    """``result``'s flips replayed, in order, on ``cell``'s model under its defense (memoized like a run)."""
+    sites = list(result.flips)
+    key = (cell.name, "replay", cell.dtype, cell.defense, cell.budget, tuple(sites))
+    return cell._cached(key, lambda: run_attack(
+        cell.model, "replay", eval_windows=cell.eval_windows, attack_windows=cell.attack_windows,
+        budget=cell.budget, defense=cell.make_defense(), clean_perplexity=cell.clean_perplexity(), sites=sites))
+
+
 def guided_sites(model: torch.nn.Module, detected: list[Any], count: int = 4) -> tuple[list[Any], str]:
     """(sites, source) the guided attack starts from: the detected super weights (source ``activation``),
     or where none was detected (random-weight models) the ``count`` largest-magnitude down-projection

@@ -17,10 +17,11 @@ ATTACK_DTYPES = ("fp32", "bf16", "int8")  # the weight representations the attac
 
 
 def weight_attacks() -> tuple[str, ...]:
-    """Every registered weight attack (``harness.attacks.ATTACKS``), in registration order."""
+    """Every registered weight attack of the default grid (``harness.attacks.ATTACKS``, tag ``grid``), in
+    registration order."""
     from harness.attacks import ATTACKS
 
-    return tuple(ATTACKS.names())
+    return tuple(ATTACKS.names(tag="grid"))
 
 
 def defense_names() -> tuple[str, ...]:

@@ -70,3 +70,20 @@ def random_flips(session: AttackSession, *, loaded: Any = None, generator: torch
         session.commit(site, measure=False)
     session.commit(sites[hi - 1], perplexity=at_hi)
     return extra
+
+
+@attack("replay", grid=False)
+def replay(session: AttackSession, *, loaded: Any = None, sites: Any = None) -> dict[str, Any]:
+    """The given flips, in order, until collapse or the budget: another run's flips replayed, e.g. an
+    undefended attack's flips on the defended model, so that the pair isolates the defense.
+
+    Options:
+        sites: the flips (one bit each), e.g. ``AttackResult.flips`` of the run to replay (required).
+    """
+    if not sites:
+        raise HarnessError("the replay attack needs sites= (the flips of the run to replay)")
+    for site in sites[: session.budget]:
+        if session.done:
+            break
+        session.commit(site)
+    return {"replayed": len(sites)}

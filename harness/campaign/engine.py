@@ -52,16 +52,11 @@ from harness.faults.noise import Noise
 from harness.metrics import EvalResult
 from harness.metrics.perplexity import default_batch_size
 from harness.models.device import input_device
+from harness.stats import trial_seed
 
 log = logging.getLogger(__name__)
 
-SEED_STRIDE = 100_003
 GPU_TRIALS_PER_FORWARD = 8
-
-
-def trial_seed(seed: int, trial: int) -> int:
-    """The generator seed of trial ``trial`` in a run with ``--seed seed``."""
-    return seed * SEED_STRIDE + trial
 
 
 @dataclass(frozen=True)
@@ -73,9 +68,9 @@ class TrialSpec:
     values: Mapping[str, Any] = field(default_factory=dict)
 
 
-def trial_specs(seed: int, trials: int, **axes: Sequence[Any]) -> list[TrialSpec]:
-    """The specs of a cell: ``trials`` trials with the seed policy (:func:`trial_seed`), each crossed with
-    every combination of ``axes`` (``level=(0.1, 0.2)``), trial-major: all of trial 0 first.
+def trial_specs(seed: int, trials: int, *, first: int = 0, **axes: Sequence[Any]) -> list[TrialSpec]:
+    """The specs of a cell: ``trials`` trials from trial ``first`` on, with the seed policy (:func:`trial_seed`),
+    each crossed with every combination of ``axes`` (``level=(0.1, 0.2)``), trial-major: all of trial 0 first.
 
     Raises:
         HarnessError: fewer than 1 trial.
@@ -84,7 +79,7 @@ def trial_specs(seed: int, trials: int, **axes: Sequence[Any]) -> list[TrialSpec
         raise HarnessError(f"a campaign cell needs at least 1 trial, got {trials}")
     names = list(axes)
     return [TrialSpec(t, trial_seed(seed, t), dict(zip(names, combo, strict=True)))
-            for t in range(trials) for combo in itertools.product(*(axes[n] for n in names))]
+            for t in range(first, first + trials) for combo in itertools.product(*(axes[n] for n in names))]
 
 
 @dataclass(frozen=True)

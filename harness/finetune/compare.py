@@ -25,12 +25,7 @@ import torch
 
 from harness.campaign import clean_baseline, run_trial
 from harness.faults import ablate, add_noise, flip_bits, uniform_sites
-
-TRIAL_SEED = 100_003
-
-
-def trial_seed(seed: int, trial: int) -> int:
-    return seed * TRIAL_SEED + trial
+from harness.stats import trial_seed
 
 
 @dataclass

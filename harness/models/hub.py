@@ -129,7 +129,10 @@ def load_from_hub(
         kwargs["quantization_config"] = quantization_config
     if not hub_reachable():
         try:  # a model downloaded earlier loads without the hub
-            model = AutoModelForCausalLM.from_pretrained(hub_id, local_files_only=True, **kwargs)
+            # adapter_kwargs: transformers looks for a PEFT adapter config without local_files_only, i.e. over the
+            # network with retries (23 s of back-off when HF_HUB_OFFLINE was set after huggingface_hub's import)
+            model = AutoModelForCausalLM.from_pretrained(hub_id, local_files_only=True,
+                                                         adapter_kwargs={"local_files_only": True}, **kwargs)
             tokenizer = AutoTokenizer.from_pretrained(hub_id, local_files_only=True)
         except OSError:
             raise OfflineError(offline_message(f"model {name!r} ({hub_id})")) from None

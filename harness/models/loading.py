@@ -3,7 +3,6 @@ tiny random model, hub id), returning the model ready for analysis (eval mode, n
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -26,9 +25,12 @@ from harness.models.device import (
     resolve_device_map,
     resolve_dtype,
 )
+from harness.models.integrity import LOCAL_FIX, check_model_dir, read_json
 from harness.models.specs import MODELS, ModelSpec
 
 log = logging.getLogger(__name__)
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
 @dataclass
@@ -86,11 +88,8 @@ def _local_spec(path: Path) -> ModelSpec:
     config = path / "config.json"
     if not path.is_dir() or not config.is_file():
         raise HarnessError(f"{path} is not a model directory: expected a directory with config.json and weights")
-    try:
-        model_type = json.loads(config.read_text()).get("model_type", "")
-    except ValueError as err:
-        raise HarnessError(f"{config} is not valid JSON: {err}") from None
-    return ModelSpec(str(path), family_of_model_type(model_type), "local")
+    model_type = read_json(config).get("model_type", "")
+    return ModelSpec(str(path), family_of_model_type(str(model_type)), "local")
 
 
 def load_model(
@@ -195,18 +194,39 @@ def _placement(device_map: Any, max_memory: Any, offload_dir: Any) -> dict[str, 
 
 
 def _from_directory(path: Path, *, dtype: torch.dtype, quantization_config: Any, **placement: Any) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """The model and tokenizer of a transformers directory; a broken file is one line naming it."""
+    from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM
 
+    check_model_dir(path)
     kwargs: dict[str, Any] = {"dtype": dtype, **placement}
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise HarnessError(f"cannot load a model from {path}: {first}") from None
-    return model, tokenizer
+    except (OSError, ValueError, SafetensorError) as err:
+        raise HarnessError(f"cannot load a model from {path}: {_first_line(err)}; {LOCAL_FIX}") from None
+    return model, load_tokenizer(path)
+
+
+def load_tokenizer(path: Path) -> Any:
+    """The tokenizer of a model directory.
+
+    Raises:
+        HarnessError: one line naming the tokenizer file that does not load.
+    """
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except Exception as err:  # tokenizers raises bare Exception and KeyError on a broken tokenizer.json
+        where = next((path / n for n in TOKENIZER_FILES if (path / n).is_file()), path)
+        raise HarnessError(f"{where}: the tokenizer does not load ({_first_line(err)}); {LOCAL_FIX}") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
 
 
 def _eight_bit(spec: ModelSpec, device: torch.device) -> Any:

@@ -10,22 +10,29 @@ records are a few per test, so the fsync per commit costs little next to a model
 A path that cannot hold a store (a results directory that cannot be created, a file that is not a
 SQLite database, a SQLite database that is not a results store) raises a one-line HarnessError; such a
 file is never written to, overwritten or deleted.
+
+A write that finds the disk full (SQLITE_FULL) is rolled back whole and raises a one-line DiskFullError;
+the records committed before it stay readable, and ``--resume`` finishes the run once there is space.
+SIGTERM waits for the transaction in progress to commit (``harness.records.signals``); a run stopped by
+it is marked interrupted (:meth:`ResultStore.interrupt_run`, :func:`interruption`), not finished.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import sqlite3
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from harness.errors import HarnessError
+from harness.errors import DiskFullError, HarnessError
+from harness.records.signals import commit_section
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +109,15 @@ def _real(x: float | None) -> float | None:
         return None
     x = float(x)
     return None if math.isnan(x) else x
+
+
+def interruption(run: Mapping[str, Any]) -> str | None:
+    """Why and when a run was interrupted (``"SIGTERM at <time>"``), or None when it was not or has been
+    resumed to its end. ``run``: a ``runs`` row with ``extra`` as JSON text, or :meth:`ResultStore.run_info`."""
+    if isinstance(run.get("finished_at"), str):  # an unfinished run reads as None, or NaN through pandas
+        return None
+    extra = json.loads(run["extra"]) if isinstance(run.get("extra"), str) else run
+    return extra.get("interrupted") or None
 
 
 def _json(obj: Any) -> str | None:
@@ -183,17 +199,31 @@ class ResultStore:
 
     # -- writing -------------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed whole or rolled back; SIGTERM waits for its end
+        (:mod:`harness.records.signals`); a full disk is a one-line :class:`DiskFullError`."""
+        try:
+            with commit_section():
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._conn
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    if self._conn.in_transaction:  # SQLITE_FULL may have rolled it back already
+                        self._conn.execute("ROLLBACK")
+                    raise
+        except sqlite3.Error as err:
+            if getattr(err, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL and "disk is full" not in str(err):
+                raise
+            raise DiskFullError(f"{self.path}: disk full ({err}); every record committed before is kept: free "
+                                f"space on {self.path.parent} and finish the run with --resume") from None
+
     def _write(self, sql: str, params: tuple | Mapping = ()) -> sqlite3.Cursor:
         for attempt in range(20):
             try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                try:
-                    cur = self._conn.execute(sql, params)
-                    self._conn.execute("COMMIT")
-                    return cur
-                except BaseException:
-                    self._conn.execute("ROLLBACK")
-                    raise
+                with self._transaction() as conn:
+                    return conn.execute(sql, params)
             except sqlite3.OperationalError as err:  # "database is locked" beyond busy_timeout
                 if "locked" not in str(err) or attempt == 19:
                     raise
@@ -202,13 +232,8 @@ class ResultStore:
 
     def _write_many(self, sql: str, rows: list[tuple]) -> None:
         """``executemany`` in one transaction (all rows or none)."""
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            self._conn.executemany(sql, rows)
-            self._conn.execute("COMMIT")
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
+        with self._transaction() as conn:
+            conn.executemany(sql, rows)
 
     def _write_script(self, script: str) -> None:
         for stmt in filter(str.strip, script.split(";")):
@@ -253,8 +278,15 @@ class ResultStore:
         return run_id
 
     def finish_run(self, run_id: str) -> None:
-        """Stamp ``finished_at`` on a run (an interrupted run keeps it NULL)."""
-        self._write("UPDATE runs SET finished_at = ? WHERE run_id = ?", (_now(), run_id))
+        """Stamp ``finished_at`` on a run (an interrupted run keeps it NULL) and drop its interruption mark."""
+        self._write("UPDATE runs SET finished_at = ?, extra = json_remove(extra, '$.interrupted') WHERE run_id = ?",
+                    (_now(), run_id))
+
+    def interrupt_run(self, run_id: str, reason: str) -> None:
+        """Mark a run interrupted (``extra.interrupted``: the reason and when, see :func:`interruption`);
+        ``--resume`` finishes it."""
+        self._write("UPDATE runs SET finished_at = NULL, extra = json_set(coalesce(extra, '{}'), '$.interrupted', ?) "
+                    "WHERE run_id = ?", (f"{reason} at {_now()}", run_id))
 
     def record(
         self,
@@ -308,20 +340,15 @@ class ResultStore:
     def discard_incomplete(self, run_id: str, keep: set[str]) -> int:
         """Delete the records of ``run_id`` whose test is not in ``keep`` (and those tests' completion
         rows), in one transaction; return how many records went. Used by ``--resume`` before a test reruns."""
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            self._conn.execute("CREATE TEMP TABLE IF NOT EXISTS _keep (test_id TEXT PRIMARY KEY)")
-            self._conn.execute("DELETE FROM _keep")
-            self._conn.executemany("INSERT OR IGNORE INTO _keep VALUES (?)", [(t,) for t in keep])
-            cur = self._conn.execute(
+        with self._transaction() as conn:
+            conn.execute("CREATE TEMP TABLE IF NOT EXISTS _keep (test_id TEXT PRIMARY KEY)")
+            conn.execute("DELETE FROM _keep")
+            conn.executemany("INSERT OR IGNORE INTO _keep VALUES (?)", [(t,) for t in keep])
+            cur = conn.execute(
                 "DELETE FROM records WHERE run_id = ? AND test_id NOT IN (SELECT test_id FROM _keep)", (run_id,))
-            self._conn.execute("DELETE FROM tests WHERE run_id = ? AND test_id NOT IN (SELECT test_id FROM _keep)",
-                               (run_id,))
-            self._conn.execute("UPDATE runs SET finished_at = NULL WHERE run_id = ?", (run_id,))
-            self._conn.execute("COMMIT")
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
+            conn.execute("DELETE FROM tests WHERE run_id = ? AND test_id NOT IN (SELECT test_id FROM _keep)",
+                         (run_id,))
+            conn.execute("UPDATE runs SET finished_at = NULL WHERE run_id = ?", (run_id,))
         return cur.rowcount
 
     def run_info(self, run_id: str) -> dict | None:

@@ -1,0 +1,114 @@
+"""Sabotages for the claim-power tests (``tests/test_claim_power.py``): a pytest plugin that breaks one
+thing in the harness or the model before the suites run, chosen by ``ESA_SABOTAGE``.
+
+Load it with ``-p tests.sabotage``. Each sabotage is a small patch of the one place that does the work
+(the bit flip, the noise draw, the pruning mask, the defense's repair, the learning rate, the input
+attack, the model's super weight, the bounds lookup), so that everything around it runs as usual and
+only the claims can notice.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import pytest
+import torch
+
+SABOTAGES: dict[str, Callable[[pytest.MonkeyPatch], None]] = {}
+
+
+def sabotage(name: str):
+    def register(fn: Callable[[pytest.MonkeyPatch], None]):
+        SABOTAGES[name] = fn
+        return fn
+    return register
+
+
+@sabotage("flips_do_nothing")
+def _flips(mp: pytest.MonkeyPatch) -> None:
+    from harness.faults.injector import BitFlip
+
+    mp.setattr(BitFlip, "_apply", lambda self: None)
+
+
+@sabotage("noise_1000x_weaker")
+def _noise(mp: pytest.MonkeyPatch) -> None:
+    from harness.faults.noise import Noise
+
+    draw = Noise._draw
+    mp.setattr(Noise, "_draw", lambda self, shape: draw(self, shape) * 1e-3)
+
+
+@sabotage("pruning_removes_nothing")
+def _pruning(mp: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    prune = importlib.import_module("harness.pruning.prune")  # the module, not the function it exports
+    unpack = prune._unpack
+    mp.setattr(prune, "_unpack", lambda packed, device: torch.zeros_like(unpack(packed, device)))
+
+
+@sabotage("defenses_repair_nothing")
+def _defenses(mp: pytest.MonkeyPatch) -> None:
+    from harness.attacks import defenses
+
+    mp.setattr(defenses.Repair, "_apply", lambda self: None)
+
+
+@sabotage("finetune_lr_0")
+def _finetune(mp: pytest.MonkeyPatch) -> None:
+    from harness.finetune.config import FinetuneConfig
+
+    mp.setattr(FinetuneConfig, "learning_rate", property(lambda self: 0.0))
+
+
+@sabotage("attack_gives_up")
+def _attack(mp: pytest.MonkeyPatch) -> None:
+    from harness.attacks import input_attacks
+
+    def give_up(model, tokenizer, prompt, target_ids, *, generator, edits: int = 2, tries: int = 8):
+        return prompt, input_attacks.encode(tokenizer, prompt, "prompt"), 0, {"edits": 0, "tries": 0}
+
+    get = input_attacks.INPUT_ATTACKS.get
+    mp.setattr(input_attacks.INPUT_ATTACKS, "get", lambda name: give_up if name in ("typo", "homoglyph") else get(name))
+
+
+@sabotage("super_weight_scaled_down")
+def _super_weight(mp: pytest.MonkeyPatch) -> None:
+    """The loaded model's super weights on record, each set to the median |w| of its row (a typical weight)."""
+    import harness.models
+    from harness.scoring.known import known_super_weights
+
+    load = harness.models.load_model
+
+    def scaled(name, *args, **kwargs):
+        loaded = load(name, *args, **kwargs)
+        for k in known_super_weights(loaded):
+            from harness.models.archmap import select
+
+            ref = select(loaded.model, components="mlp_down", layers=[k.layer])[0]
+            w = loaded.model.get_parameter(ref.param).detach()
+            w[k.row, k.col] = w[k.row].abs().median() * torch.sign(w[k.row, k.col])
+        return loaded
+
+    mp.setattr(harness.models, "load_model", scaled)
+
+
+@sabotage("no_bounds")
+def _no_bounds(mp: pytest.MonkeyPatch) -> None:
+    """The model as a new user's: no regression bound has a number for it (relations alone), and its flips
+    do nothing."""
+    import fixtures.plugin
+
+    mp.setattr(fixtures.plugin, "bound_for", lambda *args, **kwargs: None)
+    _flips(mp)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    name = os.environ.get("ESA_SABOTAGE", "")
+    if name not in SABOTAGES:
+        raise pytest.UsageError(f"ESA_SABOTAGE={name!r}: choose one of {', '.join(SABOTAGES)}")
+    mp = pytest.MonkeyPatch()
+    SABOTAGES[name](mp)
+    config.add_cleanup(mp.undo)

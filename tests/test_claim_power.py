@@ -1,0 +1,86 @@
+"""Claim power, measured: each sabotage of the harness or the model turns a strict run of a few cells of
+smollm2-135m red, and the test names the claim that catches it (docs/MEASUREMENTS.md, "Claim power").
+
+Each case runs ``pytest suites/... --model smollm2-135m --strict-claims -p tests.sabotage`` in a subprocess
+with ``ESA_SABOTAGE`` set (``tests/sabotage.py`` holds the patches) and reads the run's claim rows back
+from its store. The same cells pass in ``make test``'s unsabotaged strict run of smollm2-135m.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from harness.records import ResultStore
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# sabotage -> (suite selection and options, claims of which one must fail, strict)
+CASES = {
+    "flips_do_nothing": (["suites/test_bitflip.py", "-k", "uniform-exp_msb-native or exp_msb_damages"],
+                         {"fp32_uniform_exp_msb_has_effect", "exp_msb_damages_more_than_mantissa_lsb",
+                          "fp32_uniform_exp_msb_collapse_rate"}, True),
+    "noise_1000x_weaker": (["suites/test_robustness.py", "-k", "gaussian-mlp"],
+                           {"gaussian_mlp_high_noise_ppl_ratio", "gaussian_mlp_damage_grows"}, True),
+    "pruning_removes_nothing": (["suites/test_pruning.py", "-k", "test_wanda_beats_magnitude"],
+                                {"wanda_beats_magnitude_row", "wanda_beats_magnitude_2of4"}, True),
+    "defenses_repair_nothing": (["suites/test_attack.py", "-k", "progressive-fp32-checksum"],
+                                {"checksum_defends_search_flips"}, True),
+    # one trial per noise/flip cell: the fine-tune itself is what is sabotaged (not strict: --trials 1 is not the
+    # configuration the bounds were derived under)
+    "finetune_lr_0": (["suites/test_finetune.py", "-k", "test_finetune and plain", "--trials", "1"],
+                      {"finetune_lowers_training_perplexity"}, False),
+    "attack_gives_up": (["suites/test_adversarial.py", "-k", "typo"], {"typo_lowers_target"}, True),
+    "super_weight_scaled_down": (["suites/test_super_weights.py", "-k", "zero_super_weights or known"],
+                                 {"zero_super_weights_ppl_ratio", "zero_top_super_weight_ppl_ratio",
+                                  "zero_super_weights_vs_random"}, True),
+    # a new user's model on day one: no bound has a number for it, so relations alone must catch the sabotage
+    "no_bounds": (["suites/test_bitflip.py", "-k", "uniform-exp_msb-native or exp_msb_damages"],
+                  {"fp32_uniform_exp_msb_has_effect", "exp_msb_damages_more_than_mantissa_lsb"}, False),
+}
+
+
+def run_sabotaged(name: str, out: Path) -> tuple[int, list[dict], str]:
+    """Run the case's cells under sabotage ``name`` on one thread; (exit code, claim rows, output)."""
+    selection, _, strict = CASES[name]
+    cmd = [sys.executable, "-m", "pytest", *selection, "--model", "smollm2-135m", "--preset", "quick",
+           "--results-dir", str(out), "-p", "tests.sabotage", "-q", "-p", "no:cacheprovider", "--no-header"]
+    cmd += ["--strict-claims"] if strict else []
+    env = {**os.environ, "ESA_SABOTAGE": name, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False)
+    rows = []
+    if (out / "results.sqlite").exists():
+        with ResultStore(out, create=False) as store:
+            df = store.records()
+        rows = df[df["outcome"].notna()].to_dict("records")
+    return proc.returncode, rows, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def sabotaged(tmp_path_factory) -> dict[str, Future]:
+    """Every case started at once, two at a time on one thread each (the machine's two cores)."""
+    pool = ThreadPoolExecutor(max_workers=max(1, min(2, os.cpu_count() or 1)))
+    out = tmp_path_factory.mktemp("power")
+    futures = {name: pool.submit(run_sabotaged, name, out / name) for name in CASES}
+    yield futures
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_sabotage_turns_the_run_red(name, sabotaged, tmp_path):
+    expected = CASES[name][1]
+    rc, rows, output = sabotaged[name].result()
+    failed = {r["metric"] for r in rows if r["outcome"] == "failed"}
+    caught = sorted(failed & expected)
+    (tmp_path / "power.json").write_text(json.dumps({"sabotage": name, "failed": sorted(failed)}))
+    assert rc == 1, f"sabotage {name}: the run did not fail (exit {rc})\n{output}"
+    assert caught, f"sabotage {name}: none of {sorted(expected)} failed; failed: {sorted(failed)}\n{output}"
+    if name == "no_bounds":  # relations alone: no bound had a number, so every failure is a relation
+        kinds = {json.loads(r["extra"])["kind"] for r in rows if r["outcome"] == "failed"}
+        assert kinds == {"relation"}, kinds
