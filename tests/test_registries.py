@@ -136,7 +136,7 @@ def test_attack_options_read_the_registry_when_parsed():
     from harness.attacks.options import add_options
 
     add_options(group)
-    with ATTACKS.registered("toy_attack", lambda session: None):
+    with ATTACKS.registered("toy_attack", lambda session: None, tags=("grid",)):  # as @attack registers it
         assert parser.parse_args(["--attacks", "toy_attack"]).esa_attacks == ("toy_attack",)
     with pytest.raises(SystemExit):
         parser.parse_args(["--attacks", "toy_attack"])
