@@ -277,19 +277,35 @@ def increasing(xs: Sequence[float], values: Sequence[float], *, factor: float = 
 
 def _bounds_file(path: Path) -> dict[str, dict[str, float | tuple[float, float]]]:
     """The parsed bounds file (``{}`` when missing), re-read when the file changes."""
+    return _cached_toml(path, _parse_bounds)
+
+
+def _cached_toml(path: Path, parse):
+    """``parse(path, text, data)`` of a TOML file (``{}`` when missing), parsed again only when it changes."""
     try:
         stat = path.stat()
     except FileNotFoundError:
         return {}
-    return _parse_bounds(path, stat.st_mtime_ns, stat.st_size)
+    return _parse_toml(path, stat.st_mtime_ns, stat.st_size, parse)
 
 
 @cache
-def _parse_bounds(path: Path, mtime_ns: int, size: int) -> dict[str, dict[str, float | tuple[float, float]]]:
-    """The tables of a bounds file; every error is one line ``<path>:<line>: what is wrong; what to do``."""
+def _parse_toml(path: Path, mtime_ns: int, size: int, parse):
+    """Read ``path`` once per version; a syntax error is one line ``<path>:<line>: not valid TOML (...)``."""
     import re
 
     text = path.read_text(encoding="utf-8")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        line = re.search(r"\(at line (\d+), column \d+\)", str(err))
+        where, what = (f"{path}:{line[1]}", str(err)[:line.start()].strip()) if line else (str(path), str(err))
+        raise HarnessError(f"{where}: not valid TOML ({what}); fix that line") from None
+    return parse(path, text, data)
+
+
+def _parse_bounds(path: Path, text: str, data: dict) -> dict[str, dict[str, float | tuple[float, float]]]:
+    """The tables of a bounds file; every error is one line ``<path>:<line>: what is wrong; what to do``."""
 
     def at(table: str | None, key: str) -> str:  # "path:line" of `key` in [table] (None: above every table)
         current = None
@@ -301,12 +317,6 @@ def _parse_bounds(path: Path, mtime_ns: int, size: int) -> dict[str, dict[str, f
                 return f"{path}:{n}"
         return str(path)
 
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        line = re.search(r"\(at line (\d+), column \d+\)", str(err))
-        where, what = (f"{path}:{line[1]}", str(err)[:line.start()].strip()) if line else (str(path), str(err))
-        raise HarnessError(f"{where}: not valid TOML ({what}); fix that line") from None
     out: dict[str, dict[str, float | tuple[float, float]]] = {}
     for model, table in data.items():
         if not isinstance(table, dict):
@@ -383,11 +393,7 @@ def bound_config(info: dict) -> dict[str, str | int]:
 def config_mismatch(bounds_dir: Path, model: str, config: dict) -> str:
     """Why ``model``'s bounds do not apply to a run under ``config`` (its :func:`bound_config`), or ""."""
     path = Path(bounds_dir) / CONFIG_FILE
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
-        return ""
-    recorded = _parse_config(path, stat.st_mtime_ns, stat.st_size).get(model)
+    recorded = _cached_toml(path, _parse_config).get(model)
     if not recorded:
         return ""
     differ = [f"{k} {recorded[k]} (this run: {config.get(k)})" for k in BOUND_CONFIG
@@ -398,13 +404,7 @@ def config_mismatch(bounds_dir: Path, model: str, config: dict) -> str:
             f"({path}); run with those options, or measure this configuration at five seeds (`make bounds`)")
 
 
-@cache
-def _parse_config(path: Path, mtime_ns: int, size: int) -> dict[str, dict]:
-    try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as err:
-        raise HarnessError(f"{path}: not valid TOML ({err})") from None
+def _parse_config(path: Path, text: str, data: dict) -> dict[str, dict]:
     for model, table in data.items():
         unknown = sorted(set(table) - set(BOUND_CONFIG)) if isinstance(table, dict) else [model]
         if unknown:

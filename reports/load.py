@@ -210,9 +210,6 @@ def load_run(results_dir: str | Path, run_id: str | None = None) -> RunData:
     with open_store(results_dir) as store:
         runs = store.runs()
         history = parse_records(store.records())
-        ended = {r: store.completed_tests(r) for r in runs["run_id"]} if run_id is None else {}
-        if run_id is not None:
-            ended[run_id] = store.completed_tests(run_id)
     if runs.empty:
         raise HarnessError(f"the results store in {results_dir} has no runs (run the suites first)")
     with_records = set(history["run_id"])
@@ -230,7 +227,8 @@ def load_run(results_dir: str | Path, run_id: str | None = None) -> RunData:
     records = history[history["run_id"] == run_id].reset_index(drop=True)
     data = RunData(results_dir, run_id, runs[runs["run_id"] == run_id].iloc[0].to_dict(), runs, records,
                    history)
-    data.unchecked = unchecked_tests(ended.get(run_id, {}), records)
+    with open_store(results_dir) as store:  # only the reported run's test outcomes
+        data.unchecked = unchecked_tests(store.completed_tests(run_id), records)
     data.super_weights = load_super_weights(results_dir, records)
     return data
 

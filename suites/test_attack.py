@@ -37,7 +37,7 @@ import pytest
 import torch
 
 from harness.attacks import attack_targets
-from harness.attacks.cells import AttackCell, flips_or_inf, guided_sites, replayed
+from harness.attacks.cells import AttackCell, flips_or_inf, guided_sites
 from harness.attacks.options import ATTACK_DTYPES, DEFENSE_NAMES, WEIGHT_ATTACKS
 from harness.attacks.result import AttackResult
 from harness.claims import ClaimSet, Comparison, greater
@@ -67,7 +67,7 @@ BEATS_RANDOM = {a: CLAIMS.relation(
 # length is no property of the defense (gemma3-270m, int8, clamp: progressive 2 flips vs 3 undefended,
 # seed 0); their flips under each defense are recorded (``flips_vs_undefended``), not claimed.
 # A defense is judged on the same flips with and without it: the undefended search's flips, replayed in order on
-# the defended model (``harness.attacks.cells.replayed``), so the pair isolates the defense. It must show a measured
+# the defended model (``AttackCell.replay``), so the pair isolates the defense. It must show a measured
 # gain: strictly more flips to collapse (+inf: held off), where the undefended run collapses within the budget. Not
 # on int8: a flipped int8 code stays inside the matrix's code range, which clamping cannot repair. Random flips
 # under each defense are recorded, not claimed: a random flip almost never hits the ~1e3 weights checksum
@@ -224,7 +224,7 @@ def test_attack(esa, cell, guided, recorder, attack_name, attack_dtype, defense_
                             extra={"undefended": plain, "defended": flips, "seeds": seeds})
             return
         plain_run = undefended.run(attack_name)
-        same = flips_or_inf(replayed(cell, plain_run))
+        same = flips_or_inf(cell.replay(plain_run))
         recorder.record("flips_vs_undefended", flips[0], **columns,
                         extra={"undefended": flips_or_inf(plain_run), "replayed_under_defense": same})
         if attack_dtype in FLOAT_DTYPES:

@@ -88,14 +88,13 @@ class AttackCell:
             self.model, attack_name, eval_windows=self.eval_windows, attack_windows=self.attack_windows,
             budget=self.budget, defense=self.make_defense(), clean_perplexity=self.clean_perplexity(), **options))
 
-
-def replayed(cell: AttackCell, result: AttackResult) -> AttackResult:
-    """``result``'s flips replayed, in order, on ``cell``'s model under its defense (memoized like a run)."""
-    sites = list(result.flips)
-    key = (cell.name, "replay", cell.dtype, cell.defense, cell.budget, tuple(sites))
-    return cell._cached(key, lambda: run_attack(
-        cell.model, "replay", eval_windows=cell.eval_windows, attack_windows=cell.attack_windows,
-        budget=cell.budget, defense=cell.make_defense(), clean_perplexity=cell.clean_perplexity(), sites=sites))
+    def replay(self, result: AttackResult) -> AttackResult:
+        """``result``'s flips replayed, in order, on this cell's model under its defense (memoized like a run)."""
+        sites = list(result.flips)
+        key = (self.name, "replay", self.dtype, self.defense, self.budget, tuple(sites))
+        return self._cached(key, lambda: run_attack(
+            self.model, "replay", eval_windows=self.eval_windows, attack_windows=self.attack_windows,
+            budget=self.budget, defense=self.make_defense(), clean_perplexity=self.clean_perplexity(), sites=sites))
 
 
 def guided_sites(model: torch.nn.Module, detected: list[Any], count: int = 4) -> tuple[list[Any], str]:
