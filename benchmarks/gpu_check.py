@@ -57,7 +57,7 @@ class Plan:
     per_forward: tuple[int, ...] = (8, 32)  # batched trials per forward
     windows: int = 2  # evaluation windows (the quick bitflip preset's 2)
     window: int = 256
-    restore_trials: int = 20  # seeded trials per restore check
+    restore_trials: int = 10  # seeded trials per restore check
     flips: int = 8  # bit flips per restore trial
     suite: str = "bitflip"
     suite_args: tuple[str, ...] = ("--preset", "quick")
@@ -107,8 +107,10 @@ def _perturbations(model: torch.nn.Module, plan: Plan, trial: int) -> list:
     refs = select(model, components="linear")
     sites = uniform_sites(model, refs, plan.flips, generator=gen, bits="any")
     out = [flip_bits(model, sites), ablate(model, sites[0], "zero")]
-    if all(model.get_parameter(r.param).is_floating_point() for r in refs):
-        out.append(add_noise(model, refs, 0.05, scale="std", generator=gen))
+    if all(model.get_parameter(r.param).is_floating_point() for r in refs):  # drawn on the model's device
+        device = next(model.parameters()).device
+        noise = torch.Generator(device=device).manual_seed(trial)
+        out.append(add_noise(model, refs, 0.05, scale="std", generator=noise))
     return out
 
 

@@ -3,10 +3,10 @@
 A fixture fills a Hugging Face hub cache (the real layout: ``models--owner--name/blobs``,
 ``snapshots/<commit>/`` of symlinks, ``refs/main``) with the tiny random model of the family saved
 under the registered hub id, and the command (both hub models in one run, ``--strict-claims``) runs in a
-subprocess with ``HF_HUB_CACHE`` pointing there and ``HF_HUB_OFFLINE=1``: through preflight, the hub loading code and the suites. What is
-checked is the code path and the visible outcomes (every claim has one; a hub model without bounds
-has unverified ones, and ``--strict-claims`` fails saying how to create them), not what random
-weights do.
+subprocess with ``HF_HUB_CACHE`` pointing there and ``HF_HUB_OFFLINE=1``: through preflight, the hub
+loading code and the suites. What is checked is the code path and the visible outcomes (every claim has
+one; a hub model without bounds has unverified ones, and ``--strict-claims`` fails saying how to create
+them), not what random weights do.
 """
 
 from __future__ import annotations
