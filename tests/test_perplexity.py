@@ -104,3 +104,14 @@ def test_bos_windows_are_scored_as_transformers_scores_bos_plus_text():
     assert result.perplexity == pytest.approx(math.exp(float(torch.stack(losses).mean())), rel=1e-5)
     assert result.n_tokens == plain.n_tokens == 3 * 47
     assert result.perplexity != plain.perplexity  # the BOS is seen: the first predicted token's context differs
+
+
+def test_reference_is_copied_to_a_device_once(tiny):
+    """An evaluation on another device uses one kept copy of the reference (not a host copy per trial)."""
+    model, windows = tiny[0].model, tiny[1]
+    ref = make_reference(model, windows)
+    assert ref.on(torch.device("cpu")) is ref
+    meta = ref.on(torch.device("meta"))
+    assert meta is not ref and meta.logprobs.is_meta and meta.top1.is_meta and meta.stride == ref.stride
+    assert ref.on(torch.device("meta")) is meta
+    assert evaluate(model, windows, ref) == evaluate(model, windows, ref.on(torch.device("cpu")))

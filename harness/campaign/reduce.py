@@ -65,6 +65,7 @@ def reduce_batch(logits: torch.Tensor, batch: torch.Tensor, reference: Reference
         The batch's :class:`BatchStats`.
     """
     n_win, length, vocab = logits.shape
+    reference = reference.on(logits.device) if reference is not None else None
     stride = reference.stride if reference is not None else 1
     rows = _chunk_rows(vocab, stride)
     lp = torch.empty((n_win, length - 1, vocab), dtype=torch.float32, device=logits.device)  # (B, T-1, V)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +52,19 @@ class Reference:
     probs: torch.Tensor
     top1: torch.Tensor
     stride: int
+    _copies: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def on(self, device: torch.device) -> Reference:
+        """This reference with its tensors on ``device``: itself where they already are, else a copy made
+        once per device and kept (a GPU evaluation would otherwise copy up to ``REFERENCE_BYTES`` from the
+        host for every trial)."""
+        device = torch.device(device)
+        if self.logprobs.device == device:
+            return self
+        if device not in self._copies:
+            self._copies[device] = Reference(self.logprobs.to(device), self.probs.to(device),
+                                             self.top1.to(device), self.stride)
+        return self._copies[device]
 
 
 @dataclass(frozen=True)
@@ -144,6 +157,7 @@ def evaluate(model: torch.nn.Module, windows: torch.Tensor, reference: Reference
         collapsed |= not finite
         nll_sum += nll
         if reference is not None:
+            reference = reference.on(lp.device)
             ref_top1 = reference.top1[start:start + batch.shape[0]].to(lp.device)
             top1 = lp.argmax(-1) if finite else torch.nan_to_num(lp, nan=-math.inf).argmax(-1)
             agree += int((top1 == ref_top1).sum())
