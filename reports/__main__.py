@@ -1,6 +1,8 @@
 """``python -m reports``: build a report, export a baseline, or check a run against a baseline.
 
-    python -m reports RESULTS_DIR [--run RUN_ID] [--baseline FILE] [--out DIR]
+    python -m reports RESULTS_DIR [--run RUN_ID] [--baseline FILE] [--out DIR] [--pages N]
+        prints the run page's directory, then the store index (DIR/report/index.html: every run, and the
+        whole analysis of each model, the newest result of every suite)
     python -m reports export-baseline RESULTS_DIR [--run RUN_ID] -o FILE
     python -m reports compare RESULTS_DIR --baseline FILE [--run RUN_ID]   (exit 1 when regressed)
     python -m reports demo DIR            (the sample suites on tiny-llama, a worsened replay, then the report)
@@ -61,13 +63,17 @@ def _parser(command: str | None) -> argparse.ArgumentParser:
     else:
         p = argparse.ArgumentParser(prog="python -m reports",
                                     description="Build <results-dir>/report/<run_id>/ (tables, figures, "
-                                                "analysis_report.md, index.html) from the results store. "
+                                                "analysis_report.md, index.html) from the results store, the "
+                                                "store index <results-dir>/report/index.html and a page of the "
+                                                "newest result of every suite per model. "
                                                 f"Other commands: {', '.join(COMMANDS)} (see --help of each).")
         p.add_argument("results_dir", help="the results directory (holds results.sqlite)")
         p.add_argument("--run", default=None, help="run id (default: the latest run with records)")
         p.add_argument("--baseline", default=None,
                        help="compare with this baseline file (default: the previous run in the store)")
-        p.add_argument("--out", default=None, help="parent directory of the report (default: RESULTS_DIR/report)")
+        p.add_argument("--out", default=None, help="the report directory (default: RESULTS_DIR/report)")
+        p.add_argument("--pages", type=int, default=10,
+                       help="run pages built for the newest runs that have none yet (default: 10)")
     return p
 
 
@@ -89,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         elif command == "compare":
             from reports.load import load_run
             from reports.regression import load_baseline
+            from reports.tables import fmt
 
             base = load_baseline(args.baseline)
             data = load_run(args.results_dir, args.run)
@@ -98,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             bad = cmp[cmp["status"].isin(["regressed", "changed"])]
             for r in bad.itertuples():
                 print(f"{r.status.upper()}: {r.suite} {r.model} {r.name} {r.method or ''} "
-                      f"{r.value_base:.4g} -> {r.value:.4g}".replace("  ", " "))
+                      f"{fmt(r.value_base)} -> {fmt(r.value)}".replace("  ", " "))
             print(f"{len(bad)} regressed of {int(cmp['status'].isin(['ok', 'improved', 'regressed', 'changed']).sum())}"
                   f" compared against {base.source}")
             return 1 if len(bad) else 0
@@ -124,9 +131,11 @@ def main(argv: list[str] | None = None) -> int:
             replay_run(args.results_dir, first, scale={"clean_perplexity": 1.5}, info={"git_commit": "demo"})
             print(build_report(args.results_dir))
         else:
-            from reports.build import build_report
+            from reports.build import build_store
 
-            print(build_report(args.results_dir, args.run, args.baseline, args.out))
+            built = build_store(args.results_dir, args.run, args.baseline, args.out, pages=args.pages)
+            print(built.run_page)
+            print(built.index)
     except HarnessError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -71,9 +71,13 @@ def latest_records(dirs: list[str | Path]) -> pd.DataFrame:
         frames.append(recs.assign(store=str(d), started_at=recs["run_id"].map(started)))
     if not frames:
         raise HarnessError(f"no records in {', '.join(map(str, dirs))} (run the suites first)")
-    recs = pd.concat(frames, ignore_index=True)
-    last = recs.groupby(["model", "suite"])["started_at"].transform("max")
-    return parse_records(recs[recs["started_at"] == last].reset_index(drop=True))
+    return parse_records(newest_per_suite(pd.concat(frames, ignore_index=True)))
+
+
+def newest_per_suite(records: pd.DataFrame) -> pd.DataFrame:
+    """The records of the newest run (by ``started_at``) that measured each (model, suite)."""
+    last = records.groupby(["model", "suite"])["started_at"].transform("max")
+    return records[records["started_at"] == last].reset_index(drop=True)
 
 
 # -- claim matrix ----------------------------------------------------------------------------------

@@ -152,13 +152,16 @@ def _order(values, known=BIT_CLASS_ORDER) -> list:
     return sorted(set(values), key=lambda v: (known.index(v) if v in known else len(known), str(v)))
 
 
-def grouped_bars(ax, groups: list, hues: list, value, low=None, high=None, *, colors=None) -> None:
+def grouped_bars(ax, groups: list, hues: list, value, low=None, high=None, *, colors=None) -> list:
     """Bars of ``value(group, hue)`` in groups along x, one colour per hue, with error bars from
-    ``low``/``high`` (absolute limits); a missing value leaves a gap."""
+    ``low``/``high`` (absolute limits); a missing value leaves a gap. Returns ``(x, width, group, hue)`` of
+    every bar."""
     width = 0.8 / max(len(hues), 1)
+    placed = []
     for j, hue in enumerate(hues):
         xs = np.arange(len(groups)) + (j - (len(hues) - 1) / 2) * width
         ys = np.array([value(gr, hue) for gr in groups], dtype=float)
+        placed += [(x, width, gr, hue) for x, gr in zip(xs, groups, strict=True)]
         kw = {"color": colors[j]} if colors else {}
         ax.bar(xs, np.nan_to_num(ys, nan=0.0, posinf=0.0), width * 0.92, label=str(hue), **kw)
         if low is not None:
@@ -168,6 +171,7 @@ def grouped_bars(ax, groups: list, hues: list, value, low=None, high=None, *, co
             ax.errorbar(xs[ok], ys[ok], yerr=[ys[ok] - lo[ok], hi[ok] - ys[ok]], fmt="none", ecolor="black",
                          elinewidth=0.9, capsize=2.5)
     ax.set_xticks(range(len(groups)), [str(g) for g in groups], fontsize=8)
+    return placed
 
 
 def _sweep_bars(suite: str, model: str, g: pd.DataFrame, *, metric: str, xlabel: str, outdir: Path) -> Figure:
@@ -184,15 +188,30 @@ def _sweep_bars(suite: str, model: str, g: pd.DataFrame, *, metric: str, xlabel:
 
     fig = MplFigure(figsize=(max(6.5, 1.2 + 0.35 * len(groups) * len(hues)), 6.0))
     ax, ax2 = fig.subplots(2, 1, sharex=True)
-    grouped_bars(ax, groups, hues, get("median"), get("q25"), get("q75"))
-    med = _finite(g["median"])
-    if med.size and med.min() > 0 and med.max() / med.min() > 20:
+    shown = _finite(np.concatenate([g["median_all"], g["q75"]]))
+    log = shown.size and shown.min() > 0 and shown.max() / shown.min() > 20
+    top = (shown.max() * (4.0 if log else 1.25)) if shown.size else 2.0  # where a collapse is drawn
+
+    def at_top(col):
+        return lambda gr, hue: min(get(col)(gr, hue), top)
+
+    placed = grouped_bars(ax, groups, hues, at_top("median_all"))
+    for x, width, gr, hue in placed:
+        c = cell.get((gr, hue))
+        if c is None or not c["collapsed"]:
+            continue
+        share = c["collapsed"] / c["trials"]
+        collapsed_median = not np.isfinite(c["median_all"])
+        ax.bar(x, top, width * 0.92, fill=False, hatch="///" if collapsed_median else None, edgecolor="#b2182b",
+               lw=0.8)
+        ax.plot([x], [top], marker="v", color="#b2182b", ms=5, clip_on=False)
+        ax.text(x, top, f"{share:.0%}", ha="center", va="bottom", fontsize=7, color="#b2182b")
+    if log:
         ax.set_yscale("log")
-    elif med.size:
-        ax.set_ylim(top=float(np.nanmax([med.max(), _finite(g["q75"]).max(initial=0)])) * 1.3)
+    ax.set_ylim(top=top * (1.6 if log else 1.08))
     if metric == "ppl_ratio":
         ax.axhline(1.0, color="black", lw=0.7, ls=":")
-    ax.set_ylabel(f"{metric}, median")
+    ax.set_ylabel(f"{metric}, median of all trials")
     ax.legend(fontsize=7, title=" / ".join(rest).replace("method", "target" if suite == "bitflip" else "method")
               or None, title_fontsize=7, loc="upper right", ncol=min(len(hues), 4))
     ax.grid(alpha=0.3, axis="y")
@@ -207,9 +226,10 @@ def _sweep_bars(suite: str, model: str, g: pd.DataFrame, *, metric: str, xlabel:
     name = f"{suite}_bars__{slug(model)}"
     trials = int(g["trials"].max())
     return Figure(name, suite, title, f"Measured at one x only ({xlabel} = {x:g}): above, {metric} (median over "
-                  f"non-collapsed trials, bar: interquartile range or the suite's own interval); below, the "
-                  f"collapse rate with its Wilson 95% interval (at most {trials} trials per bar).",
-                  _save(fig, outdir, name))
+                  "all trials, a collapse counted as the worst value; a cell with collapses gets a red frame up to "
+                  "the top edge, where a red mark gives its collapse share; hatched: more than half of its trials "
+                  "collapsed, so its median is a collapse); below, the collapse rate with its Wilson 95% interval "
+                  f"(at most {trials} trials per bar).", _save(fig, outdir, name))
 
 
 def _sweep_figure(suite: str, model: str, g: pd.DataFrame, *, metric: str, xlabel: str, outdir: Path) -> Figure:

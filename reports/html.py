@@ -18,27 +18,42 @@ from pathlib import Path
 import pandas as pd
 
 from reports import tables
+from reports.comparable import describe, run_config
+from reports.figures import slug
 from reports.views import (
     ATTENTION,
     OUTCOME_LABELS,
     Report,
-    claims_view,
     collapse_view,
     present,
     regression_view,
 )
 
 CSS = """
-body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;margin:0;color:#1b1f24;background:#fff}
+body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;margin:0;color:#1b1f24;background:#fff;
+-webkit-text-size-adjust:100%;text-size-adjust:100%}
 header{background:#1f3a5f;color:#fff;padding:12px 24px}header h1{margin:0;font-size:20px}
 header p{margin:3px 0 0;opacity:.85;font-size:13px}nav{padding:7px 24px;background:#eef2f7;position:sticky;top:0;
 z-index:1}nav a{margin-right:14px;color:#1f3a5f;text-decoration:none;font-weight:600}
 main{padding:4px 24px 40px;max-width:1500px}h2{border-bottom:2px solid #dde3ea;padding-bottom:3px;margin:22px 0 8px}
 h3{margin:14px 0 6px;font-size:15px}
 table{border-collapse:collapse;margin:6px 0 14px;font-size:12.5px}td,th{border:1px solid #d0d7de;padding:3px 7px;
-vertical-align:top}th{background:#f3f5f8;text-align:left}td{font-variant-numeric:tabular-nums}
+vertical-align:top;min-width:6em;line-height:1.35;overflow-wrap:anywhere}th{background:#f3f5f8;text-align:left}
+td{font-variant-numeric:tabular-nums}.scroll{overflow-x:auto;max-width:100%}
+table.claims{width:100%}table.claims td.num{text-align:right;white-space:nowrap}table.claims td.o{white-space:nowrap}
+table.claims .vb{display:none}table.claims td.claim{overflow-wrap:normal}
+table.claims td.claim details{margin:0}table.claims td.claim summary{font-weight:400;cursor:pointer}
+table.claims td.claim summary::marker{color:#8c959f}table.claims tr.why{display:none}
+table.claims tr.why td{background:#f6f8fa;color:#1b1f24;font-size:12px;white-space:normal}
+table.claims tr:has(details[open])+tr.why{display:table-row}table.claims tr.why p{margin:2px 0}
+.note{background:#eef2f7;border:1px solid #c8d1dc;padding:6px 10px;margin:6px 0;border-radius:4px}
+.note ul{margin:2px 0;padding-left:18px}
+@media (max-width:640px){main{padding:4px 8px 30px}header{padding:10px 8px}nav{padding:6px 8px}
+.suite-body>div{flex-basis:100%}
+table.claims .bound{display:none}table.claims .vb{display:inline}.card{min-width:80px;padding:6px 10px}
+details.suite{padding:0 6px}}
 tr.bad td,tr.o-failed td{background:#fde8e8}tr.good td{background:#e8f6ea}
-tr.o-unverified td{background:#fff4d6}tr.o-not_applicable td{color:#57606a}
+tr.o-unverified td,tr.warnrow td{background:#fff4d6}tr.o-not_applicable td{color:#57606a}
 .badge{display:inline-block;border-radius:10px;padding:0 8px;margin-left:6px;font-size:12px;font-weight:600;
 border:1px solid}.b-failed{color:#cf222e;border-color:#cf222e;background:#fde8e8}
 .b-unverified{color:#7d4e00;border-color:#bf8700;background:#fff4d6}.b-passed{color:#1a7f37;border-color:#1a7f37}
@@ -92,25 +107,50 @@ def table(df: pd.DataFrame, bad=None, good=None, row_class=None, raw_html: tuple
         cls = row_class(raw) if row_class else ("bad" if bad and bad(raw) else "good" if good and good(raw) else "")
         cells = "".join(f"<td>{raw[c] if c in raw_html else esc(str(row[c]))}</td>" for c in cols)
         rows.append(f"<tr class='{cls}'>{cells}</tr>" if cls else f"<tr>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    return f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+
+
+SHORT_LABELS = {"failed": "FAILED", "unverified": "UNVERIFIED", "passed": "passed", "not_applicable": "n/a"}
+
+
+def _breakable(name: str) -> str:
+    """An escaped claim name that may wrap after its underscores (narrow screens)."""
+    return "_<wbr>".join(esc(part) for part in str(name).split("_"))
 
 
 def claims_table(claims: pd.DataFrame, *, suite: bool = True) -> str:
-    """The claims with all four outcomes, one row class per outcome (unverified marked amber); the statement
-    shows on hover over the claim's name, the reason of a not-applicable claim in its own column."""
+    """The claims, one line each: claim, outcome, value, bound (or the relation's other side) [, model, suite];
+    the statement and the reason fold beneath the row (click the claim's name) and show on hover."""
     if claims.empty:
         return '<p class="muted">(no claims)</p>'
-    view = claims_view(claims, suite=suite).drop(columns="statement or reason")
-    view["claim"] = [f"<span title=\"{esc(st)}\">{esc(str(c))}</span>" if st else esc(str(c))
-                     for c, st in zip(claims["claim"], claims["statement"], strict=True)]
-    view["reason"] = [r if o == "not_applicable" else "" for r, o in zip(claims["reason"], claims["outcome"],
-                                                                         strict=True)]
-    if not view["reason"].astype(bool).any():
-        view = view.drop(columns="reason")
-    if claims["model"].nunique() == 1:
-        view = view.drop(columns="model")
-    outcomes = dict(zip(view.index, claims["outcome"], strict=True))
-    return table(view, row_class=lambda r: f"o-{outcomes[r.name]}", raw_html=("claim",))
+    show_model = claims["model"].nunique() > 1
+    heads = ["claim", *(["suite"] if suite else []), *(["model"] if show_model else []), "outcome", "value",
+             "bound"]
+    rows = []
+    for r in claims.to_dict("records"):
+        why = [f"<p>{esc(r['statement'])}</p>"] if r.get("statement") else []
+        if r.get("reason"):
+            why.append(f"<p><b>{'why not applicable' if r['outcome'] == 'not_applicable' else 'reason'}:</b> "
+                       f"{esc(str(r['reason']))}</p>")
+        if r.get("kind") == "relation":
+            why.append("<p class='muted'>A relation: the value must exceed the other side shown as the bound.</p>")
+        tip = esc(" | ".join(str(x) for x in (r.get("statement"), r.get("reason")) if x))
+        name = _breakable(r["claim"])
+        cell = f"<details><summary>{name}</summary></details>" if why else name
+        bound = "" if pd.isna(r["bound"]) else f"{esc(str(r['op']))}&nbsp;{esc(tables.fmt(r['bound']))}"
+        label = SHORT_LABELS.get(r["outcome"], str(r["outcome"]))
+        cells = [f"<td class='claim' title=\"{tip}\">{cell}</td>",
+                 *([f"<td>{esc(str(r['suite']))}</td>"] if suite else []),
+                 *([f"<td>{esc(str(r['model']))}</td>"] if show_model else []),
+                 f"<td class='o' title='{esc(OUTCOME_LABELS.get(r['outcome'], ''))}'>{esc(label)}</td>",
+                 f"<td class='num'>{esc(tables.fmt(r['value']))}<span class='vb'> {bound}</span></td>",
+                 f"<td class='num bound'>{bound}</td>"]
+        rows.append(f"<tr class='o-{esc(str(r['outcome']))}'>{''.join(cells)}</tr>")
+        if why:
+            rows.append(f"<tr class='why'><td colspan='{len(heads)}'>{''.join(why)}</td></tr>")
+    head = "".join(f"<th class='bound'>{h}</th>" if h == "bound" else f"<th>{h}</th>" for h in heads)
+    return (f"<div class='scroll'><table class='claims'><thead><tr>{head}</tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table></div>")
 
 
 def badges(counts: dict[str, int]) -> str:
@@ -148,6 +188,9 @@ def _attention(r: Report) -> list[str]:
     out = ["<section id='attention'><h2>Needs attention</h2><div class='cards'>" + "".join(
         f"<div class='card {cls}' data-count='{k}'><b>{v}</b>{esc(k)}</div>" for k, v, cls in cards) + "</div>"]
     out += [f"<div class='warn'>{esc(w)}</div>" for w in r.warnings]
+    out.append("<div class='note' id='compared-with'><b>Compared with</b> (only earlier runs of the same model, seed "
+               "and options count):<ul>" + "".join(f"<li>{esc(line)}</li>" for line in r.compared_with())
+               + "</ul>" + _spread_note(r) + "</div>")
     if not checked:
         out.append("<div class='warn'>No claim was checked in this run: a green run here confirms nothing.</div>")
     elif na_share > MAX_NA_SHARE:
@@ -177,6 +220,16 @@ def _attention(r: Report) -> list[str]:
                    f".toml</code> has a number for the model (create them with <code>python -m reports "
                    f"export-bounds</code>).</p><ul class='compact'>{items}</ul>")
     return [*out, "</section>"]
+
+
+def _spread_note(r: Report) -> str:
+    if r.spread.empty:
+        return ""
+    out = r.outside_seeds()
+    seeds = ", ".join(sorted(set(", ".join(r.spread["seeds"]).split(", "))))
+    return (f"<p>Against the other seeds at this configuration (seeds {esc(seeds)}): {len(r.spread) - len(out)} of "
+            f"{len(r.spread)} claims inside their range, <a href='#seeds'>{len(out)} outside</a> (another draw, "
+            f"not a regression).</p>")
 
 
 def _suite_extras(r: Report, suite: str) -> list[str]:
@@ -220,7 +273,7 @@ def _suites(r: Report, report_dir: Path) -> list[str]:
         is_open = " open" if counts.get("failed") or n_reg else ""
         head = (f"<details class='suite' id='suite-{esc(suite)}'{is_open}><summary>{esc(suite)}{badges(counts)}"
                 + (f"<span class='badge b-regressed'>{n_reg} regressed</span>" if n_reg else "") + "</summary>")
-        left = ["<h3>Claims</h3>" + claims_table(mine, suite=False), *_suite_extras(r, suite)]
+        left = [_source(r, suite) + "<h3>Claims</h3>" + claims_table(mine, suite=False), *_suite_extras(r, suite)]
         summary = r.summaries.get(suite)
         if summary is not None and not summary.empty:
             left.append(f"<details><summary>Measurements ({int(summary['records'].sum())} records)</summary>"
@@ -237,17 +290,27 @@ def _suites(r: Report, report_dir: Path) -> list[str]:
     return [*out, "</section>"]
 
 
+def _seeds(r: Report) -> str:
+    if r.spread.empty:
+        return ""
+    view = r.spread.rename(columns={"low": "seeds' low", "high": "seeds' high"})
+    return ("<h3 id='seeds'>Against the other seeds</h3><p class='muted'>The newest run of each other seed at this "
+            "configuration otherwise; a value outside their range is another draw to look at, not a "
+            "regression.</p>" + table(view, row_class=lambda x: "" if x["where"] == "inside" else "warnrow"))
+
+
 def _over_time(r: Report) -> list[str]:
     from reports.trend import sparklines
 
     if r.history.empty or r.history["run_id"].nunique() < 2:
-        return ["<section id='over-time'><h2>Claims over time</h2><p class='muted'>Only one run of these claims "
-                "in this store: nothing to compare yet.</p></section>"]
+        return ["<section id='over-time'><h2>Claims over time</h2><p class='muted'>No earlier run of these claims "
+                "at this configuration in this store: nothing to compare over time.</p>" + _seeds(r) + "</section>"]
     n_runs = r.history["run_id"].nunique()
-    out = [f"<section id='over-time'><h2>Claims over time</h2><p class='muted'>The last {n_runs} runs of this store "
-           f"(oldest left). Line: the value; dashed: its bound or other side; dots coloured by outcome (red failed, "
+    out = [f"<section id='over-time'><h2>Claims over time</h2><p class='muted'>This run and the earlier runs of the "
+           f"same model at the same configuration: {n_runs} runs (oldest left). Line: the value; dashed: its bound "
+           f"or other side; dots coloured by outcome (red failed, "
            f"amber unverified, green passed); a triangle at the top: collapsed (inf).</p>",
-           "<h3 id='changes'>Changed since the previous run</h3>"]
+           "<h3 id='changes'>Changed since the previous run at this configuration</h3>"]
     ch = r.changes
     if ch.empty:
         out.append("<p class='allgood'>No claim changed outcome or value since the previous run.</p>")
@@ -260,21 +323,41 @@ def _over_time(r: Report) -> list[str]:
         columns={"svg": "last runs"})
     out.append(f"<details><summary>Every claim ({len(sp)}), the ones that moved most first</summary>"
                + table(view, raw_html=("last runs",), row_class=lambda x: f"o-{x['outcome']}") + "</details>")
-    return [*out, "</section>"]
+    return [*out, _seeds(r), "</section>"]
+
+
+def _source(r: Report, suite: str) -> str:
+    """In a latest-per-suite view: the run a suite came from, linked to its page."""
+    rid = r.sources.get(suite)
+    if not rid:
+        return ""
+    info = r.data.run_info(rid)
+    href = f"../{slug(rid)}/index.html"
+    return (f"<p class='muted'>From run <a href='{esc(href)}'>{esc(rid)}</a> (seed "
+            f"{esc(run_config(info)['seed'] or '?')}, started {esc(str(info.get('started_at') or '?')[:16])})</p>")
 
 
 def page(r: Report, report_dir: Path) -> str:
-    """The whole run page."""
+    """The whole run page (or a latest-per-suite view, when ``r.sources`` is set)."""
     run = r.run_info
     env = " · ".join(f"{k} {esc(str(run.get(k)))}" for k in
                      ("device", "dtype", "torch", "transformers", "python") if run.get(k))
     commit = esc(str(run.get("git_commit") or "no commit"))
+    links = " · ".join(f"<a href='{esc(h)}' style='color:#fff'>{esc(t)}</a>" for t, h in r.links)
+    if r.sources:
+        n_runs = len(set(r.sources.values()))
+        title = f"ESA analysis: {esc(', '.join(r.data.models))}, newest result of every suite"
+        line = (f"{len(r.sources)} suites from {n_runs} run{'s' if n_runs > 1 else ''} of this store; the newest "
+                f"started {esc(str(run.get('started_at') or '?'))}")
+    else:
+        title = f"ESA analysis report: {esc(', '.join(r.data.models))}"
+        line = (f"run {esc(r.data.run_id)} · started {esc(str(run.get('started_at') or '?'))} · commit {commit}"
+                f"</p><p>{esc(describe(run_config(run)))}")
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
              f"<meta name='viewport' content='width=device-width,initial-scale=1'>"
              f"<title>ESA report {esc(r.data.run_id)}</title><style>{CSS}</style></head><body>",
-             f"<header><h1>ESA analysis report: {esc(', '.join(r.data.models))}</h1>"
-             f"<p>run {esc(r.data.run_id)} · started {esc(str(run.get('started_at') or '?'))} · commit {commit}"
-             f"</p><p>{env}</p></header>"]
+             f"<header><h1>{title}</h1><p>{line}</p><p>{env}</p>"
+             + (f"<p>{links}</p>" if links else "") + "</header>"]
     sections = [("attention", "Needs attention"), ("suites", "Suites"), ("over-time", "Over time")]
     if r.comparison is not None:
         sections.append(("regression", "Regression"))

@@ -12,6 +12,8 @@ import pandas as pd
 
 from harness.errors import HarnessError
 from harness.records import ResultStore
+from reports import comparable
+from reports.comparable import Comparables
 
 log = logging.getLogger(__name__)
 
@@ -167,18 +169,19 @@ class RunData:
     def models(self) -> list[str]:
         return sorted(self.records["model"].dropna().unique())
 
-    def previous_run_id(self) -> str | None:
-        """The run before this one that measured at least one of the same models."""
-        ids = list(self.runs["run_id"])
-        models = set(self.models)
-        for rid in reversed(ids[: ids.index(self.run_id)]):
-            if models & set(self.history.loc[self.history["run_id"] == rid, "model"]):
-                return rid
-        return None
-
     def run_info(self, run_id: str) -> dict:
         row = self.runs[self.runs["run_id"] == run_id]
         return row.iloc[0].to_dict() if len(row) else {}
+
+    def models_by_run(self) -> dict[str, set[str]]:
+        """Run id -> the models it has records of."""
+        return {rid: set(g.dropna()) for rid, g in self.history.groupby("run_id")["model"]}
+
+    def comparables(self) -> list[Comparables]:
+        """For each model of this run, the earlier runs it may be compared with (:func:`reports.comparable.find`)."""
+        rows = self.runs.to_dict("records")
+        by_run = self.models_by_run()
+        return [comparable.find(rows, self.run_id, m, by_run) for m in self.models]
 
 
 def open_store(results_dir: str | Path) -> ResultStore:

@@ -45,9 +45,11 @@ def _findings(r: Report) -> list[str]:
            f"- Suites: {', '.join(sorted(r.data.records['suite'].unique()))}; {len(r.data.records)} records.",
            f"- Claims: {len(r.claims)} checked: **{n['failed']} failed**, **{n['unverified']} unverified** "
            f"(no bound for this model), {n['passed']} passed, {n['not_applicable']} not applicable."]
-    if r.comparison is None:
-        out.append("- Regression: no earlier run of these models in this store and no baseline given.")
-    else:
+    out += [f"- Compared with: {line}." for line in r.compared_with()]
+    if not r.spread.empty:
+        out.append(f"- Against the other seeds at this configuration: {len(r.outside_seeds())} of {len(r.spread)} "
+                   "claims outside the range those seeds showed (another draw, not a regression).")
+    if r.comparison is not None:
         cmp = r.comparison
         claims = cmp[cmp["kind"] == "claim"]["status"].value_counts()
         counts = cmp[cmp["kind"] != "claim"]["status"].value_counts()

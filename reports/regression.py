@@ -35,7 +35,9 @@ try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
-from reports.load import ENV_FIELDS, aggregation_of, canonical_json, claim_direction, direction_of, load_run
+from reports.comparable import Comparables, differences, run_config, settings
+from reports.load import ENV_FIELDS, RunData, aggregation_of, canonical_json, claim_direction, direction_of, load_run
+from reports.tables import fmt
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +233,7 @@ def judge(base: float, value: float, direction: bool | None, tol: Tolerance) -> 
 
 
 def _fmt(x: float) -> str:
-    return f"{x:.4g}" if math.isfinite(x) else ("inf (collapsed)" if x > 0 else "-inf (collapsed)")
+    return fmt(x) + ("" if math.isfinite(x) else " (collapsed)")
 
 
 def env_differences(a: dict, b: dict, a_name: str = "this run", b_name: str = "baseline") -> list[str]:
@@ -267,6 +269,7 @@ class Baseline:
     models: list[str]
     source: str
     tolerances: Tolerances = field(default_factory=load_tolerances)
+    config: dict[str, str] = field(default_factory=dict)  # reports.comparable.run_config of the baseline run
 
     def __post_init__(self) -> None:
         self._index = {tuple(r[k] for k in KEY): r for r in self.rows.to_dict("records")}
@@ -278,7 +281,7 @@ class Baseline:
         data = load_run(results_dir, run_id)
         run = {f: data.run.get(f) for f in RUN_FIELDS}
         return cls(aggregate(data.records), run, data.models, f"store:{data.run_id}",
-                   tolerances or load_tolerances())
+                   tolerances or load_tolerances(), run_config(data.run))
 
     def _describe(self) -> str:
         commit = (self.run.get("git_commit") or "")[:10]
@@ -320,10 +323,10 @@ class Baseline:
         if key[0] == "claim" and direction is not None:
             bound = base["bound"]
             way = f"{'a lower' if direction else 'an upper'} bound" + (
-                f" ({'>=' if direction else '<='} {bound:g})" if bound is not None and pd.notna(bound) else
+                f" ({'>=' if direction else '<='} {fmt(bound)})" if bound is not None and pd.notna(bound) else
                 " (unverified: no number for this model)")
         return (f"{name} regressed against {self._describe()}: {_fmt(value)} vs {_fmt(b)}{rel}; "
-                f"{way}, {tol.describe()} = {allowed:.4g}")
+                f"{way}, {tol.describe()} = {fmt(allowed)}")
 
     def compare(self, records: pd.DataFrame) -> pd.DataFrame:
         """Every key of ``records`` (parsed store rows) next to its baseline row, with a ``status``.
@@ -373,6 +376,11 @@ class Baseline:
             out.append(f"WARNING (baseline from another model): {self.source} measured "
                        f"{', '.join(self.models) or 'no model'}; {', '.join(other)} cannot be compared")
         out += env_differences(run_info, self.run, "this run", self.source)
+        if self.config and "seed" in settings(run_info):  # a run's own info (the plugin's options), not env only
+            differ = differences(run_config(run_info), self.config)
+            if differ:
+                out.append(f"WARNING (baseline of another configuration): {self.source} was measured under "
+                           f"{'; '.join(differ)}: values differ by the draw, not only by a change of the model")
         return out
 
     def to_json(self) -> dict:
@@ -394,7 +402,7 @@ class Baseline:
         run = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in self.run.items()}
         return {"schema_version": BASELINE_SCHEMA_VERSION, "kind": BASELINE_KIND,
                 "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                "source": self.source, "run": run, "models": self.models, "rows": rows}
+                "source": self.source, "run": run, "config": self.config, "models": self.models, "rows": rows}
 
 
 def export_baseline(results_dir: str | Path, path: str | Path, run_id: str | None = None) -> Path:
@@ -449,4 +457,35 @@ def load_baseline(path: str | Path, tolerances: str | Path | Tolerances | None =
         tol = tolerances
     else:
         tol = load_tolerances(tolerances)
-    return Baseline(rows, data.get("run") or {}, list(data.get("models") or []), str(path), tol)
+    config = data.get("config") if isinstance(data.get("config"), dict) else {}
+    return Baseline(rows, data.get("run") or {}, list(data.get("models") or []), str(path), tol,
+                    {k: str(v) for k, v in config.items()})
+
+
+def comparable_baseline(data: RunData, comparables: list[Comparables],
+                        tolerances: Tolerances | None = None) -> Baseline | None:
+    """The baseline of a run from its earlier runs at the same configuration (``Comparables.same``): for each
+    model and key the value of the newest such run that measured it, in the suites this run measured for that
+    model; None when no model of the run has a comparable earlier run."""
+    order = {rid: i for i, rid in enumerate(data.runs["run_id"])}
+    hist = data.history
+    frames, used = [], []
+    for c in comparables:
+        suites = set(data.records.loc[data.records["model"] == c.model, "suite"])
+        for rid in c.same:
+            recs = hist[(hist["run_id"] == rid) & (hist["model"] == c.model) & hist["suite"].isin(suites)]
+            if not recs.empty:
+                frames.append(aggregate(recs).assign(_order=order[rid]))
+                used.append(rid)
+    if not frames:
+        return None
+    rows = pd.concat(frames, ignore_index=True).sort_values("_order", kind="stable")
+    rows = rows.drop_duplicates(KEY, keep="last").drop(columns="_order").reset_index(drop=True)
+    newest = max(used, key=order.__getitem__)
+    info = data.run_info(newest)
+    ids = sorted(set(used), key=order.__getitem__)
+    source = (f"previous run at the same configuration ({newest})" if len(ids) == 1 else
+              f"previous runs at the same configuration ({', '.join(ids[-3:])}{' ...' if len(ids) > 3 else ''})")
+    return Baseline(rows, {f: info.get(f) for f in RUN_FIELDS}, sorted({c.model for c in comparables if c.same}),
+                    source, tolerances or load_tolerances(), run_config(info))
+

@@ -24,6 +24,7 @@ import pandas as pd
 
 from harness.errors import HarnessError
 from harness.records import ResultStore
+from reports.comparable import settings
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def replay_run(results_dir: str | Path, run_id: str, *, scale: dict[str, float] 
         results_dir: the results directory.
         run_id: the run to copy.
         scale: claim name -> factor.
-        info: ``runs`` columns of the new run (git_commit, device, ...) over the copied ones.
+        info: ``runs`` columns and options of the new run (git_commit, device, seed, ...) over the copied ones.
     """
     scale = scale or {}
     with ResultStore(results_dir, create=False) as store:
@@ -115,8 +116,9 @@ def replay_run(results_dir: str | Path, run_id: str, *, scale: dict[str, float] 
         row = runs[runs["run_id"] == run_id]
         if row.empty:
             raise HarnessError(f"unknown run id {run_id!r} in {results_dir}")
-        run = {k: v for k, v in row.iloc[0].to_dict().items()
-               if k not in ("run_id", "started_at", "finished_at", "extra") and v is not None and not pd.isna(v)}
+        run = {k: v for k, v in settings(row.iloc[0].to_dict()).items()  # the run's options (seed, preset, ...) too
+               if k not in ("run_id", "started_at", "finished_at", "interrupted") and v is not None
+               and not (isinstance(v, float) and pd.isna(v))}
         new = store.start_run({**run, **(info or {})})
         for row in store.records(run_id).to_dict("records"):
             rec = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}

@@ -37,15 +37,24 @@ PRIMARY_METRICS = ("ppl_ratio", "perplexity", "kl", "top1", "accuracy")
 
 
 def fmt(x) -> str:
-    """A number for a table cell: 4 significant digits, ``inf``, empty for missing."""
+    """A number as every page, table and message of the reports shows it: 4 significant digits, scientific
+    notation with a short exponent outside [1e-4, 1e4) (``4.098e4``, ``2.5e-5``), ``inf``, empty for missing;
+    integers in full."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return ""
-    if isinstance(x, bool):
-        return str(x)
-    if isinstance(x, (int, float)):
-        if isinstance(x, float) and math.isinf(x):
+    if isinstance(x, (bool, np.bool_)):
+        return str(bool(x))
+    if isinstance(x, (int, np.integer)):
+        return str(int(x))
+    if isinstance(x, (float, np.floating)):
+        x = float(x)
+        if math.isinf(x):
             return "inf" if x > 0 else "-inf"
-        return f"{x:.4g}" if isinstance(x, float) else str(x)
+        text = f"{x:.4g}"
+        if "e" in text:
+            mantissa, exp = text.split("e")
+            text = f"{mantissa}e{int(exp)}"
+        return text
     return str(x)
 
 
@@ -103,7 +112,8 @@ def primary_metric(records: pd.DataFrame) -> str | None:
 
 
 def sweep(records: pd.DataFrame, suite: str) -> tuple[pd.DataFrame, str | None, str]:
-    """Per (model, series, x): trials, median/IQR of the primary metric, collapse rate + Wilson 95%.
+    """Per (model, series, x): trials, median/IQR of the primary metric over the trials that did not collapse,
+    ``median_all`` over every trial (a collapse counts as inf), collapse rate + Wilson 95%.
 
     Returns:
         (frame, metric, x label); the frame is empty when the suite has no swept records.
@@ -125,7 +135,8 @@ def sweep(records: pd.DataFrame, suite: str) -> tuple[pd.DataFrame, str | None, 
     series = [" / ".join(p for p in ps if p) or suite for ps in zip(*parts, strict=True)]
     g = g.assign(series=series, **{f"key_{k}": p for k, p in zip(spec.series, parts, strict=True)})
     finite = g["value"].where(~g["collapsed"] & np.isfinite(g["value"].fillna(np.nan)))
-    g = g.assign(finite=finite, ci_low=pd.to_numeric(xget(g, "ci_low"), errors="coerce"),
+    every = g["value"].where(~g["collapsed"], np.inf)  # every trial, a collapse as the worst value
+    g = g.assign(finite=finite, every=every, ci_low=pd.to_numeric(xget(g, "ci_low"), errors="coerce"),
                  ci_high=pd.to_numeric(xget(g, "ci_high"), errors="coerce"), collapsed=g["collapsed"].astype(int))
     keys = [f"key_{k}" for k in spec.series]
     grouped = g.groupby(["model", "series", "x"], sort=True)
@@ -134,6 +145,7 @@ def sweep(records: pd.DataFrame, suite: str) -> tuple[pd.DataFrame, str | None, 
                      ci_high=("ci_high", "first"), **{k: (k, "first") for k in keys})
     df["q25"] = grouped["finite"].quantile(0.25)
     df["q75"] = grouped["finite"].quantile(0.75)
+    df["median_all"] = grouped["every"].median()
     own_ci = (df["trials"] == 1) & df["ci_low"].notna() & df["ci_high"].notna()
     df.loc[own_ci, "q25"] = df.loc[own_ci, "ci_low"]
     df.loc[own_ci, "q75"] = df.loc[own_ci, "ci_high"]

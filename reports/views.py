@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from harness.records.store import interruption
+from reports.comparable import Comparables
 from reports.figures import Figure
 from reports.load import OUTCOMES, RunData
 from reports.tables import fmt
@@ -37,8 +38,13 @@ class Report:
     trend: pd.DataFrame
     history: pd.DataFrame = field(default_factory=pd.DataFrame)
     changes: pd.DataFrame = field(default_factory=pd.DataFrame)
+    comparables: list[Comparables] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)  # a latest-per-suite view: suite -> its run
+    links: list[tuple[str, str]] = field(default_factory=list)  # (text, href) shown in the page header
+    spread: pd.DataFrame = field(default_factory=pd.DataFrame)
     comparison: pd.DataFrame | None = None
     baseline_label: str = ""
+    baseline_given: bool = False  # --baseline FILE (else: the comparable earlier runs of the store)
     tolerance_note: str = ""
     warnings: list[str] = field(default_factory=list)
     highlights: list[str] = field(default_factory=list)
@@ -53,6 +59,17 @@ class Report:
         """Claims per outcome (every outcome present, 0 when none)."""
         counts = self.claims["outcome"].value_counts() if not self.claims.empty else {}
         return {o: int(counts.get(o, 0)) for o in OUTCOMES}
+
+    def compared_with(self) -> list[str]:
+        """What the run was compared with, one line per model (or the baseline file given)."""
+        if self.baseline_given:
+            return [f"compared with the baseline {self.baseline_label}"]
+        return [c.note() for c in self.comparables]
+
+    def outside_seeds(self) -> pd.DataFrame:
+        """Claims whose value lies outside the range the other seeds showed at this configuration."""
+        s = self.spread
+        return s[s["where"] != "inside"] if not s.empty else s
 
     def regressed(self) -> pd.DataFrame:
         """Claims that moved the worse way beyond tolerance against the baseline (empty without one)."""

@@ -183,6 +183,10 @@ def test_compatibility_warnings(two_runs):
     assert warnings[0].startswith("WARNING (baseline from another model):") and "opt-350m" in warnings[0]
     assert any(w.startswith("WARNING (environment differs): device") for w in warnings)
     assert any("torch is '9.9'" in w for w in warnings)
+    config = {k: int(v) if v.isdigit() else v for k, v in base.config.items()}
+    assert base.config["seed"] == "0" and base.compatibility({**base.run, **config}, ["tiny-llama"]) == []
+    (other,) = base.compatibility({**base.run, **config, "seed": 5}, ["tiny-llama"])
+    assert other.startswith("WARNING (baseline of another configuration)") and "seed 0 (this run: 5)" in other
 
 
 def test_report_warns_when_environment_differs(two_runs, tmp_path):
