@@ -84,8 +84,8 @@ def _whole_analysis(data: RunData, parent: Path) -> list[str]:
         suites = sorted(mine["suite"].unique())
         href = f"{page_name(model)}/{INDEX}"
         link = f"<a href='{esc(href)}'>{esc(model)}</a>" if (parent / href).is_file() else esc(model)
-        out.append(f"<li>{link}: {len(suites)} suites ({esc(', '.join(suites))}) from "
-                   f"{mine['run_id'].nunique()} runs</li>")
+        out.append(f"<li>{link}: {len(suites)} suites ({esc(', '.join(suites))}); {mine['run_id'].nunique()} "
+                   "runs of it in this store</li>")
     return [*out, "</ul></section>"]
 
 
