@@ -35,7 +35,7 @@ import math
 
 import pytest
 
-from harness.campaign import Campaign, clean_baseline
+from harness.campaign import Campaign
 from harness.claims import ClaimSet, greater
 from harness.errors import HarnessError
 from harness.faults import ablate_layer
@@ -82,8 +82,7 @@ def test_ablation_sensitivity(lm, eval_windows, esa, recorder, timer, mode, comp
     except HarnessError as err:
         pytest.skip(f"{lm.family}: {err}")
     windows = eval_windows[: esa.pick(quick=QUICK_WINDOWS, full=None)]
-    clean = esa.cached((lm.name, SUITE, "clean", tuple(windows.shape), esa.options.corpus),
-                       lambda: clean_baseline(model, windows, keep_blocks=True))
+    clean = esa.clean(lm.name, model, windows)
     components = None if component == "all" else component
 
     ratios = []

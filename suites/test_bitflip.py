@@ -44,7 +44,7 @@ import math
 import pytest
 import torch
 
-from harness.campaign import Campaign, clean_baseline, trial_specs
+from harness.campaign import Campaign, trial_specs
 from harness.campaign.bitflip import TARGETS, sample_sites, site_pool
 from harness.campaign.sizing import Sizing, sequential
 from harness.claims import ClaimSet, has_effect, paired_majority, trial_changed
@@ -129,8 +129,7 @@ def _cell(esa, lm, windows, recorder, copies, detection, target: str, bit_class:
     def make() -> dict:
         model = loaded.model
         windows_ = windows[: esa.pick(quick=QUICK_WINDOWS, full=None)]
-        clean = esa.cached((loaded.name, "bitflip", "clean", str(loaded.dtype), tuple(windows_.shape),
-                            esa.options.corpus), lambda: clean_baseline(model, windows_, keep_blocks=True))
+        clean = esa.clean(loaded.name, model, windows_)
         pool, source = _pool(esa, loaded, target, detection)
         trials = esa.trials(lm.name, **(UNIFORM_TRIALS if target == "uniform" else TRIALS))
         before = fingerprint(model) if loaded is not lm else None

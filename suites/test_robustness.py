@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.campaign import Campaign, clean_baseline, trial_specs
+from harness.campaign import Campaign, trial_specs
 from harness.claims import ClaimSet, has_effect, paired_greater, trial_changed
 from harness.errors import HarnessError
 from harness.faults import add_noise
@@ -79,8 +79,7 @@ def test_noise_robustness(lm, eval_windows, esa, recorder, timer, noise_kind, co
     except HarnessError as err:
         pytest.skip(f"{lm.family}: {err}")
     windows = eval_windows[: esa.pick(quick=QUICK_WINDOWS, full=None)]
-    clean = esa.cached((lm.name, "robustness", "clean", tuple(windows.shape), esa.options.corpus),
-                       lambda: clean_baseline(model, windows, keep_blocks=True))
+    clean = esa.clean(lm.name, model, windows)
     levels = esa.pick(quick=QUICK_LEVELS, full=FULL_LEVELS)
     trials = esa.options.trials or esa.pick(**TRIALS)
 

@@ -42,7 +42,7 @@ import time
 import pytest
 import torch
 
-from harness.campaign import Campaign, clean_baseline, trial_seed
+from harness.campaign import Campaign, trial_seed
 from harness.claims import ClaimSet, greater
 from harness.faults import FaultSite, SiteNoise, ablate, flip_bits, layout, uniform_sites
 from harness.models.archmap import select
@@ -104,7 +104,7 @@ def _setup(esa, lm, eval_windows):
         refs = select(lm.model, components="linear")
         total = sum(lm.model.get_parameter(r.param).numel() if r.rows is None
                     else len(r.rows) * lm.model.get_parameter(r.param)[0].numel() for r in refs)
-        return clean_baseline(lm.model, windows, keep_blocks=True), refs, total
+        return esa.clean(lm.name, lm.model, windows), refs, total
 
     clean, refs, total = esa.cached((lm.name, SUITE, "setup", tuple(windows.shape), esa.options.corpus), make)
     return windows, clean, refs, total
