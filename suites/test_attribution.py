@@ -44,11 +44,12 @@ import pytest
 import torch
 
 from harness.attribution import attribute, greedy_target
-from harness.attribution.measures import compare, spearman
+from harness.attribution.measures import compare
 from harness.attribution.prompts import select_prompts
 from harness.claims import ClaimSet, Comparison, paired_greater
 from harness.faults import FaultSite, ablate, flip_bits, uniform_sites
 from harness.models.archmap import select
+from harness.stats import spearman
 
 CLAIMS = ClaimSet("attribution")
 SHIFT_FACTOR = 2.0
@@ -79,22 +80,18 @@ CALIB_WINDOWS = {"quick": 2, "full": 8}
 PERTURBATIONS = ("zero_super_weights", "zero_random", "exp_msb_flip", "wanda_50")
 
 
-def _tiny(lm) -> bool:
-    return lm.spec.source == "tiny"
-
-
 def _prompts(esa, lm) -> list[tuple[str, str]]:
     """(id, text) of the preset's prompts; on a random-weight tiny model, whose numbers mean nothing and which
     only runs the code paths, the first ``TINY_PROMPT_CHARS`` characters of one (its byte tokenizer makes
     every character a feature)."""
-    if _tiny(lm):
+    if lm.spec.random_weights:
         first = select_prompts(1)[0]
         return [(first.id, first.text[:TINY_PROMPT_CHARS])]
     return [(p.id, p.text) for p in select_prompts(esa.pick(**PROMPTS))]
 
 
 def _steps(esa, lm) -> int:
-    return TINY_IG_STEPS if _tiny(lm) else esa.pick(**IG_STEPS)
+    return TINY_IG_STEPS if lm.spec.random_weights else esa.pick(**IG_STEPS)
 
 
 def _clean(esa, lm) -> dict:
@@ -103,7 +100,7 @@ def _clean(esa, lm) -> dict:
     def make():
         out = {}
         for pid, text in _prompts(esa, lm):
-            target = greedy_target(lm, text, 2 if _tiny(lm) else esa.pick(**TARGET_TOKENS))
+            target = greedy_target(lm, text, 2 if lm.spec.random_weights else esa.pick(**TARGET_TOKENS))
             out[pid] = (target, attribute(lm, target, "feature_ablation",
                                            perturbations_per_eval=PERTURBATIONS_PER_EVAL))
         return out

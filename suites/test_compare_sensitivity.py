@@ -37,16 +37,9 @@ import pytest
 import torch
 
 from harness.claims import ClaimSet, Comparison
-from harness.scoring.agreement import (
-    jaccard,
-    overlap_pvalue,
-    random_jaccard,
-    random_spearman_limit,
-    sample_positions,
-    scored,
-    spearman,
-)
+from harness.scoring.agreement import overlap_pvalue, random_jaccard, random_spearman_limit, sample_positions, scored
 from harness.scoring.options import FULL_METHODS, QUICK_METHODS
+from harness.stats import jaccard, spearman
 
 K = {"quick": 100, "full": 1000}
 SAMPLE = {"quick": 20_000, "full": 200_000}
@@ -124,14 +117,13 @@ def test_method_agreement(lm, calib_windows, esa, recorder, request):
         extra = {"method_a": a, "method_b": b, "k": k, "size_a": len(ra.top), "size_b": len(rb.top),
                  "common": common, "random_jaccard": random_jaccard(len(ra.top), len(rb.top), ra.numel),
                  "random_overlap_p": overlap_pvalue(common, len(ra.top), len(rb.top), ra.numel)}
-        recorder.record("jaccard", jaccard(ra.top, rb.top), higher_is_better=True, extra=extra, **columns)
+        recorder.record("jaccard", jaccard(ra.top, rb.top), extra=extra, **columns)
         rho = None
         if ra.sampled is not None and rb.sampled is not None:
             rho = spearman(ra.sampled, rb.sampled)
             n = int(ra.sampled.numel())
-            recorder.record("spearman", rho, higher_is_better=True,
-                            extra={"method_a": a, "method_b": b, "sample": n, "over": "common_sample",
-                                   "random_limit": random_spearman_limit(n)}, **columns)
+            recorder.record("spearman", rho, extra={"method_a": a, "method_b": b, "sample": n, "over": "common_sample",
+                                                    "random_limit": random_spearman_limit(n)}, **columns)
         pair = (a, b) if (a, b) in RANKS_AGREE else (b, a) if (b, a) in RANKS_AGREE else None
         if pair is None:
             continue

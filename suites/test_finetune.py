@@ -85,11 +85,11 @@ import math
 import pytest
 import torch
 
-from harness.campaign import wilson
 from harness.claims import ClaimSet, Comparison, greater, paired_greater
 from harness.finetune.compare import measure, super_weight_shift, training_perplexity
 from harness.finetune.options import config_from_options
 from harness.finetune.run import ensure_finetuned
+from harness.stats import wilson
 
 SUITE = "finetune"
 TRAIN_NOISE = 0.1  # relative sigma of the noise variant's training noise
@@ -216,16 +216,15 @@ def test_finetune(lm, eval_windows, esa, recorder, variant):
             "lr": config.learning_rate, "schedule": config.schedule, "noise": config.noise, "clip": config.clip,
             "key": config.key(lm.name)}
     for point in done.log.points:
-        recorder.record("train_loss", point["loss"], method=variant, perturbation=pert, higher_is_better=False,
-                        extra=point)
+        recorder.record("train_loss", point["loss"], method=variant, perturbation=pert, extra=point)
     recorder.record("seconds", done.log.seconds, method=variant, perturbation=pert,
                     extra={"tokens": done.log.tokens, "steps": len(done.log.points), "reused": done.reused})
     _record_measures(recorder, after, variant, base)
-    recorder.record("jaccard", shift.jaccard, method=variant, higher_is_better=True,
+    recorder.record("jaccard", shift.jaccard, method=variant,
                     perturbation={"kind": "super_weights", "before": base.sw_source, "after": after.sw_source},
                     extra={"before": [sw[:3] for sw in base.super_weights],
                            "after": [sw[:3] for sw in after.super_weights]})
-    recorder.record("top_super_weight_kept", float(shift.top_kept), method=variant, higher_is_better=True,
+    recorder.record("top_super_weight_kept", float(shift.top_kept), method=variant,
                     perturbation={"kind": "super_weights"})
     for layer, row, col, before, now, drift in shift.drift:
         recorder.record("super_weight_drift", drift, method=variant, perturbation={"kind": "super_weights"},

@@ -260,8 +260,7 @@ def test_known_super_weights(lm, recorder, super_weights):
     found = {s.coords for s in super_weights.sites}
     missing = [(k.layer, k.row, k.col) for k in known if (k.layer, k.row, k.col) not in found]
     extra = {"known": [(k.layer, k.row, k.col) for k in known], "missing": missing, "source": known[0].source}
-    recorder.record("known_found_fraction", 1 - len(missing) / len(known), higher_is_better=True, extra=extra,
-                    **columns)
+    recorder.record("known_found_fraction", 1 - len(missing) / len(known), extra=extra, **columns)
     detected = len(super_weights.sites)
     why = "" if detected else super_weights.none_reason()  # names the strongest candidate and its ratio
     recorder.claim(DETECTED, Comparison(detected > 0, float(detected), 0.0, {"test": "detected", "reason": why}),

@@ -42,12 +42,13 @@ import time
 import pytest
 import torch
 
-from harness.campaign import Campaign, trial_seed
+from harness.campaign import Campaign
 from harness.claims import ClaimSet, greater
 from harness.faults import FaultSite, SiteNoise, ablate, flip_bits, layout, uniform_sites
 from harness.models.archmap import select
 from harness.scoring import score
 from harness.scoring.options import FULL_FRACTIONS, FULL_TARGETED, QUICK_FRACTIONS, QUICK_TARGETED
+from harness.stats import trial_seed
 
 SUITE = "targeted_perturbation"
 ACTIONS = ("zero", "noise", "exponent_lsb")

@@ -13,11 +13,12 @@ import torch
 
 from harness.attribution import attribute, baseline_token, greedy_target, target_logprob
 from harness.attribution.llm import Target
-from harness.attribution.measures import compare, relative_change, sign_flip_share, spearman, top_k_jaccard
+from harness.attribution.measures import compare, relative_change, sign_flip_share, top_k_jaccard
 from harness.attribution.prompts import KINDS, load_prompts, select_prompts
 from harness.errors import HarnessError, UnknownNameError
 from harness.fingerprint import fingerprint
 from harness.models import load_model
+from harness.stats import spearman
 
 PROMPT = "x = len(ab)"
 
@@ -128,18 +129,6 @@ def test_bad_prompt_target_and_options_are_one_line_errors(llama, target):
     other = Target("another prompt", target.prompt_ids, target.ids, target.tokens)
     with pytest.raises(HarnessError, match="another tokenization"):
         attribute(llama, other, "feature_ablation")
-
-
-def test_spearman_ranks_with_ties_and_refuses_constants():
-    a = torch.tensor([0.1, 0.5, 0.3, 0.9])
-    assert spearman(a, a * 10) == pytest.approx(1.0)
-    assert spearman(a, -a) == pytest.approx(-1.0)
-    # ties get their mean rank: ranks (0, 2, 2, 2) vs (0, 1, 2, 3) -> Pearson of ranks
-    assert spearman(torch.tensor([0.0, 1.0, 1.0, 1.0]), torch.arange(4.0)) == pytest.approx(0.7745967, abs=1e-6)
-    assert math.isnan(spearman(torch.ones(4), a))
-    assert math.isnan(spearman(torch.tensor([1.0, float("nan"), 0.0, 2.0]), a))
-    with pytest.raises(HarnessError):
-        spearman(a, a[:3])
 
 
 def test_top_k_jaccard_and_sign_flips():

@@ -9,17 +9,18 @@ import math
 import pytest
 import torch
 
-import harness.campaign.reduce as reduce_mod
 import harness.metrics.perplexity as perplexity_mod
-from harness.campaign import Campaign, clean_baseline, run_trial, trial_seed, trial_specs
+import harness.metrics.reduce as reduce_mod
+from harness.campaign import Campaign, clean_baseline, run_trial, trial_specs
 from harness.campaign.prefix import blocks_of
-from harness.campaign.reduce import combine, reduce_batch
 from harness.data import load_corpus, token_windows
 from harness.faults import FaultSite, flip_bits, uniform_sites
 from harness.fingerprint import changed, fingerprint
 from harness.metrics import evaluate, make_reference
+from harness.metrics.reduce import combine, finish, reduce_batch
 from harness.models.archmap import select
 from harness.models.tiny import build_tiny, byte_tokenizer
+from harness.stats import trial_seed
 
 pytest_plugins = ["pytester"]
 
@@ -53,6 +54,29 @@ def _same(engine, full) -> None:
     assert engine.collapsed == full.collapsed
 
 
+@torch.no_grad()
+def _whole_batch_evaluate(model, windows, ref, batch_size):
+    """The reduction written plainly: one log-softmax of each batch's logits, whole (B, T-1, V) tensors
+    (what ``evaluate`` computed before it used the chunked reduction)."""
+    nll_sum, kl_sum, kl_n, agree, collapsed = 0.0, 0.0, 0, 0, False
+    for start in range(0, windows.shape[0], batch_size):
+        batch = windows[start:start + batch_size]
+        lp = torch.log_softmax(model(input_ids=batch, use_cache=False).logits[:, :-1].float(), dim=-1)
+        nll = -lp.gather(-1, batch[:, 1:].unsqueeze(-1)).sum().item()
+        finite = math.isfinite(nll) and all(map(math.isfinite, map(float, torch.aminmax(lp))))
+        collapsed |= not finite
+        nll_sum += nll
+        top1 = lp.argmax(-1) if finite else torch.nan_to_num(lp, nan=-math.inf).argmax(-1)
+        agree += int((top1 == ref.top1[start:start + batch.shape[0]]).sum())
+        if finite:
+            sub = lp[:, ::ref.stride]
+            kl_sum -= float(sub.sub_(ref.logprobs[start:start + batch.shape[0]]).mul_(
+                ref.probs[start:start + batch.shape[0]]).sum())
+            kl_n += sub.shape[0] * sub.shape[1]
+    n_tokens = windows.shape[0] * (windows.shape[1] - 1)
+    return finish(nll_sum, n_tokens, collapsed=collapsed, kl=(kl_sum, kl_n), top1=agree / n_tokens)
+
+
 def test_seed_policy():
     assert trial_seed(3, 7) == 3 * 100_003 + 7
     assert [s.seed for s in trial_specs(2, 3)] == [200_006, 200_007, 200_008]
@@ -69,7 +93,8 @@ def test_chunked_reduction_equals_evaluate(windows, monkeypatch, stride_bytes, c
     ref = make_reference(model, windows)
     assert (ref.stride > 1) == bool(stride_bytes)
     with flip_bits(model, _sites(model, None, 3, "sign")):
-        expected = evaluate(model, windows, ref, batch_size=BATCH)
+        expected = _whole_batch_evaluate(model, windows, ref, BATCH)
+        assert evaluate(model, windows, ref, batch_size=BATCH) == expected
         stats = []
         for start in range(0, COUNT, BATCH):
             batch = windows[start:start + BATCH]
@@ -80,13 +105,24 @@ def test_chunked_reduction_equals_evaluate(windows, monkeypatch, stride_bytes, c
     assert expected.kl > 0  # the fault is visible: the comparison is not between two clean runs
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_evaluate_equals_the_whole_batch_reduction(windows, family):
+    """Every family's perplexity, KL and top-1 are those of the plain reduction, bit for bit."""
+    model = build_tiny(family)
+    ref = make_reference(model, windows, batch_size=BATCH)
+    with flip_bits(model, _sites(model, None, 2, "exp_msb", seed=1)):
+        assert evaluate(model, windows, ref, batch_size=BATCH) == _whole_batch_evaluate(model, windows, ref, BATCH)
+    assert evaluate(model, windows, ref) == _whole_batch_evaluate(model, windows, ref, COUNT)
+
+
 def test_chunked_reduction_of_a_collapse(windows):
     model = build_tiny("llama")
     ref = make_reference(model, windows)
     param = select(model, layers=0, components="mlp_down")[0].param
     with torch.no_grad():
         model.get_parameter(param)[3, 5] = math.inf
-    expected = evaluate(model, windows, ref, batch_size=BATCH)
+    expected = _whole_batch_evaluate(model, windows, ref, BATCH)
+    assert evaluate(model, windows, ref, batch_size=BATCH) == expected
     stats = []
     for start in range(0, COUNT, BATCH):
         batch = windows[start:start + BATCH]

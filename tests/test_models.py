@@ -291,3 +291,11 @@ def test_smollm2_loads_from_its_gguf_package():
         logits = lm.model(ids).logits
     assert torch.isfinite(logits).all()
     assert lm.tokenizer.decode(logits[0, -1].argmax()).strip() == "Paris"
+
+
+def test_random_weights_are_the_tiny_families():
+    from harness.models import has_random_weights
+
+    assert has_random_weights("tiny-llama") and MODELS.get("tiny-opt").random_weights
+    assert not has_random_weights("smollm2-135m") and not MODELS.get("smollm2-135m").random_weights
+    assert not has_random_weights("/some/local/model")  # a local directory is taken as trained

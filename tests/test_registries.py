@@ -183,3 +183,19 @@ def test_each_k_word_selects_what_the_analyses_list_says(tmp_path):
             wrong.append(f"-k {a.word} selects {sorted(selected)}, listed {sorted({a.name, *a.also_selects})}")
     assert not wrong, "; ".join(wrong)
     assert next(a for a in analyses if a.name == "bitflip").also_selects == ()
+
+
+def test_every_metric_a_suite_records_is_registered_with_its_direction():
+    """The recorder takes each record's direction from the registry: a suite names no unregistered metric."""
+    import dataclasses
+    import re
+
+    from harness.attribution.measures import AttributionChange
+    from harness.metrics import METRICS
+
+    suites = Path(__file__).resolve().parent.parent / "suites"
+    names = {m for f in suites.glob("test_*.py") for m in re.findall(r'recorder\.record\(\s*"(\w+)"', f.read_text())}
+    names |= {f.name for f in dataclasses.fields(AttributionChange)}  # recorded from change.to_dict()
+    assert len(names) > 30
+    assert sorted(n for n in names if n not in METRICS) == []
+    assert not [f.name for f in suites.glob("test_*.py") if "higher_is_better" in f.read_text()]  # none by hand

@@ -31,10 +31,7 @@ from harness.attacks.base import (
 from harness.attacks.defenses import DEFENSES, ChecksumDefense, ClampDefense, Defense, make_defense
 from harness.attacks.guided import detect_super_weights
 from harness.attacks.input_attacks import INPUT_ATTACKS, InputAttackResult, run_input_attack
-from harness.attacks.metrics import register_metrics
 from harness.attacks.result import AttackResult
-
-register_metrics()
 
 __all__ = [
     "ATTACKS", "COLLAPSE_RATIO", "DEFENSES", "INPUT_ATTACKS", "SUPPORTED_DTYPES", "AttackResult", "AttackSession",

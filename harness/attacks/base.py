@@ -26,14 +26,13 @@ from harness.attacks.gradients import loss_of
 from harness.attacks.result import AttackResult
 from harness.errors import HarnessError
 from harness.faults import FaultSite, flip_bits, stored_bits
-from harness.metrics import evaluate
+from harness.metrics import COLLAPSE_RATIO, evaluate, is_collapse
 from harness.models.archmap import select
 from harness.models.device import dtype_name
 from harness.registry import Registry
 
 log = logging.getLogger(__name__)
 
-COLLAPSE_RATIO = 10.0  # collapse: perplexity >= 10 x clean, or non-finite
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.int8)
 DEFAULT_COMPONENTS = "linear"
 
@@ -144,8 +143,12 @@ class AttackSession:
     @property
     def collapsed(self) -> bool:
         """The last measured point collapsed (NaN = not measured)."""
-        p = next((c for c in reversed(self.curve) if not math.isnan(c)), self.curve[0])
-        return not math.isfinite(p) or p >= self.threshold * self.curve[0]
+        return self.collapses(next((c for c in reversed(self.curve) if not math.isnan(c)), self.curve[0]))
+
+    def collapses(self, perplexity: float) -> bool:
+        """``perplexity`` is a collapse against the clean one (:func:`harness.metrics.is_collapse` at
+        ``threshold``)."""
+        return is_collapse(perplexity / self.curve[0], self.threshold)
 
     @property
     def done(self) -> bool:

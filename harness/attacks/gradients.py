@@ -6,8 +6,8 @@ weight gradient ``g^T x`` (for int8 codes, times the per-channel scale: the grad
 the codes). Each module's gradient is handed to a callback as soon as it exists and dropped after,
 so beyond the activations of one pass only one matrix's gradient is alive.
 
-Loss convention: mean next-token NLL over all predicted tokens of the windows (as
-:mod:`harness.metrics.perplexity` scores them).
+Loss convention: mean next-token NLL over all predicted tokens of the windows
+(:func:`harness.metrics.next_token_nll`, as :mod:`harness.metrics.perplexity` scores them).
 """
 
 from __future__ import annotations
@@ -15,24 +15,18 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from harness.faults.quant import QuantizedLinear
+from harness.metrics.perplexity import next_token_nll
 from harness.models.device import input_device
-
-
-def mean_nll(logits: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
-    """Mean next-token NLL of ``windows`` (B, T) under ``logits`` (B, T, V), in float32."""
-    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-                           windows[:, 1:].reshape(-1).to(logits.device))
 
 
 @torch.no_grad()
 def loss_of(model: nn.Module, windows: torch.Tensor) -> float:
     """Mean next-token NLL of ``windows`` (nan or inf when the model's output is non-finite)."""
     device = input_device(model)
-    return float(mean_nll(model(input_ids=windows.to(device), use_cache=False).logits, windows))
+    return float(next_token_nll(model(input_ids=windows.to(device), use_cache=False).logits, windows))
 
 
 def _weight_grad(module: nn.Module, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -79,7 +73,7 @@ def weight_gradients(model: nn.Module, modules: Sequence[tuple[str, str]], windo
             handles.append(model.get_submodule(path).register_forward_hook(hook(param)))
         with torch.enable_grad():
             embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
-            loss = mean_nll(model(inputs_embeds=embeds, use_cache=False).logits, ids)
+            loss = next_token_nll(model(inputs_embeds=embeds, use_cache=False).logits, ids)
             if torch.isfinite(loss):
                 loss.backward()
     finally:

@@ -16,7 +16,6 @@ about ``2 + log2(budget)`` when the budget collapses the model.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -24,10 +23,6 @@ import torch
 from harness.attacks.base import AttackSession, attack
 from harness.errors import HarnessError
 from harness.faults import uniform_sites
-
-
-def _collapses(session: AttackSession, perplexity: float) -> bool:
-    return not math.isfinite(perplexity) or perplexity >= session.threshold * session.curve[0]
 
 
 @attack("random")
@@ -53,7 +48,7 @@ def random_flips(session: AttackSession, *, loaded: Any = None, generator: torch
             session.commit(site)
         return extra
     everything = session.probe(sites)
-    if not _collapses(session, everything):
+    if not session.collapses(everything):
         for site in sites[:-1]:
             session.commit(site, measure=False)
         session.commit(sites[-1], perplexity=everything)
@@ -62,7 +57,7 @@ def random_flips(session: AttackSession, *, loaded: Any = None, generator: torch
     while hi - lo > 1:
         mid = (lo + hi) // 2
         perplexity = session.probe(sites[:mid])
-        if _collapses(session, perplexity):
+        if session.collapses(perplexity):
             hi, at_hi = mid, perplexity
         else:
             lo = mid

@@ -16,6 +16,7 @@ from torch import nn
 
 from harness.errors import HarnessError
 from harness.faults import BitFlip, FaultSite, flip_bits
+from harness.metrics import is_collapse
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class AttackResult:
                      for p in self.curve)
 
     def _collapse(self, ratio: float) -> bool:
-        return not math.isnan(ratio) and (math.isinf(ratio) or ratio >= self.threshold)
+        return not math.isnan(ratio) and is_collapse(ratio, self.threshold)  # NaN: not measured
 
     @property
     def collapsed(self) -> bool:

@@ -25,41 +25,7 @@ import torch
 
 from harness.attribution.llm import TokenAttribution
 from harness.errors import HarnessError
-from harness.metrics.registry import metric
-
-metric("target_logprob_change", True, description="log p(fixed target | prompt), perturbed minus clean (nats)")
-metric("attr_spearman", True, description="Spearman correlation of per-token attributions, clean vs perturbed")
-metric("attr_shift", False, description="1 - Spearman of per-token attributions clean vs perturbed; inf: collapse")
-metric("attr_rel_change", False, description="sum |perturbed - clean| / sum |clean| of per-token attributions")
-metric("attr_topk_jaccard", True, description="Jaccard index of the top-k |attribution| prompt tokens")
-metric("attr_sign_flip_share", False, description="share of prompt tokens whose attribution changed sign")
-metric("attr_method_spearman", True, description="Spearman of two attribution methods' per-token attributions")
-metric("attr_repeat_max_abs_diff", False, description="largest |difference| of an attribution computed twice")
-
-
-def _ranks(x: torch.Tensor) -> torch.Tensor:
-    """Ranks 0..n-1 of a 1-D tensor, ties sharing their mean rank (float64)."""
-    _, inverse, counts = torch.unique(x, sorted=True, return_inverse=True, return_counts=True)
-    counts = counts.double()
-    mean_rank = counts.cumsum(0) - counts + (counts - 1) / 2
-    return mean_rank[inverse]
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman rank correlation of two equal-length vectors; NaN when either is constant or not finite.
-
-    Raises:
-        HarnessError: different lengths or fewer than two elements.
-    """
-    a, b = a.detach().double().reshape(-1).cpu(), b.detach().double().reshape(-1).cpu()
-    if a.numel() != b.numel() or a.numel() < 2:
-        raise HarnessError(f"Spearman needs two vectors of one length >= 2, got {a.numel()} and {b.numel()}")
-    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
-        return math.nan
-    ra, rb = _ranks(a), _ranks(b)
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    denom = float(ra.norm() * rb.norm())
-    return float((ra * rb).sum()) / denom if denom > 0 else math.nan
+from harness.stats import jaccard, spearman
 
 
 def relative_change(clean: torch.Tensor, perturbed: torch.Tensor) -> float:
@@ -88,9 +54,8 @@ def top_k_jaccard(a: torch.Tensor, b: torch.Tensor, k: int) -> float:
                            f"lengths {a.numel()} and {b.numel()}")
     if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
         return math.nan
-    top_a = set(torch.sort(a.abs(), descending=True, stable=True).indices[:k].tolist())
-    top_b = set(torch.sort(b.abs(), descending=True, stable=True).indices[:k].tolist())
-    return len(top_a & top_b) / len(top_a | top_b)
+    return jaccard(torch.sort(a.abs(), descending=True, stable=True).indices[:k].tolist(),
+                   torch.sort(b.abs(), descending=True, stable=True).indices[:k].tolist())
 
 
 def sign_flip_share(clean: torch.Tensor, perturbed: torch.Tensor) -> float:

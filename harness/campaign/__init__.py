@@ -1,10 +1,11 @@
 """Fault campaigns: cells of seeded trials, each a perturbation evaluated against the clean model.
 
-- :mod:`~harness.campaign.trial`: the clean baseline, one trial (the full-recompute path), collapse;
+- :mod:`~harness.campaign.trial`: the clean baseline, one trial (the full-recompute path);
 - :mod:`~harness.campaign.engine`: :class:`Campaign` (prefix reuse, exact early stops, batched bit flips),
-  the seed policy, trial specs and records;
-- :mod:`~harness.campaign.prefix`, :mod:`~harness.campaign.batched`, :mod:`~harness.campaign.reduce`:
-  the mechanisms; :mod:`~harness.campaign.progress`: trials done / total and time left, as log records.
+  trial specs and records (seeds from :func:`harness.stats.trial_seed`);
+- :mod:`~harness.campaign.prefix`, :mod:`~harness.campaign.batched`: the mechanisms (the reduction is
+  :mod:`harness.metrics.reduce`, collapse :func:`harness.metrics.is_collapse`);
+  :mod:`~harness.campaign.progress`: trials done / total and time left, as log records.
 """
 
 from harness.campaign.engine import (
@@ -13,13 +14,12 @@ from harness.campaign.engine import (
     TrialSpec,
     default_trials_per_forward,
     touched_params,
-    trial_seed,
+    trial_seed,  # harness.stats.trial_seed, imported from here by benchmarks/test_fault_bench.py
     trial_specs,
 )
-from harness.campaign.trial import COLLAPSE_RATIO, Clean, Trial, clean_baseline, is_collapse, run_trial
-from harness.stats import Z95, wilson
+from harness.campaign.trial import Clean, Trial, clean_baseline, run_trial
 
 __all__ = [
-    "COLLAPSE_RATIO", "Z95", "Campaign", "Clean", "Trial", "TrialRecord", "TrialSpec", "clean_baseline",
-    "default_trials_per_forward", "is_collapse", "run_trial", "touched_params", "trial_seed", "trial_specs", "wilson",
+    "Campaign", "Clean", "Trial", "TrialRecord", "TrialSpec", "clean_baseline", "default_trials_per_forward",
+    "run_trial", "touched_params", "trial_seed", "trial_specs",
 ]

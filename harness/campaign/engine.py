@@ -16,7 +16,7 @@ Per trial (:meth:`Campaign.trial`), with a :class:`~harness.campaign.trial.Clean
 - a non-finite block output ends the trial as a collapse (``Trial.stopped_at``; ``top1`` not measured);
 - the last faulted block's output bit-identical to the clean one ends that window batch with the clean
   batch's stored contribution (``Trial.masked`` when every batch was);
-- the reduction is :func:`harness.campaign.reduce.reduce_batch`, equal to ``evaluate``.
+- the reduction is :func:`harness.metrics.reduce.reduce_batch`, the one ``evaluate`` runs.
 
 Ratio, perplexity, KL and top-1 therefore equal :func:`harness.campaign.trial.run_trial`'s (the full
 recompute) bit for bit on a deterministic device; on CUDA, kernels are chosen per shape and reductions may
@@ -43,14 +43,14 @@ import torch
 from harness.campaign import batched
 from harness.campaign.prefix import Stop, batches, blocks_of, fault_blocks, replay, watch
 from harness.campaign.progress import Progress
-from harness.campaign.reduce import combine, reduce_batch
-from harness.campaign.trial import Clean, Trial, is_collapse
+from harness.campaign.trial import Clean, Trial
 from harness.errors import HarnessError
 from harness.faults.ablation import Ablation
 from harness.faults.injector import BitFlip
 from harness.faults.noise import Noise
 from harness.metrics import EvalResult
 from harness.metrics.perplexity import default_batch_size
+from harness.metrics.reduce import combine, is_collapse, reduce_batch
 from harness.models.device import input_device
 from harness.stats import trial_seed
 
@@ -178,7 +178,8 @@ class Campaign:
                 del logits
         result = combine(stats, self.n_tokens, reference, kl=self.kl)
         ratio = result.ratio_to(self.clean.result)
-        return Trial(result, ratio, is_collapse(result, ratio), masked=masked == len(stats), start_block=start)
+        return Trial(result, ratio, result.collapsed or is_collapse(ratio), masked=masked == len(stats),
+                     start_block=start)
 
     # -- many trials ---------------------------------------------------------------------------------
 
@@ -229,7 +230,7 @@ class Campaign:
         for st in stats:
             result = combine(st, self.n_tokens, reference, kl=self.kl)
             ratio = result.ratio_to(self.clean.result)
-            out.append(Trial(result, ratio, is_collapse(result, ratio), start_block=start))
+            out.append(Trial(result, ratio, result.collapsed or is_collapse(ratio), start_block=start))
         return out
 
     def run(self, specs: Sequence[TrialSpec], make: Callable[[TrialSpec, torch.Generator], Any], *,

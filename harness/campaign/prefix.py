@@ -25,9 +25,9 @@ from typing import Any
 
 import torch
 
-from harness.campaign.reduce import BatchStats, combine, reduce_batch
 from harness.metrics import EvalResult, Reference
 from harness.metrics.perplexity import default_batch_size
+from harness.metrics.reduce import BatchStats, combine, reduce_batch
 from harness.models.archmap import arch_map
 from harness.models.device import input_device
 

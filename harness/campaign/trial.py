@@ -4,12 +4,12 @@ A trial applies a perturbation (any context manager from ``harness.faults``), ev
 given windows against the clean model on the same windows, and restores the model on the way out, also
 when the evaluation raises.
 
-Collapse: the output went non-finite, or perplexity grew by at least ``COLLAPSE_RATIO``.
+Collapse: :func:`harness.metrics.is_collapse` (the output went non-finite, or perplexity grew by at least
+``COLLAPSE_RATIO``).
 """
 
 from __future__ import annotations
 
-import math
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -17,8 +17,7 @@ from typing import Any
 import torch
 
 from harness.metrics import EvalResult, Reference, evaluate, make_reference
-
-COLLAPSE_RATIO = 10.0  # a trial whose perplexity ratio reaches this counts as a collapse
+from harness.metrics.reduce import is_collapse
 
 
 @dataclass(frozen=True)
@@ -86,11 +85,6 @@ def clean_baseline(model: torch.nn.Module, windows: torch.Tensor, *, keep_blocks
     return Clean(evaluate(model, windows, reference, batch_size), reference, batch_size=batch_size)
 
 
-def is_collapse(result: EvalResult, ratio: float) -> bool:
-    """Non-finite output, or a perplexity ratio of at least ``COLLAPSE_RATIO``."""
-    return result.collapsed or not math.isfinite(ratio) or ratio >= COLLAPSE_RATIO
-
-
 def run_trial(model: torch.nn.Module, windows: torch.Tensor, clean: Clean,
               perturbation: AbstractContextManager) -> Trial:
     """Apply ``perturbation``, evaluate ``model`` on ``windows`` (full forward), restore (in ``finally``).
@@ -107,4 +101,4 @@ def run_trial(model: torch.nn.Module, windows: torch.Tensor, clean: Clean,
     with perturbation:
         result = evaluate(model, windows, clean.reference, clean.batch_size)
     ratio = result.ratio_to(clean.result)
-    return Trial(result, ratio, is_collapse(result, ratio))
+    return Trial(result, ratio, result.collapsed or is_collapse(ratio))

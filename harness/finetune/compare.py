@@ -25,7 +25,7 @@ import torch
 
 from harness.campaign import clean_baseline, run_trial
 from harness.faults import ablate, add_noise, flip_bits, uniform_sites
-from harness.stats import trial_seed
+from harness.stats import jaccard, trial_seed
 
 
 @dataclass
@@ -145,11 +145,6 @@ class SuperWeightShift:
     jaccard: float
     drift: list[tuple[int, int, int, float, float, float]]
 
-    @property
-    def max_abs_drift(self) -> float:
-        return max((abs(d[-1]) for d in self.drift), default=0.0)
-
-
 def super_weight_shift(before: Measures, after: Measures, after_model: torch.nn.Module) -> SuperWeightShift:
     """Compare the super weights of ``before`` and ``after`` (``after_model``: the fine-tuned model)."""
     from harness.models.archmap import select
@@ -157,11 +152,10 @@ def super_weight_shift(before: Measures, after: Measures, after_model: torch.nn.
     down = {ref.layer: ref.param for ref in select(after_model, components="mlp_down")}
     a = {sw[:3] for sw in before.super_weights}
     b = {sw[:3] for sw in after.super_weights}
-    jaccard = len(a & b) / len(a | b) if a | b else 1.0
     top_kept = bool(before.super_weights and after.super_weights
                     and before.super_weights[0][:3] == after.super_weights[0][:3])
     drift = []
     for layer, row, col, value in before.super_weights:
         now = float(after_model.get_parameter(down[layer])[row, col])
         drift.append((layer, row, col, value, now, (now - value) / abs(value) if value else math.inf))
-    return SuperWeightShift(top_kept, jaccard, drift)
+    return SuperWeightShift(top_kept, jaccard(a, b), drift)

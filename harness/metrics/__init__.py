@@ -1,4 +1,5 @@
-"""Metrics: the metric registry, perplexity / KL / top-1 agreement, and the lm-eval adapter.
+"""Metrics: the metric registry, perplexity / KL / top-1 agreement (``reduce``: the one reduction and the
+collapse rule), the next-token NLL, and the lm-eval adapter.
 
 The registry imports without torch (reports read metric directions); the rest loads on first use.
 """
@@ -10,10 +11,11 @@ from typing import Any
 
 from harness.metrics.registry import METRICS, Metric, direction, metric
 
-_LAZY = {"EvalResult": "perplexity", "Reference": "perplexity", "evaluate": "perplexity",
-         "make_reference": "perplexity"}
+_LAZY = {"COLLAPSE_RATIO": "reduce", "EvalResult": "reduce", "Reference": "reduce", "is_collapse": "reduce",
+         "evaluate": "perplexity", "make_reference": "perplexity", "next_token_nll": "perplexity"}
 
-__all__ = ["METRICS", "EvalResult", "Metric", "Reference", "direction", "evaluate", "make_reference", "metric"]
+__all__ = ["COLLAPSE_RATIO", "METRICS", "EvalResult", "Metric", "Reference", "direction", "evaluate", "is_collapse",
+           "make_reference", "metric", "next_token_nll"]
 
 
 def __getattr__(name: str) -> Any:

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
+from harness.metrics.reduce import EvalResult, Reference, combine, reduce_batch
 from harness.models.device import input_device
 
 log = logging.getLogger(__name__)
@@ -34,53 +34,6 @@ log = logging.getLogger(__name__)
 # The clean log-probabilities and probabilities kept for KL are capped at this many bytes together;
 # beyond it, positions are subsampled with a fixed stride (stated in Reference.stride).
 REFERENCE_BYTES = 512 * 2**20
-
-
-@dataclass
-class Reference:
-    """The clean model's next-token log-probabilities on the evaluation windows.
-
-    Attributes:
-        logprobs: (count, P, V) float32 clean log-probabilities at positions ``0, s, 2s, ...`` of
-            each window's predicted positions (P = ceil((length-1)/s)).
-        probs: ``logprobs.exp()``, kept so that each evaluation does not recompute it.
-        top1: (count, length-1) clean argmax tokens at every predicted position.
-        stride: s, the position stride used for KL.
-    """
-
-    logprobs: torch.Tensor
-    probs: torch.Tensor
-    top1: torch.Tensor
-    stride: int
-    _copies: dict = field(default_factory=dict, repr=False, compare=False)
-
-    def on(self, device: torch.device) -> Reference:
-        """This reference with its tensors on ``device``: itself where they already are, else a copy made
-        once per device and kept (a GPU evaluation would otherwise copy up to ``REFERENCE_BYTES`` from the
-        host for every trial)."""
-        device = torch.device(device)
-        if self.logprobs.device == device:
-            return self
-        if device not in self._copies:
-            self._copies[device] = Reference(self.logprobs.to(device), self.probs.to(device),
-                                             self.top1.to(device), self.stride)
-        return self._copies[device]
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    """What one evaluation measured. ``kl`` and ``top1`` are None without a reference."""
-
-    perplexity: float
-    nll: float
-    n_tokens: int
-    collapsed: bool
-    kl: float | None = None
-    top1: float | None = None
-
-    def ratio_to(self, clean: EvalResult) -> float:
-        """Perplexity relative to ``clean`` (inf on collapse)."""
-        return self.perplexity / clean.perplexity if math.isfinite(self.perplexity) else math.inf
 
 
 def _batches(windows: torch.Tensor, batch_size: int):
@@ -140,54 +93,32 @@ def evaluate(model: torch.nn.Module, windows: torch.Tensor, reference: Reference
     Returns:
         EvalResult; on non-finite logits ``perplexity = kl = inf`` and ``collapsed = True``.
 
-    Cost: one forward pass over ``windows``.
+    Cost: one forward pass over ``windows``; the reduction is :func:`harness.metrics.reduce.reduce_batch`
+    and :func:`~harness.metrics.reduce.combine`, the campaign engine's.
     """
     batch_size = batch_size or default_batch_size(windows)
-    nll_sum = 0.0
-    kl_sum, kl_n, agree = 0.0, 0, 0
-    collapsed = False
-    n_tokens = windows.shape[0] * (windows.shape[1] - 1)
+    device = _device_of(model)
+    stats = []
     for start, batch in _batches(windows, batch_size):
-        lp = _logprobs(model, batch)  # (B, T-1, V)
-        targets = batch[:, 1:].to(lp.device)
-        nll = -lp.gather(-1, targets.unsqueeze(-1)).sum().item()
-        # One reduction instead of an elementwise isfinite (~20x faster on CPU): min and max propagate
-        # NaN, so both are finite iff every element is.
-        finite = math.isfinite(nll) and all(map(math.isfinite, map(float, torch.aminmax(lp))))
-        collapsed |= not finite
-        nll_sum += nll
-        if reference is not None:
-            reference = reference.on(lp.device)
-            ref_top1 = reference.top1[start:start + batch.shape[0]].to(lp.device)
-            top1 = lp.argmax(-1) if finite else torch.nan_to_num(lp, nan=-math.inf).argmax(-1)
-            agree += int((top1 == ref_top1).sum())
-            if finite:  # lp is not needed any more: KL = sum p_ref * (ref - lp), in place
-                ref = reference.logprobs[start:start + batch.shape[0]].to(lp.device)
-                p = reference.probs[start:start + batch.shape[0]].to(lp.device)
-                sub = lp[:, ::reference.stride]
-                kl_sum -= float(sub.sub_(ref).mul_(p).sum())
-                kl_n += sub.shape[0] * sub.shape[1]
-    with_ref = reference is not None
-    return finish(nll_sum, n_tokens, collapsed=collapsed, kl=(kl_sum, kl_n) if with_ref else None,
-                  top1=agree / n_tokens if with_ref else None)
+        logits = model(input_ids=batch.to(device), use_cache=False).logits  # (B, T, V)
+        stats.append(reduce_batch(logits, batch, reference, start))
+        del logits
+    return combine(stats, windows.shape[0] * (windows.shape[1] - 1), reference)
 
 
-def finish(nll_sum: float, n_tokens: int, *, collapsed: bool, kl: tuple[float, int] | None,
-           top1: float | None) -> EvalResult:
-    """The :class:`EvalResult` of summed token NLLs (and KL terms, when measured): the one place that
-    turns sums into perplexity, shared by :func:`evaluate` and the campaign engine's reduction.
+def next_token_nll(logits: torch.Tensor, windows: torch.Tensor, *, reduction: str = "mean") -> torch.Tensor:
+    """Next-token NLL of ``windows`` (B, T) under ``logits`` (B, T, V), in float32 and differentiable: the
+    loss of the gradient scorers and of the bit-flip attacks (the same tokens :func:`evaluate` predicts).
 
     Args:
-        kl: (summed KL terms, their count), or None when KL is not measured.
+        reduction: ``mean`` over the B * (T - 1) predicted tokens, or ``sum``.
+
+    Raises:
+        ValueError: another ``reduction``.
     """
-    if collapsed:
-        return EvalResult(math.inf, math.inf, n_tokens, True, math.inf if kl is not None else None, top1)
-    nll_mean = nll_sum / n_tokens
-    return EvalResult(
-        perplexity=math.exp(nll_mean) if nll_mean < 700 else math.inf,
-        nll=nll_mean,
-        n_tokens=n_tokens,
-        collapsed=False,
-        kl=max(kl[0] / kl[1], 0.0) if kl is not None else None,
-        top1=top1,
-    )
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    # targets shifted left, the last position ignored: no copy of the logits (as transformers does)
+    targets = F.pad(windows[:, 1:], (0, 1), value=-100).reshape(-1).to(logits.device)  # (B*T,)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets, ignore_index=-100,
+                           reduction=reduction)

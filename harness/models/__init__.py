@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from harness.models.specs import MODELS, ModelSpec, offline_models
+from harness.models.specs import MODELS, ModelSpec, has_random_weights, offline_models
 
 _LAZY = {
     "LoadedModel": "loading", "load_model": "loading", "resolve_spec": "loading",
@@ -22,7 +22,7 @@ _LAZY = {
     "cache_root": "gguf", "ensure_converted": "gguf",
 }
 
-__all__ = ["MODELS", "ModelSpec", "offline_models", *_LAZY]  # noqa: PLE0604
+__all__ = ["MODELS", "ModelSpec", "has_random_weights", "offline_models", *_LAZY]  # noqa: PLE0604
 
 
 def __getattr__(name: str) -> Any:

@@ -51,6 +51,11 @@ class ModelSpec:
         if self.source not in SOURCES:
             raise ValueError(f"model {self.name!r}: source {self.source!r} is not one of {', '.join(SOURCES)}")
 
+    @property
+    def random_weights(self) -> bool:
+        """The weights are random (the tiny families): their numbers only exercise code paths."""
+        return self.source == "tiny"
+
 
 MODELS: Registry[ModelSpec] = Registry("model")
 
@@ -105,6 +110,12 @@ for _family, _params in TINY_PARAMS.items():
     ))
 
 OFFLINE_SOURCES = ("gguf-package", "tiny", "local")
+
+
+def has_random_weights(model: str) -> bool:
+    """Whether ``model`` (a registry name or a local path) is a random-weight model (:attr:`ModelSpec.random_weights`);
+    a local path is taken as trained."""
+    return model in MODELS and MODELS.get(model).random_weights
 
 
 def offline_models() -> list[str]:

@@ -18,21 +18,11 @@ from typing import Any
 
 import torch
 
-from harness.metrics import METRICS, metric
 from harness.models.device import input_device
 
 COMPARISON_FILE = "output_comparison.txt"
 COLUMN = 60  # characters per column
 _SECTION = "=" * 8
-
-for _name, _higher, _text in (
-    ("first_diff_token", True, "index of the first generated token where the perturbed model differs (greedy)"),
-    ("token_edit_distance", False, "token edit distance between clean and perturbed greedy generations"),
-    ("identical_generations", True, "share of prompts whose greedy generation is unchanged"),
-):
-    if _name not in METRICS:
-        metric(_name, _higher, description=_text)
-
 
 @dataclass(frozen=True)
 class Divergence:

@@ -1,8 +1,9 @@
 """Agreement of two scoring methods: top-k overlap (Jaccard) and rank correlation (Spearman) on a sample.
 
 :func:`scored` scores a model with one method and keeps what the comparison needs (its top-k keys,
-its |scores| at a common seeded sample of weights, the cost); :func:`jaccard`, :func:`spearman` and
-the random-ranking references :func:`random_jaccard`, :func:`random_spearman_limit` compare them.
+its |scores| at a common seeded sample of weights, the cost); :func:`harness.stats.jaccard` and
+:func:`harness.stats.spearman` compare them, against the random-ranking references :func:`random_jaccard` and
+:func:`random_spearman_limit`.
 """
 
 from __future__ import annotations
@@ -69,24 +70,11 @@ def scored(loaded: Any, method: str, windows: torch.Tensor, k: int, positions: l
                   sampled, found.numel())
 
 
-def jaccard(a: set, b: set) -> float:
-    """|a & b| / |a | b| (NaN when both are empty)."""
-    union = a | b
-    return len(a & b) / len(union) if union else math.nan
-
-
 def random_jaccard(k_a: int, k_b: int, n: int) -> float:
     """Expected Jaccard of two uniformly random subsets of sizes ``k_a``, ``k_b`` of ``n`` items
     (expected intersection k_a k_b / n over the expected union)."""
     inter = k_a * k_b / n
     return inter / (k_a + k_b - inter)
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman rank correlation of two (n,) tensors."""
-    from scipy.stats import spearmanr
-
-    return float(spearmanr(a.numpy(), b.numpy()).statistic)
 
 
 def random_spearman_limit(n: int, z: float = 3.290527) -> float:

@@ -2,10 +2,10 @@
 parameters only (and off again in ``finally``), and per-component fp32 sums of a function of the
 gradient that never keep a second gradient-sized buffer.
 
-Loss convention: mean next-token NLL over every predicted token of the calibration windows (each
-window on its own, as :mod:`harness.metrics.perplexity` scores them). Summed over batches with
-:func:`batch_nll` (``reduction="sum"`` divided by the total token count), the accumulated gradient
-is exactly the gradient of that mean.
+Loss convention: mean next-token NLL over every predicted token of the calibration windows
+(:func:`harness.metrics.next_token_nll`, each window on its own, as :mod:`harness.metrics.perplexity`
+scores them). Summed over batches with :func:`batch_nll` (the summed NLL divided by the total token count),
+the accumulated gradient is exactly the gradient of that mean.
 """
 
 from __future__ import annotations
@@ -14,20 +14,16 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from harness.metrics.perplexity import next_token_nll
 from harness.models.archmap import ComponentRef
 from harness.scoring.base import Cost, ref_rows, ref_shape
 
 
 def batch_nll(model: nn.Module, batch: torch.Tensor, denominator: int) -> torch.Tensor:
     """Sum of next-token NLL over ``batch`` (B, T) divided by ``denominator`` (a 0-d float32 tensor)."""
-    logits = model(input_ids=batch, use_cache=False).logits  # (B, T, V)
-    # targets shifted left, the last position ignored: no copy of the logits (as transformers does)
-    targets = F.pad(batch[:, 1:], (0, 1), value=-100).reshape(-1)  # (B*T,)
-    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets, ignore_index=-100, reduction="sum")
-    return nll / denominator
+    return next_token_nll(model(input_ids=batch, use_cache=False).logits, batch, reduction="sum") / denominator
 
 
 def predicted_tokens(windows: torch.Tensor) -> int:
