@@ -373,10 +373,6 @@ def bound_for(bounds_dir: Path, claim: Claim, model: str) -> float | tuple[float
     return _bounds_file(bounds_path(bounds_dir, claim.suite)).get(model, {}).get(claim.name)
 
 
-def models_with_bounds(bounds_dir: Path, suite: str) -> set[str]:
-    return set(_bounds_file(bounds_path(bounds_dir, suite)))
-
-
 # -- the configuration bounds were derived under -------------------------------------------------------
 
 CONFIG_FILE = "config.toml"  # suites/bounds/config.toml: [model] key = value, the options of the bound runs

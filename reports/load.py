@@ -53,33 +53,19 @@ def direction_of(metric: str, higher_is_better=None) -> bool | None:
     return d
 
 
-MIN_OPS, MAX_OPS = (">=", ">", "min"), ("<=", "<", "max")
-
-
 def claim_direction(metric: str, value, bound, passed, extra: dict | None = None, *,
                     higher_is_better=None) -> bool | None:
     """Which way a claim gets *safer*: True when it is a lower bound (``value >= bound``).
 
-    The side comes from ``extra["bound_op"]`` when set, else from the claim name's suffix (``_min``:
-    lower bound, ``_max``: upper bound, the plugin's convention), else it is inferred from value, bound
-    and passed, and as a last resort the metric's direction is used. A claim "zeroing the super weight
-    gives ppl_ratio >= 10" is a lower bound on a lower-is-better metric: for regression tracking the
-    claim's side counts, not the metric's.
+    The side is the declared claim's (``extra["side"]``, written with every claim row by the recorder),
+    else it is inferred from value, bound and passed, and as a last resort the metric's direction is used.
+    A claim "zeroing the super weight gives ppl_ratio >= 10" is a lower bound on a lower-is-better metric:
+    for regression tracking the claim's side counts, not the metric's.
     """
     extra = extra or {}
     side = extra.get("side")  # a declared claim (harness.claims): "min" means value >= bound / other side
     if side in ("min", "max"):
         return side == "min"
-    op = extra.get("bound_op")
-    if op in MIN_OPS:
-        return True
-    if op in MAX_OPS:
-        return False
-    name = str(extra.get("claim") or metric)
-    if name.endswith("_min"):
-        return True
-    if name.endswith("_max"):
-        return False
     try:
         v, b = float(value), float(bound)
     except (TypeError, ValueError):

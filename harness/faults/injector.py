@@ -94,11 +94,6 @@ class BitFlip(Perturbation):
         finally:
             self._saved = []
 
-    @property
-    def n_elements(self) -> int:
-        """Number of distinct elements changed (after cancelling repeated flips)."""
-        return sum(len(e) for _, e, _ in self._plan)
-
     def value_changes(self) -> list[dict[str, Any]]:
         """Per changed element: param, flat index, value before and after (while applied).
 

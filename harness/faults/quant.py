@@ -18,7 +18,6 @@ Flips on such a weight go through ``int_repr`` and repack the weight (``harness.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -222,7 +221,3 @@ def _module_names(model: nn.Module, modules: Any) -> list[str]:
         raise HarnessError("nothing to quantize: no nn.Linear or Conv1D among the given modules")
     return names
 
-
-def int8_modules(model: nn.Module) -> Sequence[str]:
-    """Names of the ``QuantizedLinear`` modules currently in ``model``."""
-    return [n for n, m in model.named_modules() if isinstance(m, QuantizedLinear)]

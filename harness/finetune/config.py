@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 from harness.errors import HarnessError
 
@@ -88,9 +88,6 @@ class FinetuneConfig:
         """``plain``, ``noise``, ``clip`` or ``noise+clip``: which hardening is on."""
         parts = [name for name, on in (("noise", self.noise > 0), ("clip", self.clip is not None)) if on]
         return "+".join(parts) or "plain"
-
-    def with_(self, **changes) -> FinetuneConfig:
-        return replace(self, **changes)
 
     def to_dict(self) -> dict:
         return dict(asdict(self), lr=self.learning_rate, steps=self.steps, variant=self.variant)

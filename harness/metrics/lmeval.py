@@ -531,14 +531,6 @@ def _is_rolling(task: Any) -> bool:
     return all(t.get_config("output_type") == "loglikelihood_rolling" for t in tasks)
 
 
-def evaluate_tasks(model: torch.nn.Module, tokenizer, tasks: str | Sequence[str], **kwargs: Any) -> list[TaskMetric]:
-    """One-off :meth:`LMEvaluator.run` (builds the evaluator each call; reuse an ``LMEvaluator``
-    to evaluate the same model several times)."""
-    limit = kwargs.pop("limit", None)
-    token_ppl = kwargs.pop("token_perplexity", True)
-    return LMEvaluator(model, tokenizer, **kwargs).run(tasks, limit=limit, token_perplexity=token_ppl)
-
-
 # -- direct computation (cross-check and benchmark) --------------------------------------------
 
 

@@ -67,12 +67,6 @@ class MatrixSparsity:
         """Share of the region that was pruned."""
         return self.pruned / self.numel if self.numel else 0.0
 
-    @property
-    def zero_fraction(self) -> float:
-        """Share of the region that is exactly zero after pruning."""
-        return self.zeros / self.numel if self.numel else 0.0
-
-
 @dataclass
 class SparsityReport:
     """The sparsity actually reached, per matrix and overall."""

@@ -383,10 +383,6 @@ class ResultStore:
         sql = "SELECT * FROM records" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id"
         return pd.read_sql_query(sql, self._conn, params=params)
 
-    def latest_run_id(self) -> str | None:
-        row = self._conn.execute("SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1").fetchone()
-        return row[0] if row else None
-
     def export(self, path: str | Path, run_id: str | None = None) -> Path:
         """Write records to ``.csv`` or ``.parquet`` (chosen by the suffix) and return the path."""
         path = Path(path)
