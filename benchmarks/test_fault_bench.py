@@ -41,15 +41,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.campaign import Campaign, clean_baseline, run_trial, trial_seed, trial_specs
+from harness.campaign import Campaign, clean_baseline, run_trial, trial_specs
 from harness.campaign.bitflip import TARGETS, sample_sites, site_pool
 from harness.campaign.prefix import batches
-from harness.campaign.reduce import reduce_batch
 from harness.faults import BIT_CLASSES, flip_bits, uniform_sites
 from harness.fingerprint import fingerprint
 from harness.metrics import evaluate
 from harness.metrics.perplexity import default_batch_size
+from harness.metrics.reduce import reduce_batch
 from harness.models.archmap import arch_map, select
+from harness.stats import trial_seed
 
 from .timing import fastest, measure_ratio, plain_forward, sync
 

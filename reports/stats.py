@@ -14,9 +14,3 @@ def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     if n <= 0:
         return 0.0, 1.0
     return _wilson(int(successes), int(n), z)
-
-
-def jaccard(a, b) -> float:
-    """|a & b| / |a | b| of two collections (1.0 for two empty ones)."""
-    a, b = set(a), set(b)
-    return 1.0 if not (a | b) else len(a & b) / len(a | b)

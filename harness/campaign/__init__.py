@@ -14,12 +14,11 @@ from harness.campaign.engine import (
     TrialSpec,
     default_trials_per_forward,
     touched_params,
-    trial_seed,  # harness.stats.trial_seed, imported from here by benchmarks/test_fault_bench.py
     trial_specs,
 )
 from harness.campaign.trial import Clean, Trial, clean_baseline, run_trial
 
 __all__ = [
     "Campaign", "Clean", "Trial", "TrialRecord", "TrialSpec", "clean_baseline", "default_trials_per_forward",
-    "run_trial", "touched_params", "trial_seed", "trial_specs",
+    "run_trial", "touched_params", "trial_specs",
 ]
