@@ -165,9 +165,19 @@ def _base_training_perplexity(esa, lm, config) -> float:
                       lambda: training_perplexity(lm, config))
 
 
+def _training_perplexity_after(esa, lm, config, done) -> float:
+    """The fine-tuned model's perplexity on the windows it trained on, once per session."""
+    from harness.models import load_model
+
+    def make():
+        return training_perplexity(load_model(done.path, device=esa.options.device, dtype=esa.options.dtype), config)
+
+    return esa.cached((lm.name, SUITE, "after-training-ppl", config.key(lm.name)), make)
+
+
 def _after(esa, lm, windows, variant: str):
-    """(fine-tuning result, its measures, super-weight shift against the base, its training-window
-    perplexity), once per session."""
+    """(fine-tuning config, the fine-tuned model's measures, super-weight shift against the base), once per
+    session."""
     from harness.models import load_model
 
     config, done = _finetuned(esa, lm, variant)
@@ -175,11 +185,10 @@ def _after(esa, lm, windows, variant: str):
     def make():
         loaded = load_model(done.path, device=esa.options.device, dtype=esa.options.dtype)
         after = _measure(esa, lm.name, loaded, windows)
-        shift = super_weight_shift(_base(esa, lm, windows), after, loaded.model)
-        return after, shift, training_perplexity(loaded, config)
+        return after, super_weight_shift(_base(esa, lm, windows), after, loaded.model)
 
-    after, shift, train_ppl = esa.cached((lm.name, SUITE, "after", config.key(lm.name), tuple(windows.shape)), make)
-    return config, done, after, shift, train_ppl
+    after, shift = esa.cached((lm.name, SUITE, "after", config.key(lm.name), tuple(windows.shape)), make)
+    return config, after, shift
 
 
 def _record_measures(recorder, m, method: str, base=None, **common) -> None:
@@ -207,19 +216,37 @@ def test_before(lm, eval_windows, esa, recorder):
     assert math.isfinite(base.perplexity), f"the base model's held-out perplexity is {base.perplexity}"
 
 
-def test_finetune(lm, eval_windows, esa, recorder, variant):
-    windows = _windows(esa, eval_windows)
-    base = _base(esa, lm, windows)
-    config, done, after, shift, train_ppl = _after(esa, lm, windows, variant)
-    base_train_ppl = _base_training_perplexity(esa, lm, config)
-    pert = {"kind": "finetune", "method": config.method, "variant": variant, "tokens": config.tokens,
+def _perturbation(lm, config, variant: str) -> dict:
+    return {"kind": "finetune", "method": config.method, "variant": variant, "tokens": config.tokens,
             "lr": config.learning_rate, "schedule": config.schedule, "noise": config.noise, "clip": config.clip,
             "key": config.key(lm.name)}
+
+
+def test_finetune_trains(lm, esa, recorder, variant):
+    """Training lowers the perplexity of the windows it trained on (the fine-tune alone, no measures)."""
+    config, done = _finetuned(esa, lm, variant)
+    pert = _perturbation(lm, config, variant)
     for point in done.log.points:
         recorder.record("train_loss", point["loss"], method=variant, perturbation=pert, extra=point)
     recorder.record("seconds", done.log.seconds, method=variant, perturbation=pert,
                     extra={"tokens": done.log.tokens, "steps": len(done.log.points), "reused": done.reused})
-    _record_measures(recorder, after, variant, base)
+    assert len(done.log.points) == config.steps and all(map(math.isfinite, done.log.losses)), (
+        f"training diverged or stopped: losses {done.log.losses}")
+    base_train_ppl = _base_training_perplexity(esa, lm, config)
+    train_ppl = _training_perplexity_after(esa, lm, config, done)
+    recorder.record("training_perplexity", train_ppl, method=variant, clean_value=base_train_ppl, perturbation=pert,
+                    extra={"windows": config.windows, "window": config.window, "corpus": config.corpus})
+    recorder.claim(LOWER_PPL, greater(base_train_ppl, train_ppl, factor=TRAIN_EFFECT), clean_value=base_train_ppl,
+                   method=variant, perturbation=pert)
+
+
+def test_finetune(lm, eval_windows, esa, recorder, variant):
+    """The fine-tuned model's measures against the base model's: super weights kept, noise, flips."""
+    windows = _windows(esa, eval_windows)
+    base = _base(esa, lm, windows)
+    config, after, shift = _after(esa, lm, windows, variant)
+    pert = _perturbation(lm, config, variant)
+    _record_measures(recorder, after, variant, base)  # held-out perplexity: after, with the base's as clean value
     recorder.record("jaccard", shift.jaccard, method=variant,
                     perturbation={"kind": "super_weights", "before": base.sw_source, "after": after.sw_source},
                     extra={"before": [sw[:3] for sw in base.super_weights],
@@ -230,13 +257,6 @@ def test_finetune(lm, eval_windows, esa, recorder, variant):
         recorder.record("super_weight_drift", drift, method=variant, perturbation={"kind": "super_weights"},
                         extra={"layer": layer, "row": row, "col": col, "before": before, "after": now})
 
-    assert len(done.log.points) == config.steps and all(map(math.isfinite, done.log.losses)), (
-        f"training diverged or stopped: losses {done.log.losses}")
-    recorder.record("training_perplexity", train_ppl, method=variant, clean_value=base_train_ppl, perturbation=pert,
-                    extra={"windows": config.windows, "window": config.window, "corpus": config.corpus})
-    recorder.claim(LOWER_PPL, greater(base_train_ppl, train_ppl, factor=TRAIN_EFFECT), clean_value=base_train_ppl,
-                   method=variant, perturbation=pert,
-                   extra={"held_out_before": base.perplexity, "held_out_after": after.perplexity})
     if base.sw_source != "detected":
         recorder.not_applicable(TOP_KEPT, f"{base.none_reason} in the base model", method=variant)
     else:
@@ -249,8 +269,8 @@ def test_finetune(lm, eval_windows, esa, recorder, variant):
 def test_fault_aware_vs_plain(lm, eval_windows, esa, recorder):
     """Noise-aware against plain fine-tuning at the same budget (the collapse rate and sigma=0.2 recorded only)."""
     windows = _windows(esa, eval_windows)
-    _, _, plain, _, _ = _after(esa, lm, windows, "plain")
-    _, _, noisy, _, _ = _after(esa, lm, windows, "noise")
+    _, plain, _ = _after(esa, lm, windows, "plain")
+    _, noisy, _ = _after(esa, lm, windows, "noise")
     for sigma in NOISE_SIGMAS:
         recorder.record("noise_ratio_difference", plain.noise_ratio(sigma) - noisy.noise_ratio(sigma),
                         method="plain-noise", perturbation={"kind": "noise", "scale": "relative", "level": sigma},

@@ -240,7 +240,7 @@ from pathlib import Path
 from harness.claims import ClaimSet
 
 VALUES = json.loads(Path(__file__).with_name("values.json").read_text())
-CLAIMS = ClaimSet("demo")
+CLAIMS = ClaimSet("regdemo")
 UPPER = CLAIMS.bound("upper_ppl_ratio", "stays low", side="max", statistic="ppl_ratio")
 LOWER = CLAIMS.bound("lower_ppl_ratio", "stays high", side="min", statistic="ppl_ratio")
 BETTER = CLAIMS.bound("better_top1", "stays high", side="min", statistic="top1")
@@ -263,10 +263,10 @@ def test_steady(model_name, recorder):
 def test_plugin_baseline_fails_exactly_the_regressed_claims(pytester):
     """A deliberately worsened run against a baseline: `--baseline` fails exactly the regressed claims,
     even though every claim still holds its bound."""
-    pytester.makepyfile(test_demo=DEMO_SUITE)
+    pytester.makepyfile(test_regdemo=DEMO_SUITE)
     bounds = pytester.mkdir("suites") / "bounds"
     bounds.mkdir()
-    (bounds / "demo.toml").write_text("[tiny-llama]\nupper_ppl_ratio = 10.0\nlower_ppl_ratio = 5.0\n"
+    (bounds / "regdemo.toml").write_text("[tiny-llama]\nupper_ppl_ratio = 10.0\nlower_ppl_ratio = 5.0\n"
                                       "better_top1 = 0.5\nsteady_kl = 1.0\n")
     values = pytester.path / "values.json"
     res = pytester.path / "res"

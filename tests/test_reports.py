@@ -26,7 +26,7 @@ from reports.compare import build_comparison
 from reports.compare import main as compare_main
 from reports.load import claim_direction, load_run, xget
 from reports.sample import replay_run, run_suites, sample_store
-from reports.stats import jaccard, wilson
+from reports.stats import wilson
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -228,12 +228,11 @@ def test_cli_end_to_end_without_traceback(tmp_path):
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and bad.stderr.count("\n") == 1
 
 
-def test_wilson_and_jaccard():
+def test_wilson():
     assert wilson(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
     assert wilson(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
     assert wilson(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
     assert wilson(0, 0) == (0.0, 1.0)
-    assert jaccard({1, 2}, {2, 3}) == pytest.approx(1 / 3) and jaccard([], []) == 1.0
 
 
 # -- the comparison page --------------------------------------------------------------------------------
