@@ -95,6 +95,16 @@ def _super_weight(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(harness.models, "load_model", scaled)
 
 
+@sabotage("no_bounds")
+def _no_bounds(mp: pytest.MonkeyPatch) -> None:
+    """The model as a new user's: no regression bound has a number for it (relations alone), and its flips
+    do nothing."""
+    import fixtures.plugin
+
+    mp.setattr(fixtures.plugin, "bound_for", lambda *args, **kwargs: None)
+    _flips(mp)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     name = os.environ.get("ESA_SABOTAGE", "")
     if name not in SABOTAGES:

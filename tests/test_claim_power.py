@@ -23,11 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # sabotage -> (suite selection and options, claims of which one must fail, strict)
 CASES = {
-    # not strict, and a relation must be among the failures: a new user's model on day one, whose bounds have no
-    # number yet, is caught as well (relations do not read bounds)
     "flips_do_nothing": (["suites/test_bitflip.py", "-k", "uniform-exp_msb-native or exp_msb_damages"],
                          {"fp32_uniform_exp_msb_has_effect", "exp_msb_damages_more_than_mantissa_lsb",
-                          "fp32_uniform_exp_msb_collapse_rate"}, False),
+                          "fp32_uniform_exp_msb_collapse_rate"}, True),
     "noise_1000x_weaker": (["suites/test_robustness.py", "-k", "gaussian-mlp"],
                            {"gaussian_mlp_high_noise_ppl_ratio", "gaussian_mlp_damage_grows"}, True),
     "pruning_removes_nothing": (["suites/test_pruning.py", "-k", "test_wanda_beats_magnitude"],
@@ -42,6 +40,9 @@ CASES = {
     "super_weight_scaled_down": (["suites/test_super_weights.py", "-k", "zero_super_weights or known"],
                                  {"zero_super_weights_ppl_ratio", "zero_top_super_weight_ppl_ratio",
                                   "zero_super_weights_vs_random"}, True),
+    # a new user's model on day one: no bound has a number for it, so relations alone must catch the sabotage
+    "no_bounds": (["suites/test_bitflip.py", "-k", "uniform-exp_msb-native or exp_msb_damages"],
+                  {"fp32_uniform_exp_msb_has_effect", "exp_msb_damages_more_than_mantissa_lsb"}, False),
 }
 
 
@@ -80,7 +81,6 @@ def test_sabotage_turns_the_run_red(name, sabotaged, tmp_path):
     (tmp_path / "power.json").write_text(json.dumps({"sabotage": name, "failed": sorted(failed)}))
     assert rc == 1, f"sabotage {name}: the run did not fail (exit {rc})\n{output}"
     assert caught, f"sabotage {name}: none of {sorted(expected)} failed; failed: {sorted(failed)}\n{output}"
-    if name == "flips_do_nothing":  # relations alone catch it (a model with no bound yet)
-        relations = {r["metric"] for r in rows
-                     if r["outcome"] == "failed" and json.loads(r["extra"])["kind"] == "relation"}
-        assert relations & expected, f"no relation failed: {sorted(failed)}"
+    if name == "no_bounds":  # relations alone: no bound had a number, so every failure is a relation
+        kinds = {json.loads(r["extra"])["kind"] for r in rows if r["outcome"] == "failed"}
+        assert kinds == {"relation"}, kinds
