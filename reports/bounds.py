@@ -127,7 +127,7 @@ def write_bounds(exported: list[Exported], model: str, bounds_dir: str | Path, c
     return written
 
 
-def run_config(results_dir: str | Path, model: str) -> dict:
+def export_config(results_dir: str | Path, model: str) -> dict:
     """The one configuration (:func:`harness.claims.bound_config`) of the runs of ``model`` in the store.
 
     Raises:
@@ -164,7 +164,7 @@ def export_bounds(results_dir: str | Path, model: str, bounds_dir: str | Path = 
     bounds_dir = Path(bounds_dir)
     if not bounds_dir.is_dir():
         raise HarnessError(f"no bounds directory at {bounds_dir} (run from the repository root or pass --bounds-dir)")
-    config = run_config(results_dir, model)
+    config = export_config(results_dir, model)
     exported = derive_bounds(results_dir, model, min_seeds=min_seeds)
     command = f"python -m reports export-bounds {results_dir} --model {model}"
     written = write_bounds(exported, model, bounds_dir, command)
