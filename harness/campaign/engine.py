@@ -50,7 +50,7 @@ from harness.faults.injector import BitFlip
 from harness.faults.noise import Noise
 from harness.metrics import EvalResult
 from harness.metrics.perplexity import default_batch_size
-from harness.metrics.reduce import combine, is_collapse, reduce_batch
+from harness.metrics.reduce import combine, reduce_batch
 from harness.models.device import input_device
 from harness.stats import trial_seed
 
@@ -177,9 +177,7 @@ class Campaign:
                 stats.append(reduce_batch(logits, batch, reference, first, kl=self.kl))
                 del logits
         result = combine(stats, self.n_tokens, reference, kl=self.kl)
-        ratio = result.ratio_to(self.clean.result)
-        return Trial(result, ratio, result.collapsed or is_collapse(ratio), masked=masked == len(stats),
-                     start_block=start)
+        return Trial.against(result, self.clean.result, masked=masked == len(stats), start_block=start)
 
     # -- many trials ---------------------------------------------------------------------------------
 
@@ -229,8 +227,7 @@ class Campaign:
         out = []
         for st in stats:
             result = combine(st, self.n_tokens, reference, kl=self.kl)
-            ratio = result.ratio_to(self.clean.result)
-            out.append(Trial(result, ratio, result.collapsed or is_collapse(ratio), start_block=start))
+            out.append(Trial.against(result, self.clean.result, start_block=start))
         return out
 
     def run(self, specs: Sequence[TrialSpec], make: Callable[[TrialSpec, torch.Generator], Any], *,

@@ -61,6 +61,13 @@ class Trial:
     masked: bool = False
     start_block: int = 0
 
+    @classmethod
+    def against(cls, result: EvalResult, clean: EvalResult, **kwargs: Any) -> Trial:
+        """The trial of ``result`` against the clean evaluation: its ratio and the collapse rule
+        (:func:`harness.metrics.is_collapse`); ``kwargs``: the other fields."""
+        ratio = result.ratio_to(clean)
+        return cls(result, ratio, result.collapsed or is_collapse(ratio), **kwargs)
+
 
 def clean_baseline(model: torch.nn.Module, windows: torch.Tensor, *, keep_blocks: bool = False,
                    batch_size: int | None = None) -> Clean:
@@ -100,5 +107,4 @@ def run_trial(model: torch.nn.Module, windows: torch.Tensor, clean: Clean,
     """
     with perturbation:
         result = evaluate(model, windows, clean.reference, clean.batch_size)
-    ratio = result.ratio_to(clean.result)
-    return Trial(result, ratio, result.collapsed or is_collapse(ratio))
+    return Trial.against(result, clean.result)
