@@ -62,6 +62,7 @@ from harness.fingerprint import changed, fingerprint
 from harness.metrics import evaluate
 from harness.scoring import known_super_weights, score
 from harness.scoring.options import DEFAULT_METHOD
+from harness.stats import trial_seed
 
 TOP_K = 16  # weights per scorer recorded by test_find_super_weights
 OTHERS = 7_000  # Yu et al.: the 7,000 next-largest weights barely matter
@@ -192,7 +193,7 @@ def test_zero_super_weights(lm, eval_windows, clean, esa, recorder, super_weight
     matrices = sorted({s.param for s in sites})
     random_ratios = []
     for draw in range(esa.pick(**RANDOM_DRAWS)):
-        seed = esa.options.seed * 100_003 + draw
+        seed = trial_seed(esa.options.seed, draw)
         picks = [FaultSite(s.param, s.index) for s in
                  uniform_sites(lm.model, matrices, n, generator=torch.Generator().manual_seed(seed))]
         r_result, r_ratio = _measure(lm, eval_windows, clean, ablate(lm.model, picks, "zero"))
