@@ -28,6 +28,8 @@ SEEDS   ?= 0 1 2 3 4
 # tests (eight suite runs, two at a time) lead the unit tests for the same reason. JOBS=1: serial.
 JOBS    ?= 2
 NPROC   := $(if $(filter-out 1,$(JOBS)),-n $(JOBS),)
+# keep the order given (xdist otherwise hands out the files with the most tests first)
+ORDER   := $(if $(filter-out 1,$(JOBS)),--no-loadscope-reorder,)
 XDIST   := $(if $(filter-out 1,$(JOBS)),OMP_NUM_THREADS=1,)
 LONGEST := suites/test_pruning.py suites/test_evaluate.py suites/test_attack.py suites/test_bitflip.py
 ONREAL  := $(filter-out suites/test_finetune.py suites/test_attribution.py,$(wildcard suites/test_*.py))
@@ -53,9 +55,9 @@ setup:
 	@$(PY) -c "import torch, transformers; print('setup: torch', torch.__version__, '| transformers', transformers.__version__, '| cuda', torch.cuda.is_available())"
 
 test:
-	$(XDIST) $(PYTEST) $(UNIT) $(NPROC) --dist loadfile
+	$(XDIST) $(PYTEST) $(UNIT) $(NPROC) --dist loadfile $(ORDER)
 	$(XDIST) $(PYTEST) suites --model $(TINY) --results-dir results/ci-tiny $(NPROC)
-	$(XDIST) $(PYTEST) $(SUITES) --model $(MODEL) --preset quick $(STRICT) --seed $(SEED) --results-dir results/ci-$(MODEL) $(NPROC) --dist loadfile
+	$(XDIST) $(PYTEST) $(SUITES) --model $(MODEL) --preset quick $(STRICT) --seed $(SEED) --results-dir results/ci-$(MODEL) $(NPROC) --dist loadfile $(ORDER)
 	$(PYTEST) benchmarks --model tiny-llama --benchmark-disable --results-dir results/ci-bench
 
 # Every suite on one model (the done-when runs of the issues), quick preset.

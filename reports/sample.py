@@ -11,6 +11,7 @@ copies those rows, changing only the values it is told to.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import logging
 import math
@@ -78,7 +79,8 @@ FAILING_SMOKE_BOUND = "clean_perplexity = 1.0\n"  # a random-weight model's perp
 
 
 def sample_store(base: str | Path, model: str = "tiny-llama") -> tuple[Path, str]:
-    """``(results dir, run id)`` of the sample suites run on ``model`` under ``base``, run once and then reused.
+    """``(results dir, run id)`` of the sample suites run on ``model`` under ``base``, run once and then reused
+    (under a file lock: the xdist workers of one session share ``base`` and the first one builds it).
 
     The run reads its bounds from a copy of ``suites/bounds`` in which the model's smoke bound is 1.0, which no
     random-weight model meets: the store then holds a real failed claim beside unverified ones (bounds the
@@ -86,12 +88,14 @@ def sample_store(base: str | Path, model: str = "tiny-llama") -> tuple[Path, str
     """
     d = Path(base) / f"sample-{model}"
     marker = d / "run_id"
-    if not marker.is_file():
-        root = d / "root"
-        shutil.copytree(ROOT / "suites" / "bounds", root / "suites" / "bounds", dirs_exist_ok=True)
-        (root / "suites" / "bounds" / "smoke.toml").write_text(f"[{model}]\n{FAILING_SMOKE_BOUND}")
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(run_suites(d, model, rootdir=root))
+    d.mkdir(parents=True, exist_ok=True)
+    with open(d.parent / f".sample-{model}.lock", "w") as lock:  # processes sharing ``base`` build it once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not marker.is_file():
+            root = d / "root"
+            shutil.copytree(ROOT / "suites" / "bounds", root / "suites" / "bounds", dirs_exist_ok=True)
+            (root / "suites" / "bounds" / "smoke.toml").write_text(f"[{model}]\n{FAILING_SMOKE_BOUND}")
+            marker.write_text(run_suites(d, model, rootdir=root))
     return d, marker.read_text()
 
 

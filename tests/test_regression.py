@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -28,10 +26,6 @@ from reports.sample import replay_run, sample_store
 pytest_plugins = ["pytester"]
 
 
-def _sample_base(tmp_path_factory) -> Path:
-    return Path(os.environ.get("ESA_SAMPLE_STORES") or tmp_path_factory.getbasetemp())
-
-
 def _pick(records) -> dict[str, str]:
     """From a real run's claims with positive finite values: an upper-side claim to worsen (x1.5), a
     lower-side claim to worsen (x0.5) and another upper-side claim to improve (x0.8)."""
@@ -48,10 +42,10 @@ def _pick(records) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def two_runs(tmp_path_factory):
+def two_runs(tmp_path_factory, sample_base):
     """The real sample run, its baseline file, and a replay of it (commit 2222222) with one upper-side and
     one lower-side claim worsened and one upper-side claim improved."""
-    sample, first = sample_store(_sample_base(tmp_path_factory))
+    sample, first = sample_store(sample_base)
     d = tmp_path_factory.mktemp("reg") / "results"
     shutil.copytree(sample, d, ignore=shutil.ignore_patterns("report*", "root"))
     names = _pick(load_run(d, first).records)

@@ -159,11 +159,10 @@ MEASURE = """((all) => {
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> dict[str, Path]:
+def store(tmp_path_factory, sample_base) -> dict[str, Path]:
     """The sample run (a failing smoke bound, ten not-applicable bit-flip claims) at seed 0, the same run at seed 5
     and a worsened replay at seed 0, built with ``python -m reports``' own entry: run pages, latest view, index."""
-    base = Path(os.environ.get("ESA_SAMPLE_STORES") or tmp_path_factory.getbasetemp())
-    sample, first = sample_store(base)
+    sample, first = sample_store(sample_base)
     d = tmp_path_factory.mktemp("layout") / "results"
     shutil.copytree(sample, d, ignore=shutil.ignore_patterns("report*", "root"))
     replay_run(d, first, info={"seed": 5, "git_commit": "5555555"})

@@ -31,16 +31,10 @@ from reports.stats import wilson
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _sample_base(tmp_path_factory) -> Path:
-    """Where the sample stores live: ``$ESA_SAMPLE_STORES`` (kept between sessions: set it while working on the
-    report, delete it after changing the suites) or this session's temporary directory."""
-    return Path(os.environ.get("ESA_SAMPLE_STORES") or tmp_path_factory.getbasetemp())
-
-
 @pytest.fixture(scope="session")
-def real_run(tmp_path_factory) -> tuple[Path, str]:
+def real_run(sample_base) -> tuple[Path, str]:
     """(results dir, run id) of the real tiny-llama run (with a smoke bound it fails)."""
-    return sample_store(_sample_base(tmp_path_factory))
+    return sample_store(sample_base)
 
 
 @pytest.fixture(scope="session")
@@ -239,9 +233,9 @@ def test_wilson():
 
 
 @pytest.fixture(scope="session")
-def second_model(tmp_path_factory) -> Path:
+def second_model(sample_base) -> Path:
     """A real run of fewer suites on a second tiny family."""
-    d = _sample_base(tmp_path_factory) / "sample-tiny-gpt-neox"
+    d = sample_base / "sample-tiny-gpt-neox"
     if not (d / "results.sqlite").is_file():
         run_suites(d, "tiny-gpt-neox", k="smoke or ablation or (bitflip and not attack)")
     return d

@@ -63,7 +63,8 @@ def grid(scorers: Iterable[str], sparsities: Sequence[float], granularities: Seq
 
 
 class ScoreSlot:
-    """The ScoreSet of the last scorer asked for (one slot: a new scorer replaces the old scores)."""
+    """The ScoreSet of the last calibrated scorer asked for (one slot: a new one replaces the old scores; a scorer
+    that reads only the weights, such as magnitude, is computed each time and leaves the slot alone)."""
 
     def __init__(self) -> None:
         self._key: tuple | None = None
@@ -78,8 +79,10 @@ class ScoreSlot:
             windows: calibration windows (count, length).
             tag: anything else the scores depend on (the corpus name), part of the slot's key.
         """
-        from harness.scoring import score
+        from harness.scoring import SCORERS, score
 
+        if not SCORERS.get(scorer).needs_windows:  # from the weights alone (magnitude): cheaper than a slot
+            return score(loaded, scorer)
         key = (scorer, tuple(windows.shape), tag)
         if key != self._key:
             self._key, self._scores = None, None  # free the old scores before computing the new ones

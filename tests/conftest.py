@@ -1,0 +1,19 @@
+"""Fixtures shared by the unit tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def sample_base(tmp_path_factory) -> Path:
+    """Where the report tests' sample stores live: ``$ESA_SAMPLE_STORES`` (kept between sessions: set it while
+    working on the report, delete it after changing the suites), else this session's temporary directory, the
+    one the xdist workers share (``reports.sample.sample_store`` builds each store once under a file lock)."""
+    if os.environ.get("ESA_SAMPLE_STORES"):
+        return Path(os.environ["ESA_SAMPLE_STORES"])
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
