@@ -407,3 +407,27 @@ def test_campaign_memory_does_not_grow(tmp_path: Path) -> None:
     finally:
         torch.set_num_threads(threads)
     assert out["growth"] <= 0.05, out
+
+
+def test_conversion_needs_the_checked_transformers(tmp_path: Path, conversions: list,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A transformers older than the spec's ``min_transformers`` is refused in one line before converting, and a
+    copy it converted earlier is converted again (a wrong dequantization loads without an error)."""
+    import dataclasses
+
+    import transformers
+
+    copy = gguf._convert  # the fixture's copy of tiny-llama, marked with the version that made it, as _convert does
+    monkeypatch.setattr(gguf, "_convert", lambda *a: {**copy(*a), "transformers": transformers.__version__})
+    spec = dataclasses.replace(CACHED, min_transformers="5.25.0")
+    monkeypatch.setattr(transformers, "__version__", "5.17.0")
+    with pytest.raises(HarnessError, match=r"transformers 5\.17\.0 is older than 5\.25\.0.*pip install"):
+        gguf.ensure_converted(spec, tmp_path)
+    assert conversions == []
+    monkeypatch.setattr(transformers, "__version__", "5.25.0")
+    path = gguf.ensure_converted(spec, tmp_path)
+    assert gguf.ensure_converted(spec, tmp_path) == path and len(conversions) == 1  # reused at 5.25
+    marker = json.loads((path / gguf.SOURCE_FILE).read_text())
+    (path / gguf.SOURCE_FILE).write_text(json.dumps({**marker, "transformers": "5.17.0"}))
+    assert not gguf.is_converted(spec, tmp_path)  # an old conversion is not trusted
+    assert gguf.ensure_converted(spec, tmp_path) == path and len(conversions) == 2

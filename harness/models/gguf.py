@@ -86,6 +86,8 @@ def _why_incomplete(path: Path, spec: ModelSpec) -> str | None:
         return f"no completeness marker {SOURCE_FILE}"
     if info.get("format") != FORMAT or info.get("sha256") != spec.sha256:
         return "converted from another GGUF or by another harness version"
+    if _older(info.get("transformers"), spec.min_transformers):
+        return f"converted by transformers {info.get('transformers')}, older than {spec.min_transformers}"
     for name, size in info.get("files", {}).items():
         actual = (path / name).stat().st_size if (path / name).is_file() else None
         if actual != size:
@@ -108,6 +110,7 @@ def ensure_converted(spec: ModelSpec, cache_dir: str | os.PathLike | None = None
     target = model_dir(spec, cache_dir)
     if _is_complete(target, spec):
         return target
+    check_transformers(spec)
     target.parent.mkdir(parents=True, exist_ok=True)
     with _lock(target.parent / f".{spec.name}.lock"):
         why = _why_incomplete(target, spec)
@@ -144,6 +147,33 @@ def _lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _older(version: str | None, minimum: str | None) -> bool:
+    from packaging.version import InvalidVersion, Version
+
+    if minimum is None:
+        return False
+    try:
+        return version is None or Version(version) < Version(minimum)
+    except InvalidVersion:
+        return True
+
+
+def check_transformers(spec: ModelSpec) -> None:
+    """Refuse to convert ``spec`` with a transformers older than its ``min_transformers``.
+
+    Raises:
+        HarnessError: the installed transformers is older than the oldest version checked for this GGUF.
+    """
+    import transformers
+
+    if _older(transformers.__version__, spec.min_transformers):
+        raise HarnessError(
+            f"{spec.name}: transformers {transformers.__version__} is older than {spec.min_transformers}, the oldest "
+            f"version whose conversion of {spec.gguf_file} was checked (older ones can dequantize it into a model that "
+            f"loads but is wrong: 5.17.0 gives gemma3-270m a perplexity of 55,918 instead of 17); "
+            f"pip install 'transformers>={spec.min_transformers}'")
 
 
 def _convert(spec: ModelSpec, root: Path, out: Path) -> dict:

