@@ -6,12 +6,6 @@ what is allowed. The pytest plugin turns it into a one-line usage error instead 
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Callable
-from typing import TypeVar
-
-T = TypeVar("T")
-
 
 class HarnessError(ValueError):
     """A user mistake: bad name, bad range, missing file. The message is one readable line."""
@@ -31,15 +25,3 @@ class OfflineError(HarnessError):
 class DiskFullError(HarnessError):
     """The disk holding the results store or the model cache is full; what was committed before is kept."""
 
-
-def as_option_type(convert: Callable[[str], T]) -> Callable[[str], T]:
-    """Wrap a parser for a command-line ``type=``: its HarnessError becomes argparse's one-line usage error."""
-
-    def parse(text: str) -> T:
-        try:
-            return convert(text)
-        except HarnessError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
-
-    parse.__name__ = convert.__name__  # argparse names the converter in its message
-    return parse

@@ -24,6 +24,24 @@ def _squash(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
+def closest(name: str, known: Iterable[str]) -> str | None:
+    """The name of ``known`` closest to ``name`` (case and punctuation aside), or None when nothing is close."""
+    squashed = {_squash(n): n for n in known}
+    if _squash(name) in squashed:
+        return squashed[_squash(name)]
+    close = difflib.get_close_matches(_squash(name), list(squashed), n=1, cutoff=0.6)
+    return squashed[close[0]] if close else None
+
+
+def unknown_message(kind: str, name: str, known: Iterable[str]) -> str:
+    """The one wording of an unknown name, a registry's or an option value's:
+    ``unknown scorer 'magnitud'. Did you mean 'magnitude'? Known: magnitude, wanda, ...``."""
+    known = list(known)
+    hint = closest(name, known)
+    did_you_mean = f" Did you mean {hint!r}?" if hint else ""
+    return f"unknown {kind} {name!r}.{did_you_mean} Known: {', '.join(known)}"
+
+
 class Registry(Generic[T]):
     """A named collection of objects of one kind.
 
@@ -94,16 +112,11 @@ class Registry(Generic[T]):
 
     def suggest(self, name: str) -> str | None:
         """The known name closest to ``name``, or None when nothing is close."""
-        squashed = {_squash(n): n for n in self._items}
-        if _squash(name) in squashed:
-            return squashed[_squash(name)]
-        close = difflib.get_close_matches(_squash(name), list(squashed), n=1, cutoff=0.6)
-        return squashed[close[0]] if close else None
+        return closest(name, self._items)
 
     def unknown_message(self, name: str) -> str:
-        hint = self.suggest(name)
-        did_you_mean = f" Did you mean {hint!r}?" if hint else ""
-        return f"unknown {self.kind} {name!r}.{did_you_mean} Known: {', '.join(self.names())}"
+        """The one-line message for an unknown ``name`` (:func:`unknown_message`)."""
+        return unknown_message(self.kind, name, self.names())
 
     def names(self, tag: str | None = None) -> list[str]:
         """Registered names in registration order; with ``tag``, only those carrying it."""

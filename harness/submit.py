@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.option_values import as_option_type, comma_list, positive_int
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +98,12 @@ def _parser() -> argparse.ArgumentParser:
                     "the task stores into RESULTS_DIR/results.sqlite. Pytest arguments follow `--`.")
     p.add_argument("--model", action="append", required=True, metavar="NAME",
                    help="model name; repeatable or comma list (one task per model and shard)")
-    p.add_argument("--shards", type=int, default=1, help="shards per model (default: 1)")
+    p.add_argument("--shards", type=as_option_type(positive_int, "shards"), default=1,
+                   help="shards per model (default: 1)")
     p.add_argument("--gpus-per-task", type=int, default=1, help="GPUs of each task (default: 1)")
     p.add_argument("--cpus-per-task", type=int, default=8, help="CPU cores of each task (default: 8)")
-    p.add_argument("--max-parallel", type=int, default=8, help="tasks running at once (default: 8)")
+    p.add_argument("--max-parallel", type=as_option_type(positive_int, "max parallel"), default=8,
+                   help="tasks running at once (default: 8)")
     p.add_argument("--timeout-min", type=int, default=480, help="time limit of each task in minutes (default: 480)")
     p.add_argument("--partition", default=None, help="Slurm partition (default: the cluster's default)")
     p.add_argument("--results-dir", type=Path, default=Path("results"),
@@ -121,7 +124,7 @@ def submit(args: argparse.Namespace) -> int:
     if pytest_args[:1] == ["--"]:
         pytest_args = pytest_args[1:]
     _check_args(pytest_args)
-    models = list(dict.fromkeys(n.strip() for item in args.model for n in item.split(",") if n.strip()))
+    models = list(comma_list(args.model, "model names", required=False))
     tasks = plan(models, args.shards)
     if args.max_parallel < 1 or args.gpus_per_task < 0:
         raise HarnessError("--max-parallel must be at least 1 and --gpus-per-task at least 0")

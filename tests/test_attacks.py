@@ -325,8 +325,9 @@ def test_options_parse_and_reject_bad_values(capsys):
     add_options(Group(parser))
     opt = parser.parse_args(["--flip-budget", "5", "--attacks", "random,guided", "--attack-dtypes", "int8"])
     assert opt.esa_flip_budget == 5 and opt.esa_attacks == ("random", "guided") and opt.esa_attack_dtypes == ("int8",)
-    for bad, message in ((["--flip-budget", "0"], "flip budget must be an integer >= 1, got 0"),
-                         (["--defenses", "clmp"], "unknown defense 'clmp'; use a comma list of none, checksum, clamp")):
+    for bad, message in ((["--flip-budget", "0"], "flip budget must be an integer >= 1, got '0'"),
+                         (["--defenses", "clmp"], "unknown defense 'clmp'. Did you mean 'clamp'? "
+                                                  "Known: none, checksum, clamp")):
         with pytest.raises(SystemExit):
             parser.parse_args(bad)
         assert message in capsys.readouterr().err

@@ -143,8 +143,8 @@ def test_local_directory_is_loaded_with_its_family(tmp_path):
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    ({"dtype": "fp8"}, "unknown dtype 'fp8': use one of fp32, fp16, bf16"),
-    ({"device": "tpu"}, "unknown device 'tpu': use one of cpu, cuda, cuda:N, auto"),
+    ({"dtype": "fp8"}, "unknown dtype 'fp8'. Known: fp32, float32, fp16, float16, half, bf16, bfloat16"),
+    ({"device": "tpu"}, "unknown device 'tpu'. Did you mean 'cpu'? Known: cpu, cuda, cuda:N, auto"),
     ({"device": "cuda:99"}, "cuda:99"),
 ])
 def test_bad_dtype_and_device_are_one_line_errors(kwargs, message):

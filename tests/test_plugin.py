@@ -140,11 +140,11 @@ def test_strict_fails_on_undecided_relations_unchecked_tests_and_an_unreadable_s
                                  "*--strict-claims: 1 selected test(s) checked none of their claims*"])
     pytester.makeconftest("""
 import pytest
-import fixtures.plugin
+from fixtures.session import session_of
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session):
-    (session.config.stash[fixtures.plugin._SESSION].options.results_dir / "results.sqlite").write_bytes(b"garbage")
+    (session_of(session.config).options.results_dir / "results.sqlite").write_bytes(b"garbage")
 """)
     only_relations = SUITE.replace("def test_claim(", "def _unused(").replace("def test_measure(", "def _u(")
     pytester.makepyfile(test_demo=only_relations)
@@ -164,6 +164,19 @@ def test_bounds_file_naming_an_undeclared_claim_is_one_line(pytester: pytest.Pyt
         assert result.ret == pytest.ExitCode.USAGE_ERROR
         result.stderr.fnmatch_lines([message])
         assert "Traceback" not in result.stderr.str()
+
+
+def test_family_markers_are_the_model_families(pytestconfig: pytest.Config):
+    """One source: the architecture families (harness.models.archmap.ARCH_MAPS); the plugin declares a marker
+    for each, and every registered model's family has one."""
+    from fixtures.plugin import FAMILY_MARKERS, family_marker
+    from harness.models import MODELS
+    from harness.models.archmap import ARCH_MAPS
+
+    declared = {line.split(":")[0] for line in pytestconfig.getini("markers")}
+    assert FAMILY_MARKERS == tuple(family_marker(f) for f in ARCH_MAPS)
+    assert set(FAMILY_MARKERS) <= declared
+    assert {family_marker(spec.family) for _, spec in MODELS.items()} <= set(FAMILY_MARKERS)
 
 
 def test_family_markers(pytester: pytest.Pytester):
@@ -190,13 +203,27 @@ def test_unknown_model_is_one_line(pytester: pytest.Pytester):
 
 def test_bad_option_values(pytester: pytest.Pytester):
     pytester.makepyfile(test_demo=SUITE)
-    for args, message in ((("--device", "tpu"), "*device must be cpu, cuda, cuda:N or auto*"),
-                          (("--dtype", "fp8"), "*dtype must be one of*"),
-                          (("--eval-tokens", "0"), "*must be at least 1*"),
-                          (("--trials", "0"), "*argument --trials: must be at least 1, got 0*")):
+    for args, message in (
+        (("--device", "tpu"), "*argument --device: unknown device 'tpu'*Known: cpu, cuda, cuda:N, auto*"),
+        (("--dtype", "fp8"), "*argument --dtype: unknown dtype 'fp8'. Known: fp32, float32, fp16, *"),
+        (("--eval-tokens", "0"), "*argument --eval-tokens: eval tokens must be an integer >= 1, got '0'*"),
+        (("--trials", "x"), "*argument --trials: trials must be an integer >= 1, got 'x'*"),
+        (("--preset", "deep"), "*argument --preset: unknown preset 'deep'. Known: quick, full*"),
+        (("--sparsities", ","), "*argument --sparsities: expected a comma list of sparsities*"),
+    ):
         result = _run(pytester, *args)
         assert result.ret == pytest.ExitCode.USAGE_ERROR
         result.stderr.fnmatch_lines([message])
+
+
+def test_dtype_words_are_the_loaders(pytester: pytest.Pytester):
+    """--dtype takes every word of harness.models.device.DTYPES, as the loader does (``half`` too); a word that
+    the plugin took before is recorded as written."""
+    pytester.makepyfile(test_demo=SUITE)
+    for word, recorded in (("half", "half"), ("FP16", "fp16"), ("torch.bfloat16", "bfloat16"), ("fp32", "fp32")):
+        result = _run(pytester, "--model", "tiny-llama", "--dtype", word, "--collect-only")
+        assert result.ret == 0
+        result.stdout.fnmatch_lines([f"esa: models=tiny-llama device=cpu dtype={recorded} *"])
 
 
 def test_eval_tokens_beyond_corpus(pytester: pytest.Pytester):

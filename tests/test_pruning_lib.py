@@ -12,12 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harness.data import load_corpus, token_windows
-from harness.errors import HarnessError, as_option_type
+from harness.errors import HarnessError
 from harness.faults import Perturbation
 from harness.faults.sites import FaultSite
 from harness.fingerprint import changed, fingerprint
 from harness.metrics import evaluate
 from harness.models import load_model, select
+from harness.option_values import as_option_type
 from harness.pruning import masks as M
 from harness.pruning import options
 from harness.pruning.compare import divergence, edit_distance, format_section, write_comparison

@@ -53,7 +53,7 @@ def test_the_cap_ends_a_cell_that_cannot_reach_the_margin():
 
 
 def test_bad_precision_is_one_line():
-    with pytest.raises(HarnessError, match=r"--margin must be between 0 and 0\.5"):
+    with pytest.raises(HarnessError, match=r"--margin \(a half-width of a rate\) must be in \(0, 0\.5\), got 0\.7"):
         Precision(0.7, 0.95)
-    with pytest.raises(HarnessError, match="--confidence must be in"):
+    with pytest.raises(HarnessError, match=r"--confidence \(e\.g\. 0\.95\) must be in \[0\.5, 1\), got 95"):
         Precision(0.05, 95)

@@ -9,9 +9,10 @@ old constant names (``WEIGHT_ATTACKS``, ...) still resolve, to the same registry
 
 from __future__ import annotations
 
-from argparse import ArgumentTypeError
 from collections.abc import Callable
 from typing import Any
+
+from harness.option_values import as_option_type, choices, positive_int
 
 ATTACK_DTYPES = ("fp32", "bf16", "int8")  # the weight representations the attack suite attacks
 
@@ -49,46 +50,21 @@ def __getattr__(name: str) -> Any:  # the constants suites imported before the l
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _flip_budget(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ArgumentTypeError(f"flip budget must be an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise ArgumentTypeError(f"flip budget must be an integer >= 1, got {value}")
-    return value
-
-
-def _names(allowed: Callable[[], tuple[str, ...]], what: str) -> Callable[[str], tuple[str, ...]]:
-    """A parser of a comma list of names, each in ``allowed()`` (read at parse time)."""
-
-    def parse(text: str) -> tuple[str, ...]:
-        names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
-        known = allowed()
-        bad = [n for n in names if n not in known]
-        if bad or not names:
-            raise ArgumentTypeError(f"unknown {what} {bad[0] if bad else text!r}; "
-                                    f"use a comma list of {', '.join(known)}")
-        return names
-
-    parse.__name__ = what.replace(" ", "_")
-    return parse
-
-
-def _dtypes() -> tuple[str, ...]:
-    return ATTACK_DTYPES
-
-
 def add_options(group) -> None:
+    """Add the attack options to the plugin's option group (choices read from the registries when parsed)."""
     attacks, defenses, inputs = weight_attacks(), defense_names(), input_attack_names()
-    group.addoption("--flip-budget", dest="esa_flip_budget", type=_flip_budget, default=None,
-                    help="most bit flips per weight-attack run (default: the preset's, quick 12, full 64)")
-    group.addoption("--attacks", dest="esa_attacks", type=_names(weight_attacks, "weight attack"), default=None,
-                    help=f"weight attacks of -k attack, comma list (default: all registered: {','.join(attacks)})")
-    group.addoption("--defenses", dest="esa_defenses", type=_names(defense_names, "defense"), default=None,
-                    help=f"defenses of -k attack, comma list (default: all registered: {','.join(defenses)})")
-    group.addoption("--attack-dtypes", dest="esa_attack_dtypes", type=_names(_dtypes, "attack dtype"),
-                    default=None, help=f"weight dtypes of -k attack (default: {','.join(ATTACK_DTYPES)})")
-    group.addoption("--input-attacks", dest="esa_input_attacks", type=_names(input_attack_names, "input attack"),
+    group.addoption("--flip-budget", dest="esa_flip_budget", type=as_option_type(positive_int, "flip budget"),
                     default=None,
+                    help="most bit flips per weight-attack run (default: the preset's, quick 12, full 64)")
+    group.addoption("--attacks", dest="esa_attacks", type=as_option_type(choices, weight_attacks, "weight attack"),
+                    default=None,
+                    help=f"weight attacks of -k attack, comma list (default: all registered: {','.join(attacks)})")
+    group.addoption("--defenses", dest="esa_defenses", type=as_option_type(choices, defense_names, "defense"),
+                    default=None,
+                    help=f"defenses of -k attack, comma list (default: all registered: {','.join(defenses)})")
+    group.addoption("--attack-dtypes", dest="esa_attack_dtypes",
+                    type=as_option_type(choices, ATTACK_DTYPES, "attack dtype"), default=None,
+                    help=f"weight dtypes of -k attack (default: {','.join(ATTACK_DTYPES)})")
+    group.addoption("--input-attacks", dest="esa_input_attacks",
+                    type=as_option_type(choices, input_attack_names, "input attack"), default=None,
                     help=f"input attacks of -k adversarial, comma list (default: all registered: {','.join(inputs)})")

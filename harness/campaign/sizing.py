@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any
 
-from harness.errors import HarnessError
+from harness.option_values import bounded_float
 from harness.stats import wilson
 
 
@@ -30,10 +30,8 @@ class Precision:
     confidence: float
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.margin < 0.5:
-            raise HarnessError(f"--margin must be between 0 and 0.5 (a half-width of a rate), got {self.margin}")
-        if not 0.5 <= self.confidence < 1.0:
-            raise HarnessError(f"--confidence must be in [0.5, 1), e.g. 0.95, got {self.confidence}")
+        bounded_float(self.margin, "--margin (a half-width of a rate)", 0, 0.5, low_open=True, high_open=True)
+        bounded_float(self.confidence, "--confidence (e.g. 0.95)", 0.5, 1, high_open=True)
 
     @property
     def z(self) -> float:

@@ -8,6 +8,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from harness.errors import HarnessError
+from harness.option_values import bounded_float
 
 METHODS = ("full", "lora")
 SCHEDULES = ("constant", "linear", "cosine")
@@ -112,20 +113,16 @@ def check_tokens(tokens: int, window: int) -> int:
     return tokens
 
 
-def check_lr(lr: float) -> float:
-    if not math.isfinite(lr) or lr <= 0:
-        raise HarnessError(f"learning rate must be a finite number > 0, got {lr!r}")
-    return lr
+def check_lr(lr: float | str) -> float:
+    """A peak learning rate: a finite number > 0."""
+    return bounded_float(lr, "learning rate", 0, low_open=True)
 
 
-def check_noise(sigma: float) -> float:
-    if not math.isfinite(sigma) or not 0.0 <= sigma < 1.0:
-        raise HarnessError(f"training noise must be a relative sigma in [0, 1), got {sigma!r}")
-    return sigma
+def check_noise(sigma: float | str) -> float:
+    """A relative sigma of training noise, in [0, 1)."""
+    return bounded_float(sigma, "training noise (a relative sigma)", 0, 1, high_open=True)
 
 
-def check_clip(factor: float) -> float:
-    if not math.isfinite(factor) or factor <= 0:
-        raise HarnessError(f"clip factor must be a finite number > 0 (1.0 = each matrix's pre-fine-tuning "
-                           f"max |w|), got {factor!r}")
-    return factor
+def check_clip(factor: float | str) -> float:
+    """A weight clipping factor: a finite number > 0 (1.0 = each matrix's pre-fine-tuning max |w|)."""
+    return bounded_float(factor, "clip factor (1.0 = each matrix's pre-fine-tuning max |w|)", 0, low_open=True)

@@ -10,73 +10,39 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.errors import HarnessError, as_option_type
+from harness.errors import HarnessError
 from harness.finetune.config import DEFAULT_LR, METHODS, SCHEDULES, FinetuneConfig, check_clip, check_lr, check_noise
+from harness.option_values import as_option_type, choice, positive_int
 
 CHOICES = ("none", *METHODS)
 TOKENS = {"quick": 2048, "full": 8192}  # token budget per preset (smollm2-135m quick: 4 steps of 2 x 256)
 
 
-def _number(text: str, what: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise HarnessError(f"{what} must be a number, got {text!r}") from None
-
-
-def tokens(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise HarnessError(f"--finetune-tokens must be a whole number of tokens, got {text!r}") from None
-    if value < 1:
-        raise HarnessError(f"--finetune-tokens must be at least one window of tokens, got {value}")
-    return value
-
-
-def lr(text: str) -> float:
-    return check_lr(_number(text, "--finetune-lr"))
-
-
-def noise(text: str) -> float:
-    return check_noise(_number(text, "--finetune-noise"))
-
-
-def clip(text: str) -> float:
-    return check_clip(_number(text, "--finetune-clip"))
-
-
-def rank(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise HarnessError(f"--finetune-lora-rank must be a whole number >= 1, got {text!r}")
-    return value
-
-
 def add_options(group) -> None:
     """Add the fine-tuning options to the plugin's option group."""
-    group.addoption("--finetune", dest="esa_finetune", choices=CHOICES, default="none",
+    group.addoption("--finetune", dest="esa_finetune", type=as_option_type(choice, CHOICES, "fine-tuning method"),
+                    default="none",
                     help="run the suites on the model fine-tuned on the corpus's calibration documents: none, "
                          "lora (peft) or full; trained once and cached under <results-dir>/finetuned/ "
                          "(default: none)")
-    group.addoption("--finetune-tokens", dest="esa_finetune_tokens", type=as_option_type(tokens), default=None,
+    group.addoption("--finetune-tokens", dest="esa_finetune_tokens",
+                    type=as_option_type(positive_int, "fine-tuning tokens"), default=None,
                     help=f"fine-tuning token budget, one pass over the calibration documents (default: quick "
                          f"{TOKENS['quick']}, full {TOKENS['full']})")
-    group.addoption("--finetune-lr", dest="esa_finetune_lr", type=as_option_type(lr), default=None,
+    group.addoption("--finetune-lr", dest="esa_finetune_lr", type=as_option_type(check_lr), default=None,
                     help=f"peak learning rate, AdamW (default: full {DEFAULT_LR['full']:g}, "
                          f"lora {DEFAULT_LR['lora']:g})")
-    group.addoption("--finetune-schedule", dest="esa_finetune_schedule", choices=SCHEDULES, default="cosine",
+    group.addoption("--finetune-schedule", dest="esa_finetune_schedule",
+                    type=as_option_type(choice, SCHEDULES, "schedule"), default="cosine",
                     help="learning-rate schedule: constant, linear or cosine decay to 0 (default: cosine)")
-    group.addoption("--finetune-noise", dest="esa_finetune_noise", type=as_option_type(noise), default=0.0,
+    group.addoption("--finetune-noise", dest="esa_finetune_noise", type=as_option_type(check_noise), default=0.0,
                     help="fault-aware fine-tuning: relative sigma of weight noise w*(1+sigma*eps) on the linear "
                          "weights, re-drawn every step (default: 0, off)")
-    group.addoption("--finetune-clip", dest="esa_finetune_clip", type=as_option_type(clip), default=None,
+    group.addoption("--finetune-clip", dest="esa_finetune_clip", type=as_option_type(check_clip), default=None,
                     help="fault-aware fine-tuning (full only): clip each linear weight matrix to this factor of its "
                          "pre-fine-tuning max |w| after every step (default: off)")
-    group.addoption("--finetune-lora-rank", dest="esa_finetune_lora_rank", type=as_option_type(rank), default=8,
+    group.addoption("--finetune-lora-rank", dest="esa_finetune_lora_rank",
+                    type=as_option_type(positive_int, "LoRA rank"), default=8,
                     help="LoRA rank r, alpha = 2r (default: 8)")
 
 

@@ -60,6 +60,7 @@ import torch.nn.functional as F
 
 from harness.errors import HarnessError, OfflineError, UnknownNameError
 from harness.models.device import input_device
+from harness.option_values import comma_list
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +203,7 @@ def resolve_tasks(names: str | Sequence[str]) -> list[str]:
             the closest names of lm-eval's index (this builds the full index once, ~10 s).
     """
     if isinstance(names, str):
-        names = [n.strip() for n in names.split(",")]
+        names = comma_list(names, "lm-eval task names", required=False)
     out: list[str] = []
     for name in filter(None, names):
         for task in ALIASES.get(name, (name,)):

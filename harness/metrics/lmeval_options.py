@@ -7,9 +7,11 @@ are the shipped offline tasks (``harness.metrics.lmeval.OFFLINE_TASKS``), read w
 
 from __future__ import annotations
 
-import argparse
 import re
 from dataclasses import dataclass
+
+from harness.errors import HarnessError
+from harness.option_values import as_option_type, comma_list
 
 DEFAULT_PERTURB = "super_weight_zero"
 PERTURB_KINDS = ("super_weight_zero", "noise:STD")
@@ -37,7 +39,7 @@ def parse_perturb(text: str) -> PerturbSpec:
     """Parse ``--perturb``: ``super_weight_zero`` or ``noise:STD`` (e.g. ``noise:0.01``).
 
     Raises:
-        argparse.ArgumentTypeError: anything else (pytest shows the message as a usage error).
+        HarnessError: anything else (pytest shows the message as a usage error).
     """
     text = text.strip()
     if text == "super_weight_zero":
@@ -45,15 +47,16 @@ def parse_perturb(text: str) -> PerturbSpec:
     match = _NOISE.match(text)
     if match and float(match.group(1)) > 0:
         return PerturbSpec("noise", float(match.group(1)))
-    raise argparse.ArgumentTypeError(f"--perturb must be one of {', '.join(PERTURB_KINDS)} (STD > 0), got {text!r}")
+    raise HarnessError(f"--perturb must be one of {', '.join(PERTURB_KINDS)} (STD > 0), got {text!r}")
 
 
 def parse_tasks(text: str) -> tuple[str, ...]:
-    """Parse ``--tasks``: a comma list of lm-eval task names (checked when the suite runs)."""
-    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
-    if not names:
-        raise argparse.ArgumentTypeError("--tasks needs at least one task name, e.g. pydoc_rolling,pydoc_cloze")
-    return names
+    """Parse ``--tasks``: a comma list of lm-eval task names (checked when the suite runs).
+
+    Raises:
+        HarnessError: no task name.
+    """
+    return comma_list(text, "lm-eval task names")
 
 
 def default_tasks() -> tuple[str, ...]:
@@ -66,12 +69,13 @@ def default_tasks() -> tuple[str, ...]:
 def add_options(group) -> None:
     """Add ``--tasks`` and ``--perturb`` to the plugin's option group."""
     tasks = default_tasks()
-    group.addoption("--tasks", dest="esa_tasks", type=parse_tasks, default=tasks,
+    group.addoption("--tasks", dest="esa_tasks", type=as_option_type(parse_tasks), default=tasks,
                     metavar="NAMES",
                     help=f"lm-eval tasks of the evaluate suite, comma list; 'offline' = the shipped tasks; "
                          f"hub tasks (wikitext, hellaswag, arc_easy, ...) skip without the hub "
                          f"(default: {','.join(tasks)})")
-    group.addoption("--perturb", dest="esa_perturb", type=parse_perturb, default=parse_perturb(DEFAULT_PERTURB),
+    group.addoption("--perturb", dest="esa_perturb", type=as_option_type(parse_perturb),
+                    default=parse_perturb(DEFAULT_PERTURB),
                     metavar="SPEC",
                     help=f"perturbation of the evaluate suite: {' or '.join(PERTURB_KINDS)} "
                          f"(default: {DEFAULT_PERTURB})")

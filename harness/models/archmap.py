@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.errors import HarnessError, UnknownNameError
+from harness.option_values import comma_list
 
 COMPONENTS = ("query", "key", "value", "attn_out", "mlp_up", "mlp_gate", "mlp_down", "attn_norm", "mlp_norm")
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -267,7 +268,7 @@ def parse_layers(spec: Any, n_layers: int, blocks: str | None = None) -> list[in
     if isinstance(spec, int):
         items: list[Any] = [spec]
     elif isinstance(spec, str):
-        items = [s.strip() for s in spec.split(",") if s.strip()]
+        items = list(comma_list(spec, "layers", unique=False, required=False))
     elif isinstance(spec, Iterable):
         items = list(spec)
     else:
@@ -312,7 +313,7 @@ def parse_components(spec: Any, amap: ArchMap) -> list[str]:
     """
     if spec is None:
         spec = "all"
-    items = [s.strip() for s in spec.split(",") if s.strip()] if isinstance(spec, str) else list(spec)
+    items = list(comma_list(spec, "components", unique=False, required=False)) if isinstance(spec, str) else list(spec)
     if not items:
         raise HarnessError(f"no components given: use {', '.join(COMPONENTS)} or a group ({', '.join(GROUPS)})")
     present = [c for c in COMPONENTS if amap.has(c)]

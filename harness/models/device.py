@@ -8,21 +8,51 @@ import re
 import torch
 from torch import nn
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, UnknownNameError
+from harness.option_values import choice, comma_list
+from harness.registry import unknown_message
 
+# The dtype words a user may write (--dtype, ModelSpec.default_dtype, load_model(dtype=...)), case aside and
+# with or without a "torch." prefix.
 DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32, "fp32": torch.float32,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "fp32": torch.float32, "float32": torch.float32,
+    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
 }
-DEVICE_WORDS = "cpu, cuda, cuda:N, auto"
+DEVICE_WORDS = ("cpu", "cuda", "cuda:N", "auto")  # cuda:N: a CUDA device index
+_DEVICE = re.compile(r"cpu|cuda(?::[0-9]+)?|auto")
+
+
+def dtype_word(dtype: str) -> str:
+    """The key of :data:`DTYPES` that ``dtype`` names: ``"BF16"``, ``"torch.bfloat16"`` -> ``"bf16"``, ``"bfloat16"``.
+
+    Raises:
+        UnknownNameError: a word not in :data:`DTYPES`; the message lists them.
+    """
+    word = str(dtype).lower().removeprefix("torch.")
+    if word not in DTYPES:
+        raise UnknownNameError(unknown_message("dtype", str(dtype), DTYPES))
+    return word
+
+
+def device_word(device: str) -> str:
+    """``device`` as one of :data:`DEVICE_WORDS` (lower case, no spaces around), not yet checked against this
+    machine (:func:`resolve_device` does that).
+
+    Raises:
+        UnknownNameError: another word; the message lists the device words.
+    """
+    word = str(device).strip().lower()
+    if not _DEVICE.fullmatch(word):
+        raise UnknownNameError(unknown_message("device", str(device), DEVICE_WORDS))
+    return word
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     """The torch dtype for ``dtype``.
 
     Args:
-        dtype: a torch floating dtype, or one of fp32/fp16/bf16/float32/float16/bfloat16.
+        dtype: a torch floating dtype of :data:`DTYPES`, or one of its words (:func:`dtype_word`).
 
     Raises:
         HarnessError: for any other value.
@@ -30,9 +60,8 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         if dtype in DTYPES.values():
             return dtype
-    elif isinstance(dtype, str) and dtype.lower().removeprefix("torch.") in DTYPES:
-        return DTYPES[dtype.lower().removeprefix("torch.")]
-    raise HarnessError(f"unknown dtype {str(dtype)!r}: use one of fp32, fp16, bf16 (or float32, float16, bfloat16)")
+        raise UnknownNameError(unknown_message("dtype", str(dtype), DTYPES))
+    return DTYPES[dtype_word(dtype)]
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -44,31 +73,30 @@ def resolve_device(device: str | torch.device = "cpu") -> torch.device:
     """The torch device for ``device``, checked against this machine.
 
     Args:
-        device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (cuda when available, else cpu).
+        device: one of :data:`DEVICE_WORDS`: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (cuda when available,
+            else cpu).
 
     Raises:
         HarnessError: for another word, or a CUDA device this machine does not have.
     """
-    word = str(device).strip().lower()
+    word = device_word(device)
     if word == "auto":
         return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     if word == "cpu":
         return torch.device("cpu")
-    if word == "cuda" or word.startswith("cuda:"):
-        try:
-            resolved = torch.device(word)
-        except RuntimeError:
-            raise HarnessError(f"unknown device {str(device)!r}: use one of {DEVICE_WORDS}") from None
-        if not torch.cuda.is_available():
-            why = "torch was built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
-            raise HarnessError(f"device {word!r} asked for, but {why} on this machine: use --device cpu (or auto)")
-        count = torch.cuda.device_count()
-        if resolved.index is not None and resolved.index >= count:
-            raise HarnessError(
-                f"device {word!r} does not exist: this machine has {count} CUDA device(s) (cuda:0-{count - 1})"
-            )
-        return resolved
-    raise HarnessError(f"unknown device {str(device)!r}: use one of {DEVICE_WORDS}")
+    try:
+        resolved = torch.device(word)
+    except RuntimeError:  # an index past what torch reads
+        raise UnknownNameError(unknown_message("device", str(device), DEVICE_WORDS)) from None
+    if not torch.cuda.is_available():
+        why = "torch was built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise HarnessError(f"device {word!r} asked for, but {why} on this machine: use --device cpu (or auto)")
+    count = torch.cuda.device_count()
+    if resolved.index is not None and resolved.index >= count:
+        raise HarnessError(
+            f"device {word!r} does not exist: this machine has {count} CUDA device(s) (cuda:0-{count - 1})"
+        )
+    return resolved
 
 
 # -- models larger than one device -------------------------------------------------------------
@@ -86,10 +114,7 @@ def resolve_device_map(device_map: str) -> str:
     Raises:
         HarnessError: any other word.
     """
-    word = str(device_map).strip().lower()
-    if word not in DEVICE_MAPS:
-        raise HarnessError(f"unknown device map {str(device_map)!r}: use one of {', '.join(DEVICE_MAPS)}")
-    return word
+    return choice(str(device_map).strip().lower(), DEVICE_MAPS, "device map")
 
 
 def parse_max_memory(text: str) -> dict[int | str, int]:
@@ -103,10 +128,10 @@ def parse_max_memory(text: str) -> dict[int | str, int]:
         HarnessError: an empty spec, a device or size outside that grammar, or a device named twice.
     """
     limits: dict[int | str, int] = {}
-    for item in str(text).split(","):
+    for item in comma_list(text, f"max-memory entries: {MAX_MEMORY_HELP}", unique=False):
         key, sep, size = (part.strip().lower() for part in item.partition("="))
         if not sep or not key or not size:
-            raise HarnessError(f"bad max-memory entry {item.strip()!r} in {text!r}: use {MAX_MEMORY_HELP}")
+            raise HarnessError(f"bad max-memory entry {item!r} in {text!r}: use {MAX_MEMORY_HELP}")
         index = key.removeprefix("cuda:")
         device: int | str = int(index) if index.isdigit() else key
         if device not in ("cpu", "disk") and not isinstance(device, int):

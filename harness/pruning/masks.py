@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from harness.errors import HarnessError
+from harness.option_values import bounded_float
 
 GRANULARITIES = ("matrix", "row", "global", "N:M", "head", "neuron")
 # Structured units: component -> (unit kind, dim of the matrix that indexes the units).
@@ -91,14 +92,7 @@ def check_fraction(value: float, what: str = "sparsity", allow_one: bool = False
     Raises:
         HarnessError: outside the range or not a number.
     """
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise HarnessError(f"{what} must be a number in [0, 1), got {value!r}") from None
-    top_ok = value <= 1 if allow_one else value < 1
-    if not (value >= 0 and top_ok):
-        raise HarnessError(f"{what} must be in [0, {'1]' if allow_one else '1)'}, got {value}")
-    return value
+    return bounded_float(value, what, 0, 1, high_open=not allow_one)
 
 
 def count_of(fraction: float, n: int) -> int:

@@ -6,7 +6,7 @@ left at None means "the preset's" (see each help text).
 
 from __future__ import annotations
 
-from harness.errors import HarnessError, as_option_type
+from harness.option_values import as_option_type, choice, comma_list
 
 # Quick preset (CI on two CPU cores) and full preset (GPU runners) of the pruning suite grid. The quick
 # sparsities draw the curve with four points (~3.5 s per cell on smollm2-135m, two CPU cores).
@@ -18,51 +18,49 @@ SUITE_SCORERS = ("magnitude", "wanda", "gradient", "magnitude+protect")  # +prot
 FULL_SCORERS = (*SUITE_SCORERS, "taylor", "wanda+protect")
 
 
-def _items(text: str) -> list[str]:
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if not items:
-        raise HarnessError(f"expected a comma-separated list, got {text!r}")
-    return items
-
-
 def sparsities(text: str) -> tuple[float, ...]:
+    """A comma list of sparsities, each in [0, 1)."""
     from harness.pruning.masks import check_fraction
 
-    return tuple(check_fraction(t) for t in _items(text))
+    return tuple(dict.fromkeys(check_fraction(t) for t in comma_list(text, "sparsities")))
 
 
 def granularities(text: str) -> tuple[str, ...]:
+    """A comma list of granularities (``harness.pruning.masks.GRANULARITIES``), by their canonical names."""
     from harness.pruning.masks import parse_granularity
 
-    return tuple(parse_granularity(t).name for t in _items(text))
+    return tuple(dict.fromkeys(parse_granularity(t).name for t in comma_list(text, "granularities")))
 
 
 def scorers(text: str) -> tuple[str, ...]:
+    """A comma list of scorer names (``SCORERS``), each optionally ``NAME+protect``."""
     from harness.scoring import SCORERS
 
-    names = tuple(_items(text))
+    names = comma_list(text, "scorer names")
     for name in names:
-        SCORERS.get(name.removesuffix("+protect"))  # an unknown name lists the known ones
+        choice(name.removesuffix("+protect"), SCORERS, "scorer")
     return names
 
 
 def percentile(text: str) -> float:
+    """A percentile in [0, 100]."""
     from harness.pruning.selective import check_percentile
 
     return check_percentile(text)
 
 
 def threshold(text: str) -> float:
+    """A share of the matrix's largest score, in [0, 1]."""
     from harness.pruning.masks import check_fraction
 
     return check_fraction(text, "threshold", allow_one=True)
 
 
 def prune_method(text: str) -> str:
+    """A name of ``PRUNE_METHODS``."""
     from harness.pruning.methods import PRUNE_METHODS
 
-    PRUNE_METHODS.get(text)
-    return text
+    return choice(text, PRUNE_METHODS, PRUNE_METHODS.kind)
 
 
 def add_options(group) -> None:

@@ -18,12 +18,12 @@ Meaning of the knobs (lower score = less important):
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
 from harness.errors import HarnessError
+from harness.option_values import bounded_float
 from harness.pruning.masks import check_fraction, parse_granularity
 from harness.pruning.methods import PRUNE_METHODS
 from harness.pruning.prune import Pruning
@@ -59,13 +59,7 @@ def check_percentile(percentile: float) -> float:
     Raises:
         HarnessError: outside [0, 100] or not a number.
     """
-    try:
-        value = float(percentile)
-    except (TypeError, ValueError):
-        raise HarnessError(f"percentile must be a number in [0, 100], got {percentile!r}") from None
-    if not (0 <= value <= 100) or math.isnan(value):
-        raise HarnessError(f"percentile must be in [0, 100], got {percentile}")
-    return value
+    return bounded_float(percentile, "percentile", 0, 100)
 
 
 def selective_prune(

@@ -9,10 +9,10 @@ default is every registered scorer (:func:`compare_methods`): a new ``@scorer`` 
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-from harness.errors import HarnessError, as_option_type
+from harness.errors import HarnessError
+from harness.option_values import as_option_type, bounded_float, choices, comma_list
 
 DEFAULT_METHOD = ("activation",)  # super_weights suite
 # targeted suite: methods whose ranking is perturbed (plus the seeded random control); a chosen subset of
@@ -49,28 +49,12 @@ def methods(text: str) -> tuple[str, ...]:
     """A comma list of scorer names, each checked against ``SCORERS`` (unknown -> the known ones)."""
     from harness.scoring import SCORERS
 
-    items = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
-    if not items:
-        raise HarnessError(f"expected a comma list of scorer names, got {text!r}")
-    for name in items:
-        SCORERS.get(name)  # raises UnknownNameError listing the known names
-    return items
+    return choices(text, SCORERS, SCORERS.kind)
 
 
 def fractions(text: str) -> tuple[float, ...]:
-    """A comma list of fractions in (0, 1] (``1e-6,1e-4``)."""
-    out = []
-    for t in (t.strip() for t in text.split(",") if t.strip()):
-        try:
-            x = float(t)
-        except ValueError:
-            raise HarnessError(f"a fraction must be a number in (0, 1], got {t!r}") from None
-        if not (math.isfinite(x) and 0 < x <= 1):
-            raise HarnessError(f"a fraction must be in (0, 1], got {t!r}")
-        out.append(x)
-    if not out:
-        raise HarnessError(f"expected a comma list of fractions, got {text!r}")
-    return tuple(sorted(set(out)))
+    """A comma list of fractions in (0, 1] (``1e-6,1e-4``), sorted, repeated ones dropped."""
+    return tuple(sorted({bounded_float(t, "a fraction", 0, 1, low_open=True) for t in comma_list(text, "fractions")}))
 
 
 def add_options(group) -> None:
