@@ -25,7 +25,7 @@ SEEDS   ?= 0 1 2 3 4
 # its cached baselines are built once), one thread each: 1.8 of 2 cores busy instead of 1.4. `--dist loadfile`
 # hands the files out in the order given, so the longest go first (smollm2-135m quick, one thread: pruning 218 s,
 # evaluate 217 s, attack 164 s, bitflip 174 s; the rest 4-83 s) and none of them starts last, alone; the mutation
-# tests (eight suite runs, two at a time) lead the unit tests for the same reason. JOBS=1: serial.
+# tests (eight suite runs, one at a time inside a worker) lead the unit tests for the same reason. JOBS=1: serial.
 JOBS    ?= 2
 NPROC   := $(if $(filter-out 1,$(JOBS)),-n $(JOBS),)
 # keep the order given (xdist otherwise hands out the files with the most tests first)
@@ -34,7 +34,13 @@ XDIST   := $(if $(filter-out 1,$(JOBS)),OMP_NUM_THREADS=1,)
 LONGEST := suites/test_pruning.py suites/test_evaluate.py suites/test_attack.py suites/test_bitflip.py
 ONREAL  := $(filter-out suites/test_finetune.py suites/test_attribution.py,$(wildcard suites/test_*.py))
 SUITES  := $(LONGEST) $(filter-out $(LONGEST),$(sort $(ONREAL)))
-UNIT    := tests/test_claim_power.py $(filter-out tests/test_claim_power.py,$(sort $(wildcard tests/test_*.py)))
+# the unit tests longest first (one thread, s: mutation tests 211, scaleout 48, reports 40, lmeval 33, resume 32,
+# reliability 28, gpu-check 27, hub-offline 16, regression 16), a short file third: xdist gives each worker two
+# files at the start, and the one queued behind the mutation tests waits for them
+UNIT_LONG := tests/test_claim_power.py tests/test_scaleout.py tests/test_stats.py tests/test_reports.py \
+	tests/test_lmeval.py tests/test_resume.py tests/test_reliability.py tests/test_gpu_check.py \
+	tests/test_hub_offline.py tests/test_regression.py
+UNIT    := $(UNIT_LONG) $(filter-out $(UNIT_LONG),$(sort $(wildcard tests/test_*.py)))
 # per-test time limit (pytest-timeout) of the long runs, so that a hung cell cannot eat a nightly
 TIMEOUT ?= 3600
 
