@@ -66,9 +66,16 @@ test:
 	$(XDIST) $(PYTEST) $(SUITES) --model $(MODEL) --preset quick $(STRICT) --seed $(SEED) --results-dir results/ci-$(MODEL) $(NPROC) --dist loadfile $(ORDER)
 	$(PYTEST) benchmarks --model tiny-llama --benchmark-disable --results-dir results/ci-bench
 
-# Every suite on one model (the done-when runs of the issues), quick preset.
+# Every suite on one model (the done-when runs of the issues), quick preset, at seed 0 unless SEED is given on the
+# command line (`make suites MODEL=gemma3-270m SEED=6`: a seed none of the bounds came from) and serial unless JOBS is
+# (`JOBS=2`: that many xdist workers, one thread each, the longest files first).
+SUITES_SEED := $(if $(filter command line environment,$(origin SEED)),$(SEED),0)
+SUITES_JOBS := $(if $(filter command line environment,$(origin JOBS)),$(JOBS),1)
+ALL_SUITES  := suites/test_finetune.py suites/test_attribution.py $(SUITES)
 suites:
-	$(PYTEST) suites --model $(MODEL) --preset $(DEPTH) --device $(DEVICE) $(STRICT) --timeout $(TIMEOUT)
+	$(if $(filter-out 1,$(SUITES_JOBS)),OMP_NUM_THREADS=1 $(PYTEST) $(ALL_SUITES) -n $(SUITES_JOBS) --dist loadfile \
+	  --no-loadscope-reorder,$(PYTEST) suites) --model $(MODEL) --preset $(DEPTH) --device $(DEVICE) $(STRICT) \
+	  --seed $(SUITES_SEED) --timeout $(TIMEOUT)
 
 # A model's regression bounds: every suite at five seeds, then the bounds derived from them
 # (written into suites/bounds/*.toml: review and commit them).
