@@ -17,13 +17,12 @@ import argparse
 import logging
 import subprocess
 import sys
-import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from harness.errors import HarnessError
 from harness.option_values import as_option_type, comma_list, positive_int
+from harness.records.runinfo import new_run_id
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +127,7 @@ def submit(args: argparse.Namespace) -> int:
     tasks = plan(models, args.shards)
     if args.max_parallel < 1 or args.gpus_per_task < 0:
         raise HarnessError("--max-parallel must be at least 1 and --gpus-per-task at least 0")
-    run_id = args.run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
+    run_id = args.run_id or new_run_id()
     results = args.results_dir.resolve()
     executor = _executor(args.executor, results / "submitit", args)
     commands = [task_command(t, pytest_args, run_id, results) for t in tasks]

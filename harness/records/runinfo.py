@@ -16,6 +16,14 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def new_run_id() -> str:
+    """A new run id: the UTC start time and six random hex digits (``20261204T201148Z-0bbb84``)."""
+    import uuid
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
+
+
 def git_commit(cwd: Path | None = None) -> str | None:
     """The checked-out commit (with ``+dirty`` when the tree has changes), or None outside git."""
     try:
@@ -37,7 +45,8 @@ def device_description(device: str) -> str:
 
     if device.startswith("cuda") and torch.cuda.is_available():
         return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"cpu ({platform.processor() or platform.machine()}, {threads} thread{'' if threads == 1 else 's'})"
 
 
 def collect_run_info(device: str = "cpu", dtype: str | None = None, command: str | None = None) -> dict:
