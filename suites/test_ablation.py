@@ -11,11 +11,14 @@ the MLP output (up to biases), and a zeroed norm weight silences what follows it
 or ``key`` make the attention uniform instead. So the quick preset takes one of each:
 
 - quick preset: mode ``zero``; components ``all``, ``attention``, ``mlp_down`` and ``query``;
-  evaluation on the first ``QUICK_WINDOWS`` eval window (256 tokens at ``--window 256``), which on
+  evaluation on the first eval window (256 tokens at ``--window 256``), which on
   smollm2-135m (30 layers) is 120 short evaluations.
 - full preset: modes ``zero`` and ``mean`` (the control: each matrix replaced by its own mean, which
   tells the components apart); components ``all``, the groups ``attention`` and ``mlp`` and every
   canonical component the family has; all eval windows.
+
+The grid and the measuring are ``harness.campaign.ablation_cells``; the clean baseline is the
+session's (``esa.clean``).
 
 Records (suite ``ablation``, method = mode): per (layer, component) ``ppl_ratio`` and ``perplexity``
 with perturbation ``{kind: ablation, mode, layer, component}`` and extra ``{layer, component, mode}``;
@@ -35,16 +38,11 @@ import math
 
 import pytest
 
-from harness.campaign import Campaign
+from harness.campaign.ablation_cells import MODES, grid, measure
 from harness.claims import ClaimSet, greater
-from harness.errors import HarnessError
-from harness.faults import ablate_layer
-from harness.models.archmap import COMPONENTS, num_layers, parse_components
+from harness.models.archmap import COMPONENTS
 
-QUICK_WINDOWS = 1
-QUICK_COMPONENTS = ("all", "attention", "mlp_down", "query")
 SUITE = "ablation"
-MODES = ("zero", "mean")
 LAYER_CONTRAST = 2.0
 
 CLAIMS = ClaimSet(SUITE)
@@ -65,47 +63,30 @@ for _m in MODES:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "mode" not in metafunc.fixturenames:
-        return
-    full = metafunc.config.getoption("esa_preset") == "full"
-    modes = MODES if full else MODES[:1]
-    components = QUICK_COMPONENTS + (("mlp", *(c for c in COMPONENTS if c not in QUICK_COMPONENTS)) if full else ())
-    cells = [(m, c) for m in modes for c in components]
-    metafunc.parametrize(("mode", "component"), cells, ids=[f"{m}-{c}" for m, c in cells])
+    if "cell" in metafunc.fixturenames:
+        metafunc.parametrize("cell", grid(metafunc.config.getoption("esa_preset")), ids=lambda cell: cell.id)
 
 
-
-def test_ablation_sensitivity(lm, eval_windows, esa, recorder, timer, mode, component):
-    model = lm.model
-    try:
-        parse_components(component, lm.arch)
-    except HarnessError as err:
-        pytest.skip(f"{lm.family}: {err}")
-    windows = eval_windows[: esa.pick(quick=QUICK_WINDOWS, full=None)]
-    clean = esa.clean(lm.name, model, windows)
-    components = None if component == "all" else component
-
-    ratios = []
-    campaign = Campaign(model, windows, clean)  # a trial starts at the ablated block, on its kept clean input
+def test_ablation_sensitivity(lm, eval_windows, esa, recorder, timer, cell):
+    if reason := cell.skip_reason(lm):
+        pytest.skip(reason)
     with timer() as t:
-        for layer in range(num_layers(model)):
-            result = campaign.trial(ablate_layer(model, layer, components, mode))
-            ratios.append(result.ratio)
-            where = {"layer": layer, "component": component, "mode": mode}
-            columns = dict(method=mode, collapsed=result.collapsed, clean_value=clean.result.perplexity,
-                           perturbation={"kind": "ablation", **where}, extra=where)
-            recorder.record("ppl_ratio", result.ratio, **columns)
-            recorder.record("perplexity", result.result.perplexity, **columns)
-    recorder.record("seconds", t.seconds, method=mode, perturbation={"kind": "ablation", "mode": mode,
-                                                                     "component": component},
+        layers = measure(lm, cell, eval_windows, esa.clean, preset=esa.options.preset)
+    for a in layers.layers:
+        where = {"layer": a.layer, "component": cell.component, "mode": cell.mode}
+        columns = dict(method=cell.mode, collapsed=a.collapsed, clean_value=layers.clean_perplexity,
+                       perturbation={"kind": "ablation", **where}, extra=where)
+        recorder.record("ppl_ratio", a.ratio, **columns)
+        recorder.record("perplexity", a.perplexity, **columns)
+    ratios, worst = layers.ratios, layers.worst
+    recorder.record("seconds", t.seconds, method=cell.mode, perturbation=cell.perturbation,
                     extra={"layers": len(ratios)})
-
-    worst = max(range(len(ratios)), key=lambda i: ratios[i])  # a collapse (inf) is the worst
-    columns = dict(method=mode, perturbation={"kind": "ablation", "mode": mode, "component": component},
-                   extra={"worst_layer": worst, "mildest_layer": min(range(len(ratios)), key=lambda i: ratios[i]),
-                          "layers": len(ratios), "finite": all(math.isfinite(r) for r in ratios)})
+    columns = dict(method=cell.mode, perturbation=cell.perturbation,
+                   extra={"worst_layer": worst, "mildest_layer": layers.mildest, "layers": len(ratios),
+                          "finite": all(math.isfinite(r) for r in ratios)})
     recorder.record("worst_layer", worst, **columns)
-    recorder.claim(WORST[mode, component], ratios[worst], **columns)
-    recorder.claim(MILDEST[mode, component], min(ratios), **columns)
-    if component == "all":
-        recorder.claim(LAYERS_DIFFER[mode], greater(ratios[worst], min(ratios), factor=LAYER_CONTRAST), **columns)
+    recorder.claim(WORST[cell.mode, cell.component], ratios[worst], **columns)
+    recorder.claim(MILDEST[cell.mode, cell.component], min(ratios), **columns)
+    if cell.component == "all":
+        recorder.claim(LAYERS_DIFFER[cell.mode], greater(ratios[worst], min(ratios), factor=LAYER_CONTRAST),
+                       **columns)

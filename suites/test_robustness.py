@@ -7,11 +7,14 @@ scale the same unit noise and the curve is smooth.
 
 - components: quick preset the groups ``attention``, ``mlp`` and ``linear`` (both) of every layer;
   full preset also each canonical component and ``norms`` (a component the family lacks is skipped).
-- levels: quick ``QUICK_LEVELS``, full ``FULL_LEVELS``; both start at ``LOW`` and end at ``HIGH``.
+- levels: quick 6, full 9 (``harness.campaign.noise_cells.PRESETS``); both start at ``LOW`` and end at
+  ``HIGH``.
 - trials per level: quick 1 (noise on millions of weights averages itself), full 3; ``--trials``
   overrides both.
-- evaluation: quick preset the first ``QUICK_WINDOWS`` eval windows (512 tokens at ``--window
-  256``), full all; ratio and KL against the clean model on the same windows.
+- evaluation: quick preset the first 2 eval windows (512 tokens at ``--window 256``), full all; ratio
+  and KL against the clean model on the same windows (``esa.clean``, shared with the other suites).
+
+The grid and the measuring are ``harness.campaign.noise_cells``.
 
 Records (suite ``robustness``, method = noise kind): per (component, level, trial) ``ppl_ratio``,
 ``perplexity`` and ``kl`` with perturbation ``{kind: noise, noise, scale, level, target}`` and extra
@@ -30,21 +33,9 @@ from __future__ import annotations
 
 import pytest
 
-from harness.campaign import Campaign, trial_specs
-from harness.claims import ClaimSet, has_effect, paired_greater, trial_changed
-from harness.errors import HarnessError
-from harness.faults import add_noise
-from harness.models.archmap import COMPONENTS, select
-
-LOW, HIGH = 0.001, 0.5
-FLOOR = 0.1  # levels from here on are compared by the damage_grows relation
-QUICK_LEVELS = (LOW, 0.01, 0.03, 0.1, 0.2, HIGH)
-FULL_LEVELS = (LOW, 0.003, 0.01, 0.03, 0.05, 0.1, 0.2, 0.3, HIGH)
-QUICK_WINDOWS = 2
-TRIALS = {"quick": 1, "full": 3}
-SCALE = "std"
-KINDS = ("gaussian", "uniform")
-GROUPS = ("attention", "mlp", "linear")
+from harness.campaign.noise_cells import FLOOR, GROUPS, HIGH, KINDS, LOW, grid, measure
+from harness.claims import ClaimSet, has_effect, paired_greater
+from harness.models.archmap import COMPONENTS
 
 CLAIMS = ClaimSet("robustness")
 GROWS, LOW_BOUND, HIGH_BOUND, EFFECT = {}, {}, {}, {}
@@ -63,57 +54,30 @@ for _kind in KINDS:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "noise_kind" not in metafunc.fixturenames:
-        return
-    full = metafunc.config.getoption("esa_preset") == "full"
-    kinds = KINDS if full else KINDS[:1]
-    components = (*GROUPS, *((*COMPONENTS, "norms") if full else ()))
-    cells = [(k, c) for k in kinds for c in components]
-    metafunc.parametrize(("noise_kind", "component"), cells, ids=[f"{k}-{c}" for k, c in cells])
+    if "cell" in metafunc.fixturenames:
+        metafunc.parametrize("cell", grid(metafunc.config.getoption("esa_preset")), ids=lambda cell: cell.id)
 
 
-def test_noise_robustness(lm, eval_windows, esa, recorder, timer, noise_kind, component):
-    model = lm.model
-    try:
-        refs = select(model, components=component)
-    except HarnessError as err:
-        pytest.skip(f"{lm.family}: {err}")
-    windows = eval_windows[: esa.pick(quick=QUICK_WINDOWS, full=None)]
-    clean = esa.clean(lm.name, model, windows)
-    levels = esa.pick(quick=QUICK_LEVELS, full=FULL_LEVELS)
-    trials = esa.options.trials or esa.pick(**TRIALS)
-
-    ratios: dict[float, list[float]] = {level: [] for level in levels}
-    changes: list[bool] = []
-    def perturb(spec, g):
-        return add_noise(model, refs, spec.values["level"], kind=noise_kind, scale=SCALE, generator=g)
-
-    campaign = Campaign(model, windows, clean)
-    specs = trial_specs(esa.options.seed, trials, level=levels)  # trial-major: every level of trial 0 first
+def test_noise_robustness(lm, eval_windows, esa, recorder, timer, cell):
+    if reason := cell.skip_reason(lm):
+        pytest.skip(reason)
+    o = esa.options
     with timer() as t:
-        for rec in campaign.run(specs, perturb, cell=f"{lm.name} {noise_kind}-{component}"):
-            result, level = rec.trial, rec.spec.values["level"]
-            ratios[level].append(result.ratio)
-            changes.append(trial_changed(result.ratio, result.result.kl, result.masked))
-            columns = dict(method=noise_kind, collapsed=result.collapsed,
-                           perturbation={"kind": "noise", "noise": noise_kind, "scale": SCALE, "level": level,
-                                         "target": component},
-                           extra={"trial": rec.spec.trial, "trial_seed": rec.spec.seed, "component": component})
-            recorder.record("ppl_ratio", result.ratio, clean_value=clean.result.perplexity, **columns)
-            recorder.record("perplexity", result.result.perplexity, clean_value=clean.result.perplexity, **columns)
-            recorder.record("kl", result.result.kl, **columns)
-    pert = {"kind": "noise", "noise": noise_kind, "scale": SCALE, "target": component}
-    recorder.record("seconds", t.seconds, method=noise_kind, perturbation=pert,
-                    extra={"trials": trials, "levels": len(levels)})
-
-    recorder.claim(EFFECT[noise_kind, component], has_effect(changes), method=noise_kind, perturbation=pert,
-                   extra={"trials": trials, "levels": len(levels)})
-    above = [level for level in levels if level >= FLOOR]
-    # each level's smallest trial ratio against the previous level's largest
-    grows = paired_greater([min(ratios[b]) for b in above[1:]], [max(ratios[a]) for a in above[:-1]])
-    recorder.claim(GROWS[noise_kind, component], grows, method=noise_kind, perturbation=pert,
-                   extra={"trials": trials, "levels": above})
-    recorder.claim(LOW_BOUND[noise_kind, component], max(ratios[LOW]), method=noise_kind,
-                   perturbation={**pert, "level": LOW}, extra={"trials": trials})
-    recorder.claim(HIGH_BOUND[noise_kind, component], min(ratios[HIGH]), method=noise_kind,
-                   perturbation={**pert, "level": HIGH}, extra={"trials": trials})
+        curve = measure(lm, cell, eval_windows, esa.clean, preset=o.preset, seed=o.seed, trials=o.trials)
+    for trial in curve.trials:
+        columns = dict(method=cell.kind, collapsed=trial.collapsed, perturbation=curve.trial_perturbation(trial),
+                       extra={"trial": trial.trial, "trial_seed": trial.trial_seed, "component": cell.component})
+        recorder.record("ppl_ratio", trial.ratio, clean_value=curve.clean_perplexity, **columns)
+        recorder.record("perplexity", trial.perplexity, clean_value=curve.clean_perplexity, **columns)
+        recorder.record("kl", trial.kl, **columns)
+    key, pert, trials = (cell.kind, cell.component), cell.perturbation, {"trials": curve.n_trials}
+    recorder.record("seconds", t.seconds, method=cell.kind, perturbation=pert,
+                    extra={**trials, "levels": len(curve.levels)})
+    recorder.claim(EFFECT[key], has_effect(curve.changed), method=cell.kind, perturbation=pert,
+                   extra={**trials, "levels": len(curve.levels)})
+    recorder.claim(GROWS[key], paired_greater(*curve.growth()), method=cell.kind, perturbation=pert,
+                   extra={**trials, "levels": curve.above_floor})
+    recorder.claim(LOW_BOUND[key], max(curve.ratios(LOW)), method=cell.kind, perturbation={**pert, "level": LOW},
+                   extra=trials)
+    recorder.claim(HIGH_BOUND[key], min(curve.ratios(HIGH)), method=cell.kind, perturbation={**pert, "level": HIGH},
+                   extra=trials)

@@ -331,3 +331,70 @@ def test_options_parse_and_reject_bad_values(capsys):
         with pytest.raises(SystemExit):
             parser.parse_args(bad)
         assert message in capsys.readouterr().err
+
+
+def _session_options(preset: str = "quick", **extra):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(preset=preset, seed=0, trials=None, device="cpu", extra=extra)
+
+
+def test_grid_measures_bf16_defended_only_when_asked():
+    from harness.attacks.cells import grid
+
+    quick = grid("quick", ("random",))
+    assert ("random", "bf16", "none") in quick and ("random", "bf16", "clamp") not in quick
+    assert ("random", "int8", "checksum") in quick and quick[0] == ("random", "fp32", "none")
+    assert ("random", "bf16", "clamp") in grid("quick", ("random",), defenses=("none", "clamp"))
+    assert len(grid("full", ("random",))) == 9
+
+
+def test_attack_sizes_take_the_options_over_the_preset():
+    from harness.attacks.cells import SIZES, attack_sizes
+
+    assert attack_sizes(_session_options()) == SIZES["quick"]
+    sizes = attack_sizes(_session_options("full", flip_budget=5))
+    assert sizes.budget == 5 and sizes.trials == SIZES["full"].trials
+
+
+def test_fewer_flips_and_defended_gain_are_strict():
+    from harness.attacks.cells import defended_gain, fewer_flips
+
+    assert fewer_flips(2.0, [3.0, math.inf]).holds
+    assert not fewer_flips(3.0, [3.0, 5.0]).holds and not fewer_flips(math.inf, [math.inf]).holds
+    assert defended_gain(math.inf, 2.0).holds and not defended_gain(2.0, 2.0).holds
+    assert defended_gain(5.0, math.inf).undecidable
+
+
+def test_ratio_to_random_counts_censored_runs_as_budget_plus_one():
+    from harness.attacks.cells import AttackMeasurement
+
+    run = AttackResult("guided", (), (1.0, 10.0), threshold=10.0, budget=4)  # collapsed at its first flip
+    m = AttackMeasurement("guided", 4, [1, 2, 3], [math.inf, 2.0, math.inf], [(0, run)])
+    assert m.flips == [1.0] and m.ratio_to_random() == (1 / 5, 5)
+
+
+def test_model_in_forgets_a_copy_left_changed(tiny):
+    from harness.attacks.cells import AttackCells
+
+    cells = AttackCells(tiny, _session_options())
+    with cells.model_in("fp32") as same:
+        assert same is tiny.model
+    with pytest.raises(HarnessError, match="attack left 1 tensor"), cells.model_in("bf16") as copy:
+        assert copy.dtype == torch.bfloat16 and copy is not tiny.model
+        with torch.no_grad():
+            copy.get_parameter("model.layers.0.mlp.down_proj.weight")[0, 0] += 1
+    with cells.model_in("bf16") as fresh:
+        assert fresh is not copy
+
+
+def test_input_attack_cells_read_the_preset():
+    from harness.attacks.input_cells import PROMPT_WORDS, TARGET_WORDS, preset_options, prompt_pairs
+    from harness.data import load_corpus
+
+    assert set(preset_options("gcg", "quick")) == {"length", "steps", "batch", "topk"}
+    assert set(preset_options("hotflip", "full")) == {"length", "steps", "batch"}
+    assert preset_options("typo", "full") == {"edits": 3, "tries": 32}
+    pairs = prompt_pairs(load_corpus(), 3)
+    assert len(pairs) == 3
+    assert all(len(p.split()) == PROMPT_WORDS and len(t.split()) == TARGET_WORDS and t[0] == " " for p, t in pairs)

@@ -256,3 +256,100 @@ def test_progress_plugin_prints_a_line_per_cell_and_nothing_under_q(pytester):
     quiet = pytester.runpytest_inprocess("-q", "-p", "fixtures.campaign", "-p", "no:cacheprovider")
     quiet.assert_outcomes(passed=1)
     assert "trials in" not in quiet.stdout.str()
+
+
+# -- the cells of the campaign suites (harness.campaign.{bitflip,noise,ablation}_cells) ---------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_llama():
+    from harness.models import load_model
+
+    return load_model("tiny-llama")
+
+
+def _clean_of(calls: list):
+    """A stand-in for the session's ``esa.clean``: one capture per (name, dtype, window shape), calls logged."""
+    captured: dict = {}
+
+    def clean(name, model, windows):
+        calls.append((name, tuple(windows.shape)))
+        key = (name, str(next(model.parameters()).dtype), tuple(windows.shape))
+        if key not in captured:
+            captured[key] = clean_baseline(model, windows, keep_blocks=True)
+        return captured[key]
+
+    return clean
+
+
+def test_cell_grids_per_preset():
+    from harness.campaign import ablation_cells, bitflip_cells, noise_cells
+    from harness.errors import UnknownNameError
+
+    quick, full = bitflip_cells.grid("quick"), bitflip_cells.grid("full")
+    assert len(quick) == 3 * len(bitflip_cells.CAMPAIGN_BITS) and {c.dtype for c in quick} == {"native"}
+    assert len(full) == 4 * len(quick) and full[1].id == "uniform-sign-native-8flips"
+    assert quick[0].trials_per_preset() == {"quick": 20, "full": 40}  # uniform: the relation's cells
+    assert [c.id for c in noise_cells.grid("quick")] == ["gaussian-attention", "gaussian-mlp", "gaussian-linear"]
+    assert [c.id for c in ablation_cells.grid("quick")] == ["zero-all", "zero-attention", "zero-mlp_down",
+                                                            "zero-query"]
+    assert ablation_cells.grid("full")[-1].mode == "mean" and noise_cells.grid("full")[-1].kind == "uniform"
+    for module in (bitflip_cells, noise_cells, ablation_cells):
+        with pytest.raises(UnknownNameError, match="preset"):
+            module.grid("quik")
+
+
+def test_component_cell_skips_a_component_the_family_lacks():
+    from harness.campaign.noise_cells import NoiseCell
+    from harness.models import load_model
+
+    neox = load_model("tiny-gpt-neox")
+    assert NoiseCell("gaussian", "mlp").skip_reason(neox) is None
+    assert "mlp_gate" in NoiseCell("gaussian", "mlp_gate").skip_reason(neox)
+
+
+def test_bitflip_cells_measure_once_record_nothing_and_restore(tiny_llama):
+    from harness.campaign.bitflip_cells import BitflipCell, BitflipCells
+
+    model, calls = tiny_llama.model, []
+    windows = token_windows(tiny_llama.tokenizer, load_corpus().eval_docs, LENGTH, COUNT)
+    cells = BitflipCells(preset="quick", seed=3, clean=_clean_of(calls), trials=lambda name, quick, full: 3)
+    before = fingerprint(model)
+    exp = cells.measure(tiny_llama, BitflipCell("largest", "exp_msb"), windows)
+    assert cells.measure(tiny_llama, BitflipCell("largest", "exp_msb"), windows) is exp
+    assert not changed(before, fingerprint(model))
+    assert calls == [("tiny-llama", (2, LENGTH))]  # the quick preset's first 2 windows, the session's baseline
+    assert exp.n == len(exp.trials) == 3 and exp.sizing.rule == "fixed" and exp.dtype == "fp32"
+    assert [t.trial_seed for t in exp.trials] == [trial_seed(3, t) for t in range(3)]
+    pool, source = cells.pool(tiny_llama, "largest")
+    assert source == exp.source and {(t.sites[0].param, t.sites[0].index) for t in exp.trials} <= {
+        (s.param, s.index) for s in pool}
+    assert exp.kls == [math.inf if t.collapsed else t.kl for t in exp.trials]
+    lsb = cells.measure(tiny_llama, BitflipCell("largest", "mantissa_lsb"), windows)
+    # paired design: trial t hits the same weight in every bit class of a target
+    assert [t.sites[0].index for t in lsb.trials] == [t.sites[0].index for t in exp.trials]
+    row = exp.trial_perturbation(exp.trials[0])
+    assert row["n_flips"] == 1 and row["sites"] == [exp.trials[0].sites[0].to_dict()]
+    assert BitflipCell("uniform", "sign", "bf16").skip_reason(tiny_llama) is None
+
+
+def test_noise_and_ablation_cells_measure_a_curve_and_a_map(tiny_llama):
+    from harness.campaign import ablation_cells, noise_cells
+
+    model, calls = tiny_llama.model, []
+    windows = token_windows(tiny_llama.tokenizer, load_corpus().eval_docs, LENGTH, COUNT)
+    clean = _clean_of(calls)
+    before = fingerprint(model)
+    curve = noise_cells.measure(tiny_llama, noise_cells.NoiseCell("gaussian", "mlp"), windows, clean,
+                                preset="quick", seed=0, trials=2)
+    levels = noise_cells.PRESETS["quick"].levels
+    assert [(t.trial, t.level) for t in curve.trials] == [(i, lv) for i in range(2) for lv in levels]  # trial-major
+    assert len(curve.ratios(noise_cells.HIGH)) == 2
+    above, below = curve.growth()
+    assert len(above) == len(below) == len(curve.above_floor) - 1
+    layers = ablation_cells.measure(tiny_llama, ablation_cells.AblationCell("zero", "all"), windows, clean,
+                                    preset="quick")
+    assert [a.layer for a in layers.layers] == list(range(model.config.num_hidden_layers))
+    assert layers.ratios[layers.worst] == max(layers.ratios) and layers.ratios[layers.mildest] == min(layers.ratios)
+    assert calls == [("tiny-llama", (2, LENGTH)), ("tiny-llama", (1, LENGTH))]
+    assert not changed(before, fingerprint(model))

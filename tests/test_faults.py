@@ -429,6 +429,42 @@ def test_samplers_and_ber_on_the_model_device(device, gen_device):
     assert_same(snapshot(model), before)
 
 
+# ------------------------------------------------------------------------------------- row mean
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
+def test_row_mean_ablation_sets_each_element_to_its_row_mean_and_restores(dtype):
+    """Elements, a row and a column take their rows' means (taken before any edit); restored bit-exactly."""
+    from harness.faults import ablate
+
+    model = make_model(dtype)
+    before = snapshot(model)
+    w = model.a.weight
+    old = w.detach().clone()
+    means = old.float().mean(dim=1)  # (16,): the rows' means before the ablation
+    elements = [FaultSite("a.weight", (2, 5)), FaultSite("a.weight", (2, 6)), FaultSite("a.weight", (9, 0))]
+    with ablate(model, [*elements, Region("a.weight", rows=(4,)), Region("a.weight", cols=(7,))], "row_mean") as ab:
+        mask = torch.zeros_like(old, dtype=torch.bool)
+        mask[2, 5] = mask[2, 6] = mask[9, 0] = True
+        mask[4] = True
+        mask[:, 7] = True
+        expected = means[:, None].expand_as(old)
+        if dtype == "int8":  # integer codes: the mean rounded to the nearest code
+            expected = expected.round()
+        assert torch.equal(w[mask], expected[mask].to(w.dtype))
+        assert torch.equal(w[~mask], old[~mask])
+        assert ab.describe()["mode"] == "row_mean"
+    assert_same(snapshot(model), before)
+
+
+def test_row_mean_ablation_of_a_vector_is_refused():
+    from harness.faults import ablate
+
+    with pytest.raises(HarnessError, match=r"row_mean.*matrices"):
+        with ablate(make_model(), ["a.bias"], "row_mean"):
+            pass
+
+
 # ------------------------------------------------------------------------------------- registry
 
 

@@ -1,28 +1,102 @@
 """Cells of the weight-attack suite: one model in one dtype under one defense, attacked by name.
 
-:class:`AttackCell` runs :func:`harness.attacks.run_attack` on its model and memoizes each run in a
-dict the caller keeps (one per session), so that the random baseline is run once per cell and shared
-by the attack cells comparing with it. :func:`flips_or_inf` reads a run's flips to collapse with a run
-that never collapsed as +inf (censored: "did not collapse within the budget"), never as a number.
+The grid is data: :func:`grid` gives the (attack, dtype, defense) cells of a preset and :data:`SIZES`
+the preset's budget, windows and trial counts (:func:`attack_sizes` applies ``--flip-budget`` and
+``--trials``). :class:`AttackCells` holds what one model's cells share for the session (the runs, the
+guided attack's starting sites, a second copy of the model in another dtype) and measures a cell
+(:meth:`AttackCells.measure`: the attack, the random baseline over its seeds and, under a defense, the
+same runs without it). :class:`AttackCell` runs :func:`harness.attacks.run_attack` on its model and
+memoizes each run, so that the random baseline is run once per cell and shared by the attack cells
+comparing with it. :func:`flips_or_inf` reads a run's flips to collapse with a run that never
+collapsed as +inf (censored: "did not collapse within the budget"), never as a number. The suite's
+statistics: :func:`fewer_flips`, :func:`defended_gain` and :meth:`AttackMeasurement.ratio_to_random`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any
+import statistics
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 import torch
 
 from harness.attacks.base import attack_targets, run_attack
 from harness.attacks.defenses import make_defense, sensitive_sites
+from harness.attacks.options import ATTACK_DTYPES, defense_names, weight_attacks
 from harness.attacks.result import AttackResult
+from harness.claims import Comparison, greater
+from harness.errors import HarnessError
+from harness.stats import trial_seed
+
+
+@dataclass(frozen=True)
+class AttackSizes:
+    """How much one weight-attack cell measures.
+
+    Attributes:
+        budget: most flips per run (``--flip-budget``).
+        eval_windows: evaluation windows the damage curve is measured on (None: all).
+        attack_tokens: tokens of the first calibration window for gradients and trial losses (None: all).
+        trials: seeds of the random baseline (``--trials``).
+        max_trials: progressive attack: most trials per flip (None: its default).
+        protected: checksum defense: how many sensitive weights it protects.
+    """
+
+    budget: int
+    eval_windows: int | None
+    attack_tokens: int | None
+    trials: int
+    max_trials: int | None
+    protected: int
+
+
+# quick fits CI on two CPU cores, full is for GPU runners
+SIZES = {"quick": AttackSizes(budget=12, eval_windows=1, attack_tokens=128, trials=2, max_trials=6, protected=1024),
+         "full": AttackSizes(budget=64, eval_windows=None, attack_tokens=None, trials=10, max_trials=None,
+                             protected=4096)}
+# the dtypes each preset measures under a defense when neither --attack-dtypes nor --defenses is given (bf16 runs
+# about 6x slower than fp32 on a CPU; quick measures it undefended only)
+DEFENDED_DTYPES = {"quick": ("fp32", "int8"), "full": ATTACK_DTYPES}
+DETAILS = ("trials", "undone_trials", "iterations", "bits", "neighbours", "source")  # AttackResult.extra recorded
+RANDOM_STREAM = "attack.random"  # trial_seed stream of the random baseline's seeds
+
+
+def attack_sizes(options: Any) -> AttackSizes:
+    """The preset's sizes (``options.preset``) with ``--flip-budget`` (``options.extra["flip_budget"]``) and
+    ``--trials`` (``options.trials``) applied when given."""
+    sizes = SIZES[options.preset]
+    return replace(sizes, budget=options.extra.get("flip_budget") or sizes.budget,
+                   trials=options.trials or sizes.trials)
+
+
+def grid(preset: str, attacks: Sequence[str] | None = None, dtypes: Sequence[str] | None = None,
+         defenses: Sequence[str] | None = None) -> list[tuple[str, str, str]]:
+    """The (attack, dtype, defense) cells: the product of the lists given (default: every registered attack and
+    defense, :data:`~harness.attacks.options.ATTACK_DTYPES`), dtype-major; without ``dtypes`` or ``defenses`` a
+    defense is measured only on the preset's :data:`DEFENDED_DTYPES`."""
+    defended = ATTACK_DTYPES if dtypes or defenses else DEFENDED_DTYPES[preset]
+    return [(attack, dtype, defense)
+            for dtype in dtypes or ATTACK_DTYPES
+            for defense in defenses or defense_names()
+            if defense == "none" or dtype in defended
+            for attack in attacks or weight_attacks()]
 
 
 def flips_or_inf(result: AttackResult) -> float:
     """Flips to collapse; +inf when the budget ran out first (censored)."""
     n = result.flips_to_collapse
     return math.inf if n is None else float(n)
+
+
+def run_extra(result: AttackResult) -> dict[str, Any]:
+    """What a run's records carry beside its flips to collapse: flips, forwards, repaired flips, censored, the clean
+    perplexity and the method's details kept from ``result.extra`` (:data:`DETAILS`)."""
+    details = {k: v for k, v in result.extra.items() if k in DETAILS}
+    return {"flips": len(result.flips), "forwards": result.forwards, "repaired": result.repaired,
+            "censored": result.flips_to_collapse is None, "clean_perplexity": result.curve[0], **details}
 
 
 @dataclass
@@ -108,3 +182,173 @@ def guided_sites(model: torch.nn.Module, detected: list[Any], count: int = 4) ->
         return list(detected), "activation"
     refs = select(model, components="mlp_down")
     return [s.with_bits(()) for s in top_magnitude_sites(model, refs, count)], "magnitude"
+
+
+@dataclass(frozen=True)
+class AttackMeasurement:
+    """What one cell measured: the attack's runs, and the random baseline's in the same cell.
+
+    Attributes:
+        attack: the attack's name.
+        budget: most flips per run.
+        seeds: the random baseline's seeds.
+        random_flips: the random baseline's flips to collapse per seed, in this cell (+inf: censored).
+        runs: (seed, run) of the attack: one per seed for ``random``, else one (the session's seed).
+        undefended: under a defense, the same runs without it (empty in an undefended cell).
+        replayed: under a defense, a search's undefended run's flips replayed in order with the defense.
+    """
+
+    attack: str
+    budget: int
+    seeds: list[int]
+    random_flips: list[float]
+    runs: list[tuple[int, AttackResult]]
+    undefended: list[AttackResult] = field(default_factory=list)
+    replayed: AttackResult | None = None
+
+    @property
+    def flips(self) -> list[float]:
+        """The attack's flips to collapse per run (+inf: censored)."""
+        return [flips_or_inf(r) for _, r in self.runs]
+
+    @property
+    def undefended_flips(self) -> list[float]:
+        return [flips_or_inf(r) for r in self.undefended]
+
+    @property
+    def median_flips(self) -> float:
+        """The median of :attr:`flips` (+inf counted as larger than any number)."""
+        return statistics.median(self.flips)
+
+    def ratio_to_random(self) -> tuple[float, float]:
+        """(the attack's flips / the random baseline's median, that median), a censored run counted as budget + 1
+        (in this statistic only, so that it stays a number)."""
+        censored = self.budget + 1
+        median = statistics.median(min(f, censored) for f in self.random_flips)
+        return min(self.flips[0], censored) / median, median
+
+
+class Session(Protocol):
+    """What the cells read of the pytest session (``fixtures.session.EsaSession``)."""
+
+    options: Any
+
+    def cached(self, key: tuple, make: Callable[[], Any]) -> Any: ...
+
+
+class AttackCells:
+    """What the weight-attack cells of one model share for the session, and the measuring of a cell.
+
+    Args:
+        loaded: the session's ``LoadedModel``.
+        options: the session's options (``preset``, ``seed``, ``trials``, ``device``, ``extra``).
+    """
+
+    def __init__(self, loaded: Any, options: Any) -> None:
+        self.loaded = loaded
+        self.sizes = attack_sizes(options)
+        self.seed: int = options.seed
+        self.device = options.device
+        self._memo: dict[tuple, Any] = {}  # the runs of every cell (AttackCell.memo)
+        self._copies: dict[str, torch.nn.Module] = {}  # the model loaded in another float dtype
+        self._guided: dict[str, tuple[list[Any], str]] = {}  # guided_sites by detection id
+
+    @classmethod
+    def of(cls, session: Session, loaded: Any) -> AttackCells:
+        """The cells of ``loaded`` kept by ``session`` (forgotten with the model when the session drops it)."""
+        return session.cached((loaded.name, "attack-cells"), lambda: cls(loaded, session.options))
+
+    def seeds(self) -> list[int]:
+        """The random baseline's seeds (``trial_seed(seed, i, stream="attack.random")``)."""
+        return [trial_seed(self.seed, i, stream=RANDOM_STREAM) for i in range(self.sizes.trials)]
+
+    def guided(self, detection: Any) -> tuple[list[Any], str]:
+        """:func:`guided_sites` of a super-weight ``Detection`` on the session model (once per detection)."""
+        if detection.id not in self._guided:
+            self._guided[detection.id] = guided_sites(self.loaded.model, detection.fault_sites())
+        return self._guided[detection.id]
+
+    @contextmanager
+    def model_in(self, dtype: str) -> Iterator[torch.nn.Module]:
+        """The model to attack in ``dtype``: the session model when it has that dtype; for ``int8`` the session
+        model with every attack target swapped for per-channel int8 codes for the body; another float dtype a
+        second copy loaded once, checked unchanged after the body.
+
+        Raises:
+            HarnessError: the body left the copy changed (the copy is forgotten, and loaded again next time).
+        """
+        from harness.models.device import DTYPES
+
+        model = self.loaded.model
+        if dtype == "int8":
+            from harness.faults import quantize_int8
+
+            with quantize_int8(model, [t.module for t in attack_targets(model)]):
+                yield model
+            return
+        if self.loaded.dtype == DTYPES[dtype]:
+            yield model
+            return
+        from harness.fingerprint import changed, fingerprint
+        from harness.models import load_model
+
+        if dtype not in self._copies:
+            self._copies[dtype] = load_model(self.loaded.name, device=self.device, dtype=dtype).model
+        other = self._copies[dtype]
+        before, done = fingerprint(other), False
+        try:
+            yield other
+            done = True
+        finally:
+            leaked = changed(before, fingerprint(other))
+            if leaked:
+                del self._copies[dtype]
+                if done:  # else the body's own error is on its way
+                    raise HarnessError(f"attack left {len(leaked)} tensor(s) of the {dtype} copy changed: "
+                                       f"{', '.join(leaked[:5])}")
+
+    def cell(self, model: torch.nn.Module, dtype: str, defense: str, eval_windows: torch.Tensor,
+             calib_windows: torch.Tensor, super_weights: list[Any]) -> AttackCell:
+        """The cell of ``model`` (from :meth:`model_in`) in ``dtype`` under ``defense``: the damage measured on the
+        first ``sizes.eval_windows`` evaluation windows, gradients and trial losses on the first
+        ``sizes.attack_tokens`` tokens of the first calibration window."""
+        s = self.sizes
+        ev = eval_windows if s.eval_windows is None else eval_windows[: s.eval_windows]
+        at = calib_windows[:1] if s.attack_tokens is None else calib_windows[:1, : s.attack_tokens]
+        return AttackCell(self.loaded.name, model, dtype, defense, ev, at, super_weights, s.budget,
+                          max_trials=s.max_trials, protected=s.protected, memo=self._memo)
+
+    def measure(self, cell: AttackCell, attack: str) -> AttackMeasurement:
+        """Run ``attack`` and the random baseline in ``cell`` and, under a defense, the same runs without it (each
+        run once per session: the runs are memoized)."""
+        seeds = self.seeds()
+        baseline = [cell.run("random", seed) for seed in seeds]
+        runs = list(zip(seeds, baseline, strict=True)) if attack == "random" else [(self.seed, cell.run(attack))]
+        undefended, replayed = [], None
+        if cell.defense != "none":
+            plain = replace(cell, defense="none")
+            undefended = [plain.run(attack, seed if attack == "random" else None) for seed, _ in runs]
+            if attack != "random":
+                replayed = cell.replay(undefended[0])
+        return AttackMeasurement(attack, cell.budget, seeds, [flips_or_inf(r) for r in baseline], runs,
+                                 undefended, replayed)
+
+
+def fewer_flips(attack: float, random: list[float]) -> Comparison:
+    """The attack needs fewer flips than every random run (+inf: no collapse within the budget).
+
+    Recorded sides: the fewest random flips (value) and the attack's flips (other).
+    """
+    holds = math.isfinite(attack) and all(r > attack for r in random)
+    return Comparison(holds, min(random), attack, {"test": "paired_strict", "pairs": len(random),
+                                                   "pairs_holding": sum(r > attack for r in random),
+                                                   "random": random, "attack": attack})
+
+
+def defended_gain(defended: float, undefended: float) -> Comparison:
+    """Strictly more flips with the defense (+inf: held off); undecidable when the undefended run did not collapse
+    within the budget (nothing to defend against at this budget)."""
+    if not math.isfinite(undefended):
+        return Comparison(False, defended, undefended, {"undefended": undefended},
+                          undecidable="the undefended run did not collapse within the budget: raise --flip-budget")
+    return greater(defended, undefended)

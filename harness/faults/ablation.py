@@ -4,6 +4,8 @@ Replacement values:
 
 - ``zero``: 0.
 - ``mean``: the mean of the whole parameter the elements belong to.
+- ``row_mean``: the mean of the element's own row (output channel) of a matrix; the zero-versus-mean
+  control of Sun et al. 2024 for a super weight.
 - ``random``: draws from N(mean, std) of that parameter (needs a generator).
 - ``scale``: ``factor`` × the element's own value (one rounding in the parameter's dtype);
   integrated-gradients scoring walks its path from 0 to W with it.
@@ -37,7 +39,7 @@ from harness.faults.sites import (
     sites_by_param,
 )
 
-MODES = ("zero", "mean", "random", "scale")
+MODES = ("zero", "mean", "random", "scale", "row_mean")
 
 
 @PERTURBATIONS.register("ablation")
@@ -48,13 +50,14 @@ class Ablation(Perturbation):
         model: the model to edit in place.
         targets: parameter names, Regions (rows/cols), ComponentRefs (fused rows respected),
             FaultSites (single elements; their bits are ignored), or a sequence mixing these.
-        mode: ``"zero"``, ``"mean"``, ``"random"`` or ``"scale"``.
+        mode: ``"zero"``, ``"mean"``, ``"random"``, ``"scale"`` or ``"row_mean"``.
         generator: the seeded source for ``"random"``.
         factor: the multiplier of ``"scale"`` (finite).
 
     Raises:
         HarnessError: unknown mode, ``random`` without a generator, ``scale`` without a finite
-            factor (or a factor with another mode), no targets, bad targets.
+            factor (or a factor with another mode), ``row_mean`` of a parameter that is not a matrix,
+            no targets, bad targets.
     """
 
     kind = "ablation"
@@ -105,7 +108,16 @@ class Ablation(Perturbation):
         std = w.std(correction=0) if w.numel() > 1 else torch.zeros((), device=t.device)
         return w.mean(), std
 
-    def _values(self, t: torch.Tensor, old: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def _row_means(self, t: torch.Tensor, index: tuple) -> torch.Tensor:
+        """The mean of each element's row of ``t[index]``, in the block's shape (float)."""
+        if t.dim() != 2:
+            raise HarnessError(f"ablation mode 'row_mean' needs matrices, got a parameter of shape {tuple(t.shape)}")
+        rows = torch.arange(t.shape[0], device=t.device)[:, None].expand(t.shape)[index]  # each element's row
+        touched, which = torch.unique(rows, return_inverse=True)
+        means = t.detach()[touched].float().mean(dim=1)  # (touched rows,): only the rows the block touches
+        return means[which]
+
+    def _values(self, t: torch.Tensor, old: torch.Tensor, stats: Any) -> torch.Tensor:
         shape = old.shape
         if self.mode == "zero":
             return torch.zeros(shape, dtype=t.dtype, device=t.device)
@@ -115,6 +127,8 @@ class Ablation(Perturbation):
             new = old.float() * self.factor
         elif self.mode == "mean":
             new = stats[0].expand(shape)
+        elif self.mode == "row_mean":
+            new = stats
         else:
             mean, std = stats
             g = self.generator
@@ -126,18 +140,22 @@ class Ablation(Perturbation):
 
     def _apply(self) -> None:
         blocks = self._blocks()
-        stats = {}  # per parameter, taken before this ablation edits anything
-        if self.mode in ("mean", "random"):
-            for t, _ in blocks:
-                if id(t) not in stats:
-                    stats[id(t)] = self._stats(t)
+        stats: list[Any] = [None] * len(blocks)  # per block, taken before this ablation edits anything
+        per_param: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for i, (t, index) in enumerate(blocks):
+            if self.mode == "row_mean":
+                stats[i] = self._row_means(t, index)
+            elif self.mode in ("mean", "random"):
+                if id(t) not in per_param:
+                    per_param[id(t)] = self._stats(t)
+                stats[i] = per_param[id(t)]
         olds = []  # every block saved before any is written: overlapping targets are replaced once
         for t, index in blocks:
             old, undo = save_block(t, index)
             self._push(undo)
             olds.append(old)
-        for (t, index), old in zip(blocks, olds, strict=True):
-            t.detach()[index] = self._values(t, old, stats.get(id(t)))
+        for (t, index), old, block_stats in zip(blocks, olds, stats, strict=True):
+            t.detach()[index] = self._values(t, old, block_stats)
 
     def describe(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind, "mode": self.mode}

@@ -1,0 +1,159 @@
+"""Cells of the adversarial suite: one input attack on the session's prompts, measured prompt by prompt.
+
+The grid is data: :data:`PROMPT_COUNT`, :data:`GREEDY` and :func:`preset_options` give the preset's prompt
+count, greedy tokens compared and attack sizes. Prompts (:func:`prompt_pairs`) are the opening words
+of the first evaluation documents (``harness.data.generation_prompts``): the first :data:`PROMPT_WORDS`
+words are the prompt and the next :data:`TARGET_WORDS` the target continuation whose log-probability
+the attack lowers. :meth:`InputAttackCell.measure` attacks every prompt (prompt ``i`` seeded with
+``trial_seed(seed, i, stream="adversarial.<attack>")``) and, for a suffix attack, appends as many
+uniformly random tokens with the same seed (:func:`~harness.attacks.random_suffix.random_suffix_logprob`:
+what mere extra tokens do). Weights are never touched.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from harness.attacks.cells import Session
+from harness.attacks.input_attacks import InputAttackResult, run_input_attack
+from harness.attacks.random_suffix import random_suffix_logprob
+from harness.stats import trial_seed
+
+PROMPT_WORDS, TARGET_WORDS = 10, 6
+SUFFIX_ATTACKS = ("gcg", "hotflip")  # token-level suffix searches (the others edit characters)
+# quick fits CI on two CPU cores, full is for GPU runners
+PROMPT_COUNT = {"quick": 3, "full": 8}  # prompts per attack
+GREEDY = {"quick": 6, "full": 16}  # greedy tokens compared before and after the attack
+CHARACTER_SIZES = {"quick": {"edits": 2, "tries": 6}, "full": {"edits": 3, "tries": 32}}  # best of tries random edits
+SUFFIX_SIZES = {"quick": {"length": 6, "steps": 4, "batch": 8}, "full": {"length": 12, "steps": 32, "batch": 64}}
+GCG_TOPK = {"quick": 32, "full": 128}  # candidate tokens per suffix position
+
+
+def preset_options(method: str, preset: str) -> dict[str, int]:
+    """The options of input attack ``method`` at ``preset``: a suffix of ``length`` tokens searched for ``steps``
+    steps of ``batch`` candidates (gcg: from the ``topk`` tokens of each position), or the best of ``tries``
+    random prompts with ``edits`` character edits."""
+    if method not in SUFFIX_ATTACKS:
+        return dict(CHARACTER_SIZES[preset])
+    sizes = dict(SUFFIX_SIZES[preset])
+    return {**sizes, "topk": GCG_TOPK[preset]} if method == "gcg" else sizes
+
+
+def prompt_pairs(corpus: Any, count: int) -> list[tuple[str, str]]:
+    """(prompt, target) of the first ``count`` evaluation documents of ``corpus`` with enough prose: the first
+    :data:`PROMPT_WORDS` words and the next :data:`TARGET_WORDS` (with a leading space)."""
+    from harness.data import generation_prompts
+
+    pairs = []
+    for text in generation_prompts(corpus, count, words=PROMPT_WORDS + TARGET_WORDS):
+        words = text.split()
+        if len(words) == PROMPT_WORDS + TARGET_WORDS:
+            pairs.append((" ".join(words[:PROMPT_WORDS]), " " + " ".join(words[PROMPT_WORDS:])))
+    return pairs
+
+
+@dataclass(frozen=True)
+class PromptAttack:
+    """One prompt attacked.
+
+    Attributes:
+        index: the prompt's index.
+        seed: its seed.
+        result: the attack's measurement.
+        control: suffix attacks: (target log-probability, text) with a random suffix of the same length instead.
+    """
+
+    index: int
+    seed: int
+    result: InputAttackResult
+    control: tuple[float, str] | None = None
+
+    @property
+    def control_delta(self) -> float:
+        """The random suffix's target log-probability - the clean one (nats)."""
+        return self.control[0] - self.result.clean_logprob
+
+    @property
+    def start_logprob(self) -> float:
+        """Suffix attacks: the target log-probability with the suffix the search starts from."""
+        return self.result.extra["trace"][0]
+
+
+@dataclass(frozen=True)
+class InputAttackMeasurement:
+    """Every prompt of one input-attack cell, and the suite's statistics over them."""
+
+    attacks: list[PromptAttack]
+
+    @property
+    def deltas(self) -> list[float]:
+        """attacked - clean target log-probability per prompt (nats; negative = damage)."""
+        return [a.result.logprob_delta for a in self.attacks]
+
+    @property
+    def mean_delta(self) -> float:
+        return statistics.mean(self.deltas)
+
+    @property
+    def start_logprobs(self) -> list[float]:
+        return [a.start_logprob for a in self.attacks]
+
+    @property
+    def attacked_logprobs(self) -> list[float]:
+        return [a.result.attacked_logprob for a in self.attacks]
+
+    @property
+    def search_gains(self) -> list[float]:
+        """Suffix attacks, per prompt: how far the search lowered the target below its starting suffix (nats)."""
+        return [s - a for s, a in zip(self.start_logprobs, self.attacked_logprobs, strict=True)]
+
+    @property
+    def control_deltas(self) -> list[float]:
+        return [a.control_delta for a in self.attacks if a.control is not None]
+
+
+@dataclass(frozen=True)
+class InputAttackCell:
+    """One input attack with its options on the session's prompts.
+
+    Attributes:
+        method: a name of ``harness.attacks.INPUT_ATTACKS``.
+        options: the attack's options (:func:`preset_options`).
+        prompts: (prompt, target) pairs.
+        seed: the session's seed.
+        greedy: greedy tokens compared before and after.
+    """
+
+    method: str
+    options: dict[str, int]
+    prompts: list[tuple[str, str]]
+    seed: int
+    greedy: int
+
+    @classmethod
+    def of(cls, session: Session, method: str) -> InputAttackCell:
+        """The cell of ``method`` at the session's preset, on prompts of the session's corpus (loaded once)."""
+        from harness.data import load_corpus
+
+        o = session.options
+        corpus = session.cached(("corpus", o.corpus), lambda: load_corpus(o.corpus))
+        return cls(method, preset_options(method, o.preset), prompt_pairs(corpus, PROMPT_COUNT[o.preset]), o.seed,
+                   GREEDY[o.preset])
+
+    def measure(self, loaded: Any) -> InputAttackMeasurement:
+        """Attack every prompt on ``loaded`` (a ``LoadedModel``), with the random-suffix control of a suffix attack."""
+        attacks = []
+        for i, (prompt, target) in enumerate(self.prompts):
+            seed = trial_seed(self.seed, i, stream=f"adversarial.{self.method}")
+            r = run_input_attack(loaded, self.method, prompt, target, generator=torch.Generator().manual_seed(seed),
+                                 greedy=self.greedy, **self.options)
+            control = None
+            if self.method in SUFFIX_ATTACKS:
+                control = random_suffix_logprob(loaded, prompt, target, self.options["length"],
+                                                torch.Generator().manual_seed(seed))
+            attacks.append(PromptAttack(i, seed, r, control))
+        return InputAttackMeasurement(attacks)

@@ -1,0 +1,121 @@
+"""Cells of the per-layer sensitivity map: each decoder layer's component ablated in turn, one cell per
+(mode, component).
+
+For every layer (:func:`harness.faults.ablate_layer`): replace the cell's weights, evaluate, restore; each trial
+starts at the ablated block, on its kept clean input (:class:`harness.campaign.Campaign`). Component ``all`` is
+the whole block. The grid of each depth preset is :data:`PRESETS`; :func:`measure` returns a
+:class:`LayerMap`. It records nothing: the suite does. The map does not depend on the seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from harness.campaign.cells import ComponentCell, pick_preset
+from harness.campaign.engine import Campaign
+from harness.faults import ablate_layer
+from harness.models.archmap import COMPONENTS, num_layers
+
+MODES = ("zero", "mean")  # mean: each matrix replaced by its own mean (the control that tells components apart)
+# Zeroing any factor of a product silences the whole sublayer (value, attn_out and attention alike; mlp_up,
+# mlp_down and mlp alike); a zeroed query or key makes the attention uniform instead: one of each.
+QUICK_COMPONENTS = ("all", "attention", "mlp_down", "query")
+
+
+@dataclass(frozen=True)
+class AblationPreset:
+    """The ablation grid and sizes of one depth preset.
+
+    Attributes:
+        modes: ablation modes.
+        components: ``all``, groups or canonical components (one a family lacks is skipped).
+        windows: the first this many eval windows (None: all).
+    """
+
+    modes: tuple[str, ...]
+    components: tuple[str, ...]
+    windows: int | None
+
+
+PRESETS = {
+    "quick": AblationPreset(modes=MODES[:1], components=QUICK_COMPONENTS, windows=1),
+    "full": AblationPreset(modes=MODES, windows=None, components=(
+        *QUICK_COMPONENTS, "mlp", *(c for c in COMPONENTS if c not in QUICK_COMPONENTS))),
+}
+
+
+class AblationCell(ComponentCell):
+    """One cell: ``component`` of each layer in turn ablated by ``mode``."""
+
+    @property
+    def mode(self) -> str:
+        return self.variant
+
+    @property
+    def perturbation(self) -> dict[str, Any]:
+        return {"kind": "ablation", "mode": self.mode, "component": self.component}
+
+
+def grid(preset: str) -> list[AblationCell]:
+    """Every cell of ``preset``: mode x component."""
+    p = pick_preset(PRESETS, preset)
+    return AblationCell.grid(p.modes, p.components)
+
+
+@dataclass(frozen=True)
+class LayerAblation:
+    """One layer's ablation."""
+
+    layer: int
+    ratio: float  # perplexity / clean perplexity (inf: non-finite output)
+    perplexity: float
+    collapsed: bool
+
+
+@dataclass(frozen=True)
+class LayerMap:
+    """What one cell measured: one :class:`LayerAblation` per layer, in layer order."""
+
+    cell: AblationCell
+    layers: tuple[LayerAblation, ...]
+    clean_perplexity: float
+
+    @property
+    def ratios(self) -> list[float]:
+        return [a.ratio for a in self.layers]
+
+    @property
+    def worst(self) -> int:
+        """The most damaging layer (a collapse, inf, is the worst; the first of equals)."""
+        ratios = self.ratios
+        return max(range(len(ratios)), key=lambda i: ratios[i])
+
+    @property
+    def mildest(self) -> int:
+        """The most benign layer (the first of equals)."""
+        ratios = self.ratios
+        return min(range(len(ratios)), key=lambda i: ratios[i])
+
+
+def measure(loaded: Any, cell: AblationCell, windows: torch.Tensor, clean: Any, *, preset: str) -> LayerMap:
+    """Ablate ``cell``'s component of each layer of ``loaded`` in turn (restored after each), evaluate.
+
+    Args:
+        loaded: a ``LoadedModel`` (check :meth:`AblationCell.skip_reason` first).
+        windows: the eval windows (count, length); the preset's first ones are used.
+        clean: ``clean(name, model, windows) -> Clean``, the session's shared clean baseline.
+        preset: ``quick`` or ``full``.
+    """
+    p = pick_preset(PRESETS, preset)
+    model, windows = loaded.model, windows[: p.windows]
+    baseline = clean(loaded.name, model, windows)
+    components = None if cell.component == "all" else cell.component
+    campaign = Campaign(model, windows, baseline)  # a trial starts at the ablated block, on its kept clean input
+    rows = []
+    for layer in range(num_layers(model)):
+        t = campaign.trial(ablate_layer(model, layer, components, cell.mode))
+        rows.append(LayerAblation(layer, t.ratio, t.result.perplexity, t.collapsed))
+    return LayerMap(cell, tuple(rows), baseline.result.perplexity)
