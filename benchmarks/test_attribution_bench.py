@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from harness.attribution import attribute, greedy_target
+from harness.attribution.cells import TINY_PROMPT_CHARS  # a tiny model's byte tokenizer: keep CI short
 from harness.attribution.prompts import select_prompts
 
 from .timing import fastest, measure_ratio, rounds_for
@@ -32,7 +33,6 @@ BATCH = 8
 IG_STEPS = 8
 
 
-TINY_PROMPT_CHARS = 24  # a tiny model's byte tokenizer makes every character a token: keep CI short
 
 
 @pytest.fixture

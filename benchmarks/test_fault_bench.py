@@ -41,10 +41,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.campaign import Campaign, clean_baseline, run_trial, trial_specs
-from harness.campaign.bitflip import TARGETS, sample_sites, site_pool
+from harness.campaign import Campaign, bitflip_cells, clean_baseline, run_trial, trial_specs
+from harness.campaign.bitflip import sample_sites, site_pool
 from harness.campaign.prefix import batches
-from harness.faults import BIT_CLASSES, flip_bits, uniform_sites
+from harness.faults import flip_bits, uniform_sites
 from harness.fingerprint import fingerprint
 from harness.metrics import evaluate
 from harness.metrics.perplexity import default_batch_size
@@ -62,10 +62,7 @@ ROUNDS = 5
 CAMPAIGN_TRIALS = 5
 GROUP = "fault-trial"
 SIGN_TRIALS = 8  # uniform one-flip sign trials per round of test_sign_trial_engine
-# the quick preset of suites/test_bitflip.py: every target x campaign bit class, 1 flip, native dtype, 2 windows
-CAMPAIGN_BITS = tuple(BIT_CLASSES.names(tag="campaign"))
-CELL_TRIALS = {"uniform": (20, 40), "largest": (5, 20), "list": (5, 20)}
-QUICK_WINDOWS = 2
+QUICK = bitflip_cells.PRESETS["quick"]  # suites/test_bitflip.py's quick preset: its grid, windows and trials
 
 log = logging.getLogger(__name__)
 
@@ -356,7 +353,7 @@ def test_sign_trial_engine(benchmark, lm, eval_windows, esa):
 
 
 def _campaign_cells(lm, esa) -> list[tuple[str, str, int]]:
-    return [(t, b, esa.trials(lm.name, *CELL_TRIALS[t])) for t in TARGETS for b in CAMPAIGN_BITS]
+    return [(c.target, c.bit_class, esa.trials(lm.name, c.trials_in(QUICK))) for c in bitflip_cells.grid("quick")]
 
 
 def test_bitflip_campaign_engine(benchmark, lm, eval_windows, esa):
@@ -364,12 +361,12 @@ def test_bitflip_campaign_engine(benchmark, lm, eval_windows, esa):
     path vs engine, cell by cell interleaved; both clean baselines included; records must be identical.
     The ``list`` target uses its fallback pool (top-|w| mlp_down) here: no super-weight detection."""
     model = lm.model
-    windows = eval_windows[:QUICK_WINDOWS]
+    windows = eval_windows[:QUICK.windows]
     benchmark.group = GROUP + "-campaign"
     cells = _campaign_cells(lm, esa)
     seconds = {"per_trial": 0.0, "engine": 0.0}
     records: dict[str, list] = {"per_trial": [], "engine": []}
-    pools = {t: site_pool(model, t) for t in TARGETS}
+    pools = {t: site_pool(model, t) for t in dict.fromkeys(c[0] for c in cells)}
 
     def sample(target, bit_class, g):
         return sample_sites(model, target, bit_class, 1, generator=g, pool=pools[target][0])
@@ -416,7 +413,7 @@ def test_batched_trials(benchmark, lm, eval_windows, esa, per_forward):
     """Trials/s of ``per_forward`` one-flip sign trials in one forward vs the engine one trial at a time (same
     sites, first 2 windows), and the largest relative ratio difference between the two."""
     model = lm.model
-    windows = eval_windows[:QUICK_WINDOWS]
+    windows = eval_windows[:QUICK.windows]
     benchmark.group = GROUP + "-batched"
     clean = esa.cached((lm.name, "bench", "clean-kept", tuple(windows.shape), esa.options.corpus),
                        lambda: clean_baseline(model, windows, keep_blocks=True))

@@ -1,4 +1,4 @@
-"""Parsers of option values: comma lists, positive integers, bounded numbers, names from a set.
+"""Parsers of option values (comma lists, positive integers, bounded numbers, names from a set), and option sets.
 
 Each parser takes the text (a number from code too, for :func:`bounded_float`) and what it names, and
 raises a one-line :class:`~harness.errors.HarnessError` that says what is allowed, in one wording per kind:
@@ -10,14 +10,19 @@ raises a one-line :class:`~harness.errors.HarnessError` that says what is allowe
 
 :func:`as_option_type` makes one an argparse ``type=`` (pytest's ``addoption``), whose error argparse shows
 as a one-line usage error after the option's name.
+
+An analysis declares its options as one frozen dataclass, an *option set*, whose fields are :func:`option` s
+(flag, help, parser, default); the plugin adds them (:func:`add_option_set`) and reads them back typed
+(:func:`read_option_set`) into the session's ``Options``. :func:`pick_preset` picks an analysis's depth preset.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable, Iterable
-from typing import TypeVar
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
 
 from harness.errors import HarnessError, UnknownNameError
 from harness.registry import unknown_message
@@ -135,3 +140,82 @@ def choices(text: str, known: Known, what: str) -> tuple[str, ...]:
     """
     names = list(known() if callable(known) else known)
     return tuple(choice(name, names, what) for name in comma_list(text, f"{what} names"))
+
+
+# -- option sets: an analysis's options as one typed dataclass ------------------------------------------------------
+
+
+Help = str | Callable[[], str]  # a help text, or a function giving it (registry names, read when options are added)
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How one field of an option set is given on the command line (see :func:`option`)."""
+
+    name: str
+    help: Help
+    parse: Callable[..., Any] | None = None
+    args: tuple[Any, ...] = ()
+    metavar: str | None = None
+    default_factory: Callable[[], Any] | None = None
+
+    @property
+    def dest(self) -> str:
+        """The argparse destination: ``--flip-budget`` -> ``esa_flip_budget``."""
+        return "esa_" + self.name.lstrip("-").replace("-", "_")
+
+
+def option(name: str, help: Help, *, parse: Callable[..., Any] | None = None, args: tuple[Any, ...] = (),
+           default: Any = None, default_factory: Callable[[], Any] | None = None,
+           metavar: str | None = None) -> Any:
+    """A field of an option set that is also the command-line option ``name``.
+
+    Args:
+        name: the flag, ``--flip-budget``; its value lands in ``esa_flip_budget`` of pytest's options.
+        help: the help text (the default is stated in it), or a function giving it.
+        parse: a parser of this module (or any function of the text that raises HarnessError), called as
+            ``parse(text, *args)``; None: the text itself. A ``bool`` field with no parser is a switch
+            (``store_true``).
+        default: the value when the option is not given (None: the analysis's preset decides).
+        default_factory: a function giving the default instead, called when the options are added.
+    """
+    flag = Flag(name, help, parse, args, metavar, default_factory)
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata={"flag": flag})
+    return field(default=default, metadata={"flag": flag})
+
+
+def add_option_set(group: Any, cls: type) -> None:
+    """``group.addoption(...)`` for every field of the option set ``cls`` (a dataclass of :func:`option` fields).
+
+    ``group``: pytest's option group (anything with ``addoption``; this module never imports pytest).
+    """
+    for f in fields(cls):
+        flag: Flag = f.metadata["flag"]
+        default = flag.default_factory() if flag.default_factory is not None else f.default
+        text = flag.help() if callable(flag.help) else flag.help
+        kwargs: dict[str, Any] = dict(dest=flag.dest, default=default, help=text)
+        if flag.parse is not None:
+            kwargs["type"] = as_option_type(flag.parse, *flag.args)
+        elif default is False:
+            kwargs["action"] = "store_true"
+        if flag.metavar:
+            kwargs["metavar"] = flag.metavar
+        group.addoption(flag.name, **kwargs)
+
+
+def read_option_set(cls: type[T], values: Any) -> T:
+    """The option set ``cls`` from parsed options (``values``: pytest's ``config.option``, an argparse
+    namespace); a field missing there keeps its default."""
+    given = {f.name: getattr(values, f.metadata["flag"].dest) for f in fields(cls)
+             if hasattr(values, f.metadata["flag"].dest)}
+    return cls(**given)
+
+
+def pick_preset(presets: Mapping[str, T], name: str) -> T:
+    """The preset ``name`` (``quick``, ``full``) of an analysis's ``PRESETS``.
+
+    Raises:
+        UnknownNameError: another name; the message lists the presets.
+    """
+    return presets[choice(name, presets, "preset")]

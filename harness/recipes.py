@@ -11,7 +11,8 @@ seeded generator, turned into a :class:`~harness.faults.Perturbation` and the de
   uniformly over the same matrices, the super weights themselves excluded.
 
 Recipes tagged ``action`` (``zero``, ``noise``, ``exponent_lsb``) act on the caller's ``sites`` (a scorer's
-top-ranked weights, or seeded random ones): ``RECIPES.names(tag="action")``.
+top-ranked weights, or seeded random ones): ``RECIPES.names(tag="action")``. Recipes tagged ``matrices``
+(``std_noise_linear``) perturb whole matrices: their ``Prepared.sites`` is empty.
 """
 
 from __future__ import annotations
@@ -24,12 +25,22 @@ import torch
 from torch import nn
 
 from harness.errors import HarnessError
-from harness.faults import FaultSite, Perturbation, SiteNoise, ablate, flip_bits, layout, top_magnitude_sites
+from harness.faults import (
+    FaultSite,
+    Perturbation,
+    SiteNoise,
+    ablate,
+    add_noise,
+    flip_bits,
+    layout,
+    top_magnitude_sites,
+)
 from harness.faults import uniform_sites as draw_uniform
 from harness.registry import Registry
 
 OTHERS = 7_000  # zero_largest_others: Yu et al.'s 7,000 next-largest weights of the super weight's matrix
 NOISE_LEVEL = 1.0  # noise: relative, w + eps * |w|
+STD_NOISE_LEVEL = 0.01  # std_noise_linear: w + level * eps * std(W)
 
 
 @dataclass(frozen=True)
@@ -71,7 +82,7 @@ class Subject:
 @dataclass(frozen=True)
 class Prepared:
     """A recipe's perturbation (not yet applied: use it as a context manager), its record description and the
-    weights it touches."""
+    weights it touches (empty for a recipe tagged ``matrices``: it touches whole matrices)."""
 
     perturbation: Perturbation
     description: dict[str, Any]
@@ -189,6 +200,17 @@ def exp_msb_flip(subject: Subject) -> Prepared:
     return _prepared(flip_bits(subject.model, sites),
                      {"kind": "exp_msb_flip", "site": {"param": sites[0].param, "index": list(sites[0].index)}},
                      sites)
+
+
+@RECIPES.register("std_noise_linear", tags=("matrices",))
+def std_noise_linear(subject: Subject, level: float = STD_NOISE_LEVEL) -> Prepared:
+    """Gaussian noise of ``level`` x each matrix's own standard deviation on every linear weight of the decoder
+    blocks, seeded."""
+    from harness.models.archmap import select
+
+    g = subject.needs_generator("std_noise_linear")
+    p = add_noise(subject.model, select(subject.model, components="linear"), level, scale="std", generator=g)
+    return _prepared(p, {"kind": "noise", "scale": "std", "level": level, "components": "linear"}, ())
 
 
 def _action(name: str, perturbation: Perturbation, sites: list[FaultSite]) -> Prepared:

@@ -73,13 +73,12 @@ class Tolerances:
     claims: dict[str, Tolerance] = field(default_factory=dict)
 
     def for_row(self, metric: str, claim: str | None = None) -> Tolerance:
-        """The tolerance of a row: ``[claim."name"]``, else for a claim named ``<what>_<metric>_max``
-        (or ``_min``) that metric's, else the row metric's, else ``[default]``."""
+        """The tolerance of a row: ``[claim."name"]``, else for a claim named ``<what>_<metric>`` that metric's,
+        else the row metric's, else ``[default]``."""
         if isinstance(claim, str) and claim:
             if claim in self.claims:
                 return self.claims[claim]
-            stem = claim.removesuffix("_max").removesuffix("_min")
-            named = [m for m in self.metrics if stem == m or stem.endswith("_" + m)]
+            named = [m for m in self.metrics if claim == m or claim.endswith("_" + m)]
             if named:
                 return self.metrics[max(named, key=len)]
         return self.metrics.get(metric, self.default)

@@ -131,7 +131,7 @@ def replay_run(results_dir: str | Path, run_id: str, *, scale: dict[str, float] 
             if name in scale and _finite(rec["value"]) and (rec["outcome"] or extra.get("claim")):
                 rec["value"] = rec["value"] * scale[name]
                 if rec["bound"] is not None and extra.get("kind", "bound") == "bound":
-                    side = extra.get("side") or ("min" if name.endswith("_min") else "max")
+                    side = extra.get("side", "max")
                     ok = rec["value"] <= rec["bound"] if side == "max" else rec["value"] >= rec["bound"]
                     rec["passed"] = ok
                     if rec["outcome"] is not None:

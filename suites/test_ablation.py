@@ -38,6 +38,7 @@ import math
 
 import pytest
 
+from fixtures.session import options_of
 from harness.campaign.ablation_cells import MODES, grid, measure
 from harness.claims import ClaimSet, greater
 from harness.models.archmap import COMPONENTS
@@ -64,7 +65,7 @@ for _m in MODES:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "cell" in metafunc.fixturenames:
-        metafunc.parametrize("cell", grid(metafunc.config.getoption("esa_preset")), ids=lambda cell: cell.id)
+        metafunc.parametrize("cell", grid(options_of(metafunc.config).preset), ids=lambda cell: cell.id)
 
 
 def test_ablation_sensitivity(lm, eval_windows, esa, recorder, timer, cell):

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import pytest
 
+from fixtures.session import options_of
 from harness.attacks.input_cells import SUFFIX_ATTACKS, InputAttackCell
-from harness.attacks.options import INPUT_ATTACK_NAMES
+from harness.attacks.options import input_attack_names
 from harness.claims import ClaimSet, greater
 
 MIN_GAIN = 1.0  # nats: the least a suffix search must lower the target's log-probability below its start
@@ -47,12 +48,12 @@ LOWERS = {a: CLAIMS.relation(
     f"{a}_lowers_target",
     f"The {a} attack lowers the target's log-probability by more than {MIN_DAMAGE:g} nat on average over the prompts",
     statistic="mean target_logprob_delta drop (nats)", margin=f"stated minimum effect {MIN_DAMAGE:g} nat")
-    for a in INPUT_ATTACK_NAMES if a not in SUFFIX_ATTACKS}
+    for a in input_attack_names() if a not in SUFFIX_ATTACKS}
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "input_attack" in metafunc.fixturenames:
-        names = list(metafunc.config.option.esa_input_attacks or INPUT_ATTACK_NAMES)
+        names = list(options_of(metafunc.config).attack.input_attacks or input_attack_names())
         metafunc.parametrize("input_attack", names, ids=names)
 
 

@@ -29,8 +29,9 @@ import math
 
 import pytest
 
+from fixtures.session import options_of
 from harness.attacks.cells import AttackCells, defended_gain, fewer_flips, flips_or_inf, grid, run_extra
-from harness.attacks.options import ATTACK_DTYPES, DEFENSE_NAMES
+from harness.attacks.options import ATTACK_DTYPES, defense_names
 from harness.attacks.result import AttackResult
 from harness.claims import ClaimSet
 from harness.models.device import DTYPES
@@ -60,7 +61,7 @@ DEFENSE_GAIN = {d: CLAIMS.relation(
     f"Under the {d} defense the flips with which an undefended search collapsed the model (fp32, bf16), replayed "
     "in order, need strictly more flips to collapse it, or never do",
     statistic="flips_to_collapse", margin="strict; a tie fails; undecided when the undefended run never collapsed")
-    for d in DEFENSE_NAMES if d != "none"}
+    for d in defense_names() if d != "none"}
 FLIPS = {(a, dt): CLAIMS.bound(f"{a}_{dt}_flips", f"The undefended {a} attack on {dt} weights collapses the model "
                                "within its measured number of flips (a run that never collapses fails)",
                                side="max", statistic="flips_to_collapse")
@@ -69,8 +70,8 @@ FLIPS = {(a, dt): CLAIMS.bound(f"{a}_{dt}_flips", f"The undefended {a} attack on
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "attack_name" in metafunc.fixturenames:
-        o = metafunc.config.option
-        chosen = grid(o.esa_preset, o.esa_attacks, o.esa_attack_dtypes, o.esa_defenses)
+        o = options_of(metafunc.config)
+        chosen = grid(o.preset, o.attack.attacks, o.attack.dtypes, o.attack.defenses)
         metafunc.parametrize(("attack_name", "attack_dtype", "defense_name"), chosen,
                              ids=["-".join(c) for c in chosen])
 
@@ -83,11 +84,9 @@ def cells(esa, lm) -> AttackCells:
 @pytest.fixture
 def guided(esa, lm, cells):
     """(sites, source, detection) the guided attack starts from: the session's super-weight detection on
-    the fp32 model (``fixtures.superweights``), made before any int8 swap; the largest down-projection
+    the fp32 model (``esa.detection``), made before any int8 swap; the largest down-projection
     weights (source ``magnitude``) where none is detected (tiny random models, gemma3-270m)."""
-    from fixtures.superweights import shared_detection
-
-    detection = shared_detection(esa, lm)
+    detection = esa.detection(lm)
     return *cells.guided(detection), detection
 
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import pytest
 
+from fixtures.session import options_of
 from harness.campaign.bitflip import TARGETS
 from harness.campaign.bitflip_cells import ACTING_BITS, CAMPAIGN_BITS, BitflipCell, BitflipCells, grid
 from harness.claims import ClaimSet, has_effect, paired_majority
@@ -69,17 +70,13 @@ EFFECT = {(d, t, b, n): CLAIMS.effect(f"{d}_{t}_{b}" + (f"_{n}flips" if n > 1 el
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "cell" in metafunc.fixturenames:
-        metafunc.parametrize("cell", grid(metafunc.config.getoption("esa_preset")), ids=lambda cell: cell.id)
+        metafunc.parametrize("cell", grid(options_of(metafunc.config).preset), ids=lambda cell: cell.id)
 
 
-@pytest.fixture(scope="module")
-def cells(esa):
-    """The module's measured cells (the relation reuses the campaign's) and one bf16 copy at a time."""
-    o = esa.options
-    measured = BitflipCells(preset=o.preset, seed=o.seed, clean=esa.clean, trials=esa.trials, device=o.device,
-                            precision=o.extra.get("precision"))
-    yield measured
-    measured.close()
+@pytest.fixture
+def cells(esa, lm):
+    """The model's measured cells, kept by the session (the relation reuses the campaign's)."""
+    return BitflipCells.of(esa, lm)
 
 
 def test_bitflip_campaign(lm, eval_windows, super_weights, cells, recorder, timer, cell):

@@ -1,13 +1,10 @@
 """Pruning suite: each model pruned by each scorer at each sparsity and granularity, perplexity per cell.
 
-A cell is (scorer, sparsity, granularity) (``harness.pruning.cells``). Scorers come from
-``harness.scoring`` (``magnitude``, ``wanda``, ``gradient``, ...); ``NAME+protect`` is the same scorer
-with the model's super weights kept (the session's one detection, ``fixtures.superweights``). The
-pruned model is restored bit-exactly after each cell (checked by the ``lm`` guard).
-
-Options: ``--prune-scorers``, ``--sparsities``, ``--granularity``, ``--prune-method``; the preset
-picks the grid when they are not given (quick: magnitude, wanda, gradient, magnitude+protect x 10-60% x
-row, 2:4; full adds taylor and wanda+protect, 10-60% and every granularity).
+A cell is (scorer, sparsity, granularity); the grid per preset and its measuring live in
+``harness.pruning.cells`` (options ``--prune-scorers``, ``--sparsities``, ``--granularity``,
+``--prune-method``). ``NAME+protect`` is the same scorer with the model's super weights kept (the
+session's one detection, ``esa.detection``). The pruned model is restored bit-exactly after
+each cell (checked by the ``lm`` guard).
 
 Records (suite ``pruning``), per cell: ``perplexity``, ``ppl_ratio``, ``kl``, ``top1`` and ``seconds``
 (of pruning), with ``method`` = the scorer as named in the cell, ``perturbation`` =
@@ -22,16 +19,9 @@ import math
 
 import pytest
 
+from fixtures.session import options_of
 from harness.claims import ClaimSet, greater, has_effect, trial_changed
-from harness.pruning.cells import PruneCell, PruningCells, ScoreSlot, grid, rounding
-from harness.pruning.options import (
-    FULL_GRANULARITIES,
-    FULL_SCORERS,
-    FULL_SPARSITIES,
-    QUICK_GRANULARITIES,
-    QUICK_SPARSITIES,
-    SUITE_SCORERS,
-)
+from harness.pruning.cells import PruneCell, PruningCells, preset_grid, rounding
 
 CLAIMS = ClaimSet("pruning")
 WANDA_FACTOR = 2.0  # Sun et al. (Wanda, LLaMA-7B, 50% unstructured): magnitude 17.29 vs Wanda 7.26, x2.4
@@ -58,36 +48,21 @@ EFFECT = CLAIMS.effect("pruned_cell", "Pruning the cell's weights at its sparsit
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "cell" in metafunc.fixturenames:
-        opt = metafunc.config.option
-        quick = opt.esa_preset == "quick"
-        cells = grid(opt.esa_prune_scorers or (SUITE_SCORERS if quick else FULL_SCORERS),
-                     opt.esa_sparsities or (QUICK_SPARSITIES if quick else FULL_SPARSITIES),
-                     opt.esa_granularity or (QUICK_GRANULARITIES if quick else FULL_GRANULARITIES))
+        o = options_of(metafunc.config)
+        cells = preset_grid(o.preset, o.pruning.scorers, o.pruning.sparsities, o.pruning.granularities)
         metafunc.parametrize("cell", cells, ids=[c.id for c in cells])
 
 
 @pytest.fixture
 def cells(esa, lm, eval_windows, calib_windows, clean) -> PruningCells:
     """This model's measured cells, shared by the session (the claim tests reuse the grid's cells)."""
-    from fixtures.superweights import shared_detection
-
-    o = esa.options
-    method = o.extra.get("prune_method") or "zero"
-    return esa.cached(
-        (lm.name, "pruning-cells", method, tuple(eval_windows.shape), tuple(calib_windows.shape), o.corpus),
-        lambda: PruningCells(lm, eval_windows, calib_windows, clean.reference,
-                             super_weights=lambda: shared_detection(esa, lm).fault_sites(),
-                             scores=esa.cached((lm.name, "pruning-scores"), ScoreSlot), method=method,
-                             tag=o.corpus))
+    return PruningCells.of(esa, lm, eval_windows, calib_windows, clean)
 
 
 def test_pruning_cell(lm, clean, cells, recorder, cell):
     measured = cells.measure(cell)
     result, summary = measured.result, measured.summary
-    extra = {k: summary[k] for k in ("sparsity", "model_sparsity", "min_matrix_sparsity", "max_matrix_sparsity",
-                                     "pruned", "numel", "protected", "backup_bytes", "matrices")}
-    extra["super_weights_pruned"] = measured.super_weights_pruned
-    columns = {"method": cell.scorer, "perturbation": measured.perturbation, "extra": extra}
+    columns = {"method": cell.scorer, "perturbation": measured.perturbation, "extra": measured.extra}
     recorder.record("perplexity", result.perplexity, clean_value=clean.result.perplexity, **columns)
     recorder.record("ppl_ratio", result.ratio_to(clean.result), **columns)
     recorder.record("kl", result.kl, **columns)
@@ -118,7 +93,7 @@ def test_wanda_beats_magnitude(clean, cells, recorder, granularity):
 
 
 @pytest.mark.parametrize("granularity", list(COMPARED))
-def test_protecting_super_weights(esa, lm, cells, recorder, granularity):
+def test_protecting_super_weights(cells, recorder, granularity):
     plain = cells.measure(PruneCell("magnitude", 0.5, granularity))
     kept = cells.measure(PruneCell("magnitude+protect", 0.5, granularity))
     claim = PROTECTION_HELPS[granularity]
@@ -127,9 +102,7 @@ def test_protecting_super_weights(esa, lm, cells, recorder, granularity):
     columns = {"method": "magnitude+protect", "perturbation": kept.perturbation, "extra": extra}
     assert kept.super_weights_pruned == 0, "a protected super weight was pruned"
     if not cells.super_weight_sites():
-        from fixtures.superweights import shared_detection
-
-        recorder.not_applicable(claim, shared_detection(esa, lm).none_reason(), **columns)
+        recorder.not_applicable(claim, cells.detected().none_reason(), **columns)
     elif plain.super_weights_pruned == 0:
         recorder.not_applicable(claim, "magnitude pruning removed none of the super weights: nothing to protect",
                                 **columns)
@@ -137,30 +110,12 @@ def test_protecting_super_weights(esa, lm, cells, recorder, granularity):
         recorder.claim(claim, greater(plain.perplexity, kept.perplexity), **columns)
 
 
-def test_saved_pruned_model_reloads_with_the_same_perplexity(lm, eval_windows, calib_windows, clean, cells, recorder,
-                                                            tmp_path):
+def test_saved_pruned_model_reloads_with_the_same_perplexity(clean, cells, recorder, tmp_path):
     """Saved inside the pruning context (the shared model is restored after), reloaded twice."""
-    import gc
-
-    from transformers import AutoModelForCausalLM
-
-    from harness.metrics import evaluate
-    from harness.models import load_model
-    from harness.pruning import prune, save_model
-
-    with prune(lm, cells.scores.get(lm, "wanda", calib_windows, tag=cells.tag), 0.5, granularity="row") as report:
-        measured = evaluate(lm.model, eval_windows).perplexity
-        path = save_model(lm, tmp_path / "pruned", report=report, metadata={"source_model": lm.name})
-    assert not [p for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
-    hf = AutoModelForCausalLM.from_pretrained(path, dtype=lm.dtype).eval()
-    via_hf = evaluate(hf, eval_windows).perplexity
-    del hf
-    gc.collect()
-    zoo = load_model(str(path), dtype=lm.dtype)
-    via_zoo = evaluate(zoo.model, eval_windows).perplexity
-    columns = {"method": "wanda", "perturbation": {"kind": "prune", "scorer": "wanda", "sparsity": 0.5,
-                                                   "granularity": "row", "method": "zero", "protected": False}}
-    recorder.record("perplexity", via_zoo, clean_value=clean.result.perplexity,
-                    extra={"reloaded": True, "measured_before_saving": measured, "via_from_pretrained": via_hf},
-                    **columns)
-    assert via_hf == measured and via_zoo == measured
+    saved = cells.save_and_reload(PruneCell("wanda", 0.5, "row"), tmp_path / "pruned")
+    assert not [name for name in saved.files if name.endswith((".bin", ".pt", ".pth", ".pkl"))]
+    extra = {"reloaded": True, "measured_before_saving": saved.before_saving,
+             "via_from_pretrained": saved.via_from_pretrained}
+    recorder.record("perplexity", saved.via_zoo, clean_value=clean.result.perplexity, method="wanda",
+                    perturbation=saved.perturbation, extra=extra)
+    assert saved.via_from_pretrained == saved.before_saving and saved.via_zoo == saved.before_saving

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import pytest
 
+from fixtures.session import options_of
 from harness.campaign.noise_cells import FLOOR, GROUPS, HIGH, KINDS, LOW, grid, measure
 from harness.claims import ClaimSet, has_effect, paired_greater
 from harness.models.archmap import COMPONENTS
@@ -55,7 +56,7 @@ for _kind in KINDS:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "cell" in metafunc.fixturenames:
-        metafunc.parametrize("cell", grid(metafunc.config.getoption("esa_preset")), ids=lambda cell: cell.id)
+        metafunc.parametrize("cell", grid(options_of(metafunc.config).preset), ids=lambda cell: cell.id)
 
 
 def test_noise_robustness(lm, eval_windows, esa, recorder, timer, cell):

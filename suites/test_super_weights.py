@@ -19,10 +19,9 @@ still recorded (target ``candidate``; gemma3-270m x1.117). ``super_weight_detect
 Measured on smollm2-135m (quick, seed 0, 2026-12-01; bounds file): random draws x0.99999 to x1.00004;
 the top super weight alone x4.964 is more than all 3 (layers 28/29 undo part of the super activation).
 
-Ablations: recipes of ``harness.recipes`` measured by ``harness.super_weights.cells`` on all
-``eval_windows``. Records: ``super_weight_score`` per site, ``seconds`` per scorer (``--method``);
-``ppl_ratio`` (+ ``kl``) per ablation, method = target, perturbation ``{kind, target, count,
-detection, ...}``, ``extra.draw`` for the random control.
+Ablations: recipes of ``harness.recipes`` measured by ``harness.super_weights.cells``. Records:
+``super_weight_score`` per site, ``seconds`` per scorer (``--method``); ``ppl_ratio`` (+ ``kl``) per ablation,
+method = target, perturbation ``{kind, target, count, detection, ...}``, ``extra.draw`` for the random control.
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ import math
 
 import pytest
 
+from fixtures.session import options_of
 from harness.claims import ClaimSet, paired_greater
 from harness.recipes import OTHERS
 from harness.scoring.options import DEFAULT_METHOD
@@ -60,7 +60,7 @@ KNOWN_FOUND = CLAIMS.relation(
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "method" in metafunc.fixturenames:
-        methods = metafunc.config.getoption("esa_method") or DEFAULT_METHOD
+        methods = options_of(metafunc.config).scoring.method or DEFAULT_METHOD
         metafunc.parametrize("method", methods, ids=list(methods))
 
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import pytest
 
+from fixtures.session import options_of
 from harness.claims import Claim, ClaimSet, greater
 from harness.targeted.cells import ACTIONS, MIN_EFFECT, PRESETS, TargetedCells, grid, preset
 
@@ -60,8 +61,8 @@ BEATS_RANDOM = [beats_random(m, a) for m in dict.fromkeys(m for p in PRESETS.val
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "cell" in metafunc.fixturenames:
-        opt = metafunc.config.option
-        cells = grid(preset(opt.esa_preset, opt.esa_targeted_methods).methods)
+        o = options_of(metafunc.config)
+        cells = grid(preset(o.preset, o.scoring.targeted_methods).methods)
         metafunc.parametrize("cell", cells, ids=[c.id for c in cells])
     elif "action" in metafunc.fixturenames:
         metafunc.parametrize("action", ACTIONS, ids=list(ACTIONS))

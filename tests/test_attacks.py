@@ -315,14 +315,15 @@ def test_suffix_gradient_predicts_swap_direction(tiny):
 def test_options_parse_and_reject_bad_values(capsys):
     import argparse
 
-    from harness.attacks.options import add_options
+    from harness.attacks.options import AttackOptions
+    from harness.option_values import add_option_set
 
     class Group:  # pytest's option group API over argparse
         def __init__(self, parser):
             self.addoption = parser.add_argument
 
     parser = argparse.ArgumentParser()
-    add_options(Group(parser))
+    add_option_set(Group(parser), AttackOptions)
     opt = parser.parse_args(["--flip-budget", "5", "--attacks", "random,guided", "--attack-dtypes", "int8"])
     assert opt.esa_flip_budget == 5 and opt.esa_attacks == ("random", "guided") and opt.esa_attack_dtypes == ("int8",)
     for bad, message in ((["--flip-budget", "0"], "flip budget must be an integer >= 1, got '0'"),
@@ -333,10 +334,12 @@ def test_options_parse_and_reject_bad_values(capsys):
         assert message in capsys.readouterr().err
 
 
-def _session_options(preset: str = "quick", **extra):
+def _session_options(preset: str = "quick", **attack):
     from types import SimpleNamespace
 
-    return SimpleNamespace(preset=preset, seed=0, trials=None, device="cpu", extra=extra)
+    from harness.attacks.options import AttackOptions
+
+    return SimpleNamespace(preset=preset, seed=0, trials=None, device="cpu", attack=AttackOptions(**attack))
 
 
 def test_grid_measures_bf16_defended_only_when_asked():

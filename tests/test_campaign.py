@@ -289,7 +289,8 @@ def test_cell_grids_per_preset():
     quick, full = bitflip_cells.grid("quick"), bitflip_cells.grid("full")
     assert len(quick) == 3 * len(bitflip_cells.CAMPAIGN_BITS) and {c.dtype for c in quick} == {"native"}
     assert len(full) == 4 * len(quick) and full[1].id == "uniform-sign-native-8flips"
-    assert quick[0].trials_per_preset() == {"quick": 20, "full": 40}  # uniform: the relation's cells
+    presets = bitflip_cells.PRESETS  # uniform: the relation's cells
+    assert [quick[0].trials_in(presets[p]) for p in ("quick", "full")] == [20, 40]
     assert [c.id for c in noise_cells.grid("quick")] == ["gaussian-attention", "gaussian-mlp", "gaussian-linear"]
     assert [c.id for c in ablation_cells.grid("quick")] == ["zero-all", "zero-attention", "zero-mlp_down",
                                                             "zero-query"]
@@ -313,7 +314,7 @@ def test_bitflip_cells_measure_once_record_nothing_and_restore(tiny_llama):
 
     model, calls = tiny_llama.model, []
     windows = token_windows(tiny_llama.tokenizer, load_corpus().eval_docs, LENGTH, COUNT)
-    cells = BitflipCells(preset="quick", seed=3, clean=_clean_of(calls), trials=lambda name, quick, full: 3)
+    cells = BitflipCells(preset="quick", seed=3, clean=_clean_of(calls), trials=lambda name, count: 3)
     before = fingerprint(model)
     exp = cells.measure(tiny_llama, BitflipCell("largest", "exp_msb"), windows)
     assert cells.measure(tiny_llama, BitflipCell("largest", "exp_msb"), windows) is exp

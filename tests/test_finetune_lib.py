@@ -18,8 +18,8 @@ from harness.errors import HarnessError
 from harness.finetune import FinetuneConfig, ensure_finetuned, finetune, training_windows
 from harness.finetune.hardening import WeightClip
 from harness.finetune.lora import wrap_lora
-from harness.finetune.options import config_from_options, finetune_source
-from harness.finetune.run import ADAPTER_DIR, FINETUNE_FILE, _linear_weights
+from harness.finetune.options import FinetuneOptions, config_from_options, finetune_source
+from harness.finetune.run import ADAPTER_DIR, FINETUNE_FILE, linear_weights
 from harness.finetune.train import lr_factor
 from harness.metrics import evaluate
 from harness.models import load_model
@@ -106,18 +106,18 @@ def test_cached_by_settings(tmp_path):
 
 
 def test_finetune_option_loads_the_finetuned_model(tmp_path):
-    options = SimpleNamespace(extra={"finetune": "full", "finetune_tokens": 4 * WINDOW}, preset="quick", seed=0,
+    options = SimpleNamespace(finetune=FinetuneOptions(method="full", tokens=4 * WINDOW), preset="quick", seed=0,
                               window=WINDOW, corpus=None, results_dir=tmp_path, device="cpu")
     source = finetune_source("tiny-llama", options)
     assert source != "tiny-llama" and (tmp_path / "finetuned") in Path(source).parents
     assert load_model(source).family == "llama"
-    options.extra["finetune"] = "none"
+    options.finetune = FinetuneOptions()
     assert finetune_source("tiny-llama", options) == "tiny-llama"
 
 
 def test_weight_clip_keeps_each_matrix_in_range(corpus):
     loaded = load_model("tiny-llama")
-    names = _linear_weights(loaded.model)
+    names = linear_weights(loaded.model)
     limits = {n: float(loaded.model.get_parameter(n).abs().max()) * 0.5 for n in names}
     config = _config("full", clip=0.5)
     result = finetune(loaded, training_windows(loaded.tokenizer, corpus, config), config)
@@ -185,6 +185,6 @@ def test_unwritable_results_directory(tmp_path):
 
 
 def test_finetune_none_has_no_config():
-    options = SimpleNamespace(extra={"finetune": "none"}, preset="quick", seed=0, window=WINDOW, corpus=None)
+    options = SimpleNamespace(finetune=FinetuneOptions(), preset="quick", seed=0, window=WINDOW, corpus=None)
     with pytest.raises(HarnessError, match="--finetune lora or --finetune full"):
         config_from_options(options)

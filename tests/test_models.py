@@ -299,3 +299,34 @@ def test_random_weights_are_the_tiny_families():
     assert has_random_weights("tiny-llama") and MODELS.get("tiny-opt").random_weights
     assert not has_random_weights("smollm2-135m") and not MODELS.get("smollm2-135m").random_weights
     assert not has_random_weights("/some/local/model")  # a local directory is taken as trained
+
+
+def test_dtype_copy_is_the_model_itself_or_one_checked_copy():
+    """DtypeCopy: the model when it has the dtype; else one copy, reused, forgotten when left changed."""
+    import pytest
+    import torch
+
+    from harness.errors import HarnessError
+    from harness.models import load_model
+    from harness.models.copies import DtypeCopy
+
+    loaded = load_model("tiny-llama", dtype="fp32")
+    copies = DtypeCopy()
+    with copies.use(loaded, "fp32") as same:
+        assert same is loaded
+    with copies.use(loaded, "bf16") as copy:
+        assert copy is not loaded and copy.dtype == torch.bfloat16
+    with copies.use(loaded, "bf16") as again:
+        assert again is copy  # loaded once
+        first = next(again.model.parameters())
+    with pytest.raises(HarnessError, match="the test left 1 tensor"), copies.use(loaded, "bf16"):
+        with torch.no_grad():
+            first.add_(1.0)
+    with copies.use(loaded, "bf16") as fresh:
+        assert fresh is not copy  # the changed copy was forgotten
+    copies.clear("another-model")
+    with copies.use(loaded, "bf16") as kept:
+        assert kept is fresh
+    copies.clear("tiny-llama")
+    with copies.use(loaded, "bf16") as reloaded:
+        assert reloaded is not fresh

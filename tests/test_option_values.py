@@ -69,3 +69,30 @@ def test_as_option_type_gives_argparse_a_usage_error(capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["--trials", "0"])
     assert "argument --trials: trials must be an integer >= 1, got '0'" in capsys.readouterr().err
+
+
+def test_option_sets_add_their_options_and_read_them_back_typed():
+    import argparse
+    from dataclasses import dataclass
+
+    from harness.option_values import add_option_set, option, positive_int, read_option_set
+
+    @dataclass(frozen=True)
+    class Toy:
+        budget: int | None = option("--toy-budget", "most flips (default: the preset's)", parse=positive_int,
+                                    args=("toy budget",))
+        names: tuple[str, ...] = option("--toy-names", lambda: "names (default: a,b)", parse=comma_list,
+                                        args=("toy names",), default_factory=lambda: ("a", "b"))
+        keep: bool = option("--toy-keep", "keep (default: off)", default=False)
+
+    parser = argparse.ArgumentParser()
+    group = parser.add_argument_group("esa")
+    group.addoption = group.add_argument  # the pytest group's method name
+    add_option_set(group, Toy)
+    assert read_option_set(Toy, parser.parse_args([])) == Toy(None, ("a", "b"), False) == Toy()
+    given = read_option_set(Toy, parser.parse_args(["--toy-budget", "3", "--toy-names", "x,y,x", "--toy-keep"]))
+    assert given == Toy(3, ("x", "y"), True)
+    assert "names (default: a,b)" in parser.format_help()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--toy-budget", "0"])
+    assert read_option_set(Toy, argparse.Namespace()) == Toy()  # options another plugin did not add: defaults

@@ -280,15 +280,15 @@ def test_selective_bad_input(tiny, kwargs, message):
 
 
 def test_option_parsers_give_usage_errors():
-    parse = as_option_type(options.sparsities)
+    parse = as_option_type(options.parse_sparsities)
     assert parse("0.1, 0.5") == (0.1, 0.5)
     with pytest.raises(argparse.ArgumentTypeError, match=r"sparsity must be in \[0, 1\)"):
         parse("0.5,1")
-    assert as_option_type(options.granularities)("row,2:4,heads") == ("row", "2:4", "head")
+    assert as_option_type(options.parse_granularities)("row,2:4,heads") == ("row", "2:4", "head")
     with pytest.raises(argparse.ArgumentTypeError, match="1 <= N < M"):
-        as_option_type(options.granularities)("8:4")
+        as_option_type(options.parse_granularities)("8:4")
     with pytest.raises(argparse.ArgumentTypeError, match="percentile"):
-        as_option_type(options.percentile)("150")
+        as_option_type(options.parse_percentile)("150")
 
 
 # -- saving --------------------------------------------------------------------------------------

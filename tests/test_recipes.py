@@ -56,7 +56,8 @@ def test_every_recipe_changes_the_model_and_restores_it_bit_exactly(model, detec
         assert changed(before, fingerprint(model)), f"{name} changed nothing"
     assert not changed(before, fingerprint(model))
     json.dumps(prepared.description)
-    assert prepared.sites and all(isinstance(s, FaultSite) for s in prepared.sites)
+    assert prepared.sites or "matrices" in RECIPES.tags(name)
+    assert all(isinstance(s, FaultSite) for s in prepared.sites)
 
 
 def test_super_weight_descriptions(model, detection):
@@ -131,3 +132,18 @@ def test_unknown_recipe_and_missing_inputs(model, detection):
         prepare("zero_random", Subject(model, detection))
     with pytest.raises(HarnessError, match="needs sites"):
         prepare("zero", Subject(model, detection))
+
+
+def test_std_noise_linear_is_seeded_and_scaled_by_each_matrix_std(model):
+    def noisy(seed: int, level: float) -> torch.Tensor:
+        prepared = prepare("std_noise_linear", Subject(model, generator=gen(seed)), level=level)
+        with prepared.perturbation:
+            return model.get_parameter("model.layers.0.mlp.up_proj.weight").clone()
+
+    w = model.get_parameter("model.layers.0.mlp.up_proj.weight").clone()
+    assert torch.equal(noisy(1, 0.1), noisy(1, 0.1)) and not torch.equal(noisy(1, 0.1), noisy(2, 0.1))
+    assert float((noisy(1, 0.1) - w).std()) == pytest.approx(0.1 * float(w.std()), rel=0.2)
+    prepared = prepare("std_noise_linear", Subject(model, generator=gen()), level=0.1)
+    assert prepared.sites == () and prepared.description == {"kind": "noise", "scale": "std", "level": 0.1,
+                                                             "components": "linear"}
+    assert prepared.perturbation.describe()["scale"] == "std"

@@ -71,8 +71,8 @@ def test_registry_tags_and_temporary_entries():
 
 
 def test_toy_scorer_is_an_option_choice(toy):
-    from harness.pruning.options import scorers
-    from harness.scoring.options import methods
+    from harness.pruning.options import parse_scorers as scorers
+    from harness.scoring.options import parse_methods as methods
 
     assert methods(f"magnitude,{toy}") == ("magnitude", toy)
     assert scorers(f"{toy}+protect") == (f"{toy}+protect",)
@@ -86,7 +86,6 @@ def test_toy_scorer_is_in_the_compare_defaults(toy):
     for preset in ("quick", "full"):
         assert options.compare_methods(preset) == tuple(SCORERS.names())
         assert toy in options.compare_methods(preset)
-    assert toy in options.FULL_METHODS and toy in options.QUICK_METHODS  # the names suites imported
     with pytest.raises(HarnessError, match="quick or full"):
         options.compare_methods("fast")
 
@@ -133,9 +132,10 @@ def test_attack_options_read_the_registry_when_parsed():
     parser = argparse.ArgumentParser()
     group = parser.add_argument_group("esa")
     group.addoption = group.add_argument  # the pytest group's method name
-    from harness.attacks.options import add_options
+    from harness.attacks.options import AttackOptions
+    from harness.option_values import add_option_set
 
-    add_options(group)
+    add_option_set(group, AttackOptions)
     with ATTACKS.registered("toy_attack", lambda session: None, tags=("grid",)):  # as @attack registers it
         assert parser.parse_args(["--attacks", "toy_attack"]).esa_attacks == ("toy_attack",)
     with pytest.raises(SystemExit):

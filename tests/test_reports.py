@@ -57,9 +57,10 @@ def two_runs(real_run, tmp_path_factory) -> tuple[Path, str, str, Path]:
 
 
 @pytest.fixture(scope="session")
-def report(real_run) -> Path:
+def report(real_run, tmp_path_factory) -> Path:
+    """The report of the real run, in this worker's own directory (xdist workers share the run's store)."""
     d, first = real_run
-    return build_report(d, run_id=first, out_dir=d / "report-first")
+    return build_report(d, run_id=first, out_dir=tmp_path_factory.mktemp("report-first"))
 
 
 def _claims(out: Path) -> pd.DataFrame:
@@ -68,7 +69,7 @@ def _claims(out: Path) -> pd.DataFrame:
 
 def test_report_layout(real_run, report):
     d, first = real_run
-    assert report == d / "report-first" / first
+    assert report.name == first and report.parent.name.startswith("report-first")
     for name in ("index.html", "analysis_report.md", "summary.md", "tables/claims.csv", "tables/attack_cells.csv",
                  "tables/adversarial_cells.csv"):
         assert (report / name).is_file(), name
@@ -80,7 +81,7 @@ def test_report_layout(real_run, report):
                  "adversarial_bars__tiny-llama.png", "ablation_heatmap__tiny-llama__zero.png"):
         assert name in figs, (name, figs)
     assert "bitflip_curve__tiny-llama.png" not in figs  # one flip count: bars, never a one-value axis
-    assert not [p for p in (d / "report-first").iterdir() if p.name.startswith(".")]  # no temp dirs left
+    assert not [p for p in report.parent.iterdir() if p.name.startswith(".")]  # no temp dirs left
 
 
 def test_four_outcomes_from_the_real_run(report):

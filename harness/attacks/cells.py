@@ -19,7 +19,7 @@ import statistics
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -28,8 +28,10 @@ from harness.attacks.defenses import make_defense, sensitive_sites
 from harness.attacks.options import ATTACK_DTYPES, defense_names, weight_attacks
 from harness.attacks.result import AttackResult
 from harness.claims import Comparison, greater
-from harness.errors import HarnessError
 from harness.stats import trial_seed
+
+if TYPE_CHECKING:
+    from harness.models.copies import DtypeCopy
 
 
 @dataclass(frozen=True)
@@ -65,10 +67,10 @@ RANDOM_STREAM = "attack.random"  # trial_seed stream of the random baseline's se
 
 
 def attack_sizes(options: Any) -> AttackSizes:
-    """The preset's sizes (``options.preset``) with ``--flip-budget`` (``options.extra["flip_budget"]``) and
+    """The preset's sizes (``options.preset``) with ``--flip-budget`` (``options.attack.flip_budget``) and
     ``--trials`` (``options.trials``) applied when given."""
     sizes = SIZES[options.preset]
-    return replace(sizes, budget=options.extra.get("flip_budget") or sizes.budget,
+    return replace(sizes, budget=options.attack.flip_budget or sizes.budget,
                    trials=options.trials or sizes.trials)
 
 
@@ -235,28 +237,39 @@ class Session(Protocol):
 
     def cached(self, key: tuple, make: Callable[[], Any]) -> Any: ...
 
+    def corpus(self) -> Any: ...
+
+    def preset(self, presets: Any) -> Any: ...
+
+    copies: DtypeCopy
+
 
 class AttackCells:
     """What the weight-attack cells of one model share for the session, and the measuring of a cell.
 
     Args:
         loaded: the session's ``LoadedModel``.
-        options: the session's options (``preset``, ``seed``, ``trials``, ``device``, ``extra``).
+        options: the session's options (``preset``, ``seed``, ``trials``, ``device``, ``attack``).
+        copies: the session's second copy of a model in another dtype (default: one of these cells' own).
     """
 
-    def __init__(self, loaded: Any, options: Any) -> None:
+    def __init__(self, loaded: Any, options: Any, copies: DtypeCopy | None = None) -> None:
         self.loaded = loaded
         self.sizes = attack_sizes(options)
         self.seed: int = options.seed
         self.device = options.device
         self._memo: dict[tuple, Any] = {}  # the runs of every cell (AttackCell.memo)
-        self._copies: dict[str, torch.nn.Module] = {}  # the model loaded in another float dtype
+        if copies is None:
+            from harness.models.copies import DtypeCopy
+
+            copies = DtypeCopy(options.device)
+        self.copies = copies  # the model in another float dtype
         self._guided: dict[str, tuple[list[Any], str]] = {}  # guided_sites by detection id
 
     @classmethod
     def of(cls, session: Session, loaded: Any) -> AttackCells:
         """The cells of ``loaded`` kept by ``session`` (forgotten with the model when the session drops it)."""
-        return session.cached((loaded.name, "attack-cells"), lambda: cls(loaded, session.options))
+        return session.cached((loaded.name, "attack-cells"), lambda: cls(loaded, session.options, session.copies))
 
     def seeds(self) -> list[int]:
         """The random baseline's seeds (``trial_seed(seed, i, stream="attack.random")``)."""
@@ -277,8 +290,6 @@ class AttackCells:
         Raises:
             HarnessError: the body left the copy changed (the copy is forgotten, and loaded again next time).
         """
-        from harness.models.device import DTYPES
-
         model = self.loaded.model
         if dtype == "int8":
             from harness.faults import quantize_int8
@@ -286,26 +297,8 @@ class AttackCells:
             with quantize_int8(model, [t.module for t in attack_targets(model)]):
                 yield model
             return
-        if self.loaded.dtype == DTYPES[dtype]:
-            yield model
-            return
-        from harness.fingerprint import changed, fingerprint
-        from harness.models import load_model
-
-        if dtype not in self._copies:
-            self._copies[dtype] = load_model(self.loaded.name, device=self.device, dtype=dtype).model
-        other = self._copies[dtype]
-        before, done = fingerprint(other), False
-        try:
-            yield other
-            done = True
-        finally:
-            leaked = changed(before, fingerprint(other))
-            if leaked:
-                del self._copies[dtype]
-                if done:  # else the body's own error is on its way
-                    raise HarnessError(f"attack left {len(leaked)} tensor(s) of the {dtype} copy changed: "
-                                       f"{', '.join(leaked[:5])}")
+        with self.copies.use(self.loaded, dtype, what="attack") as other:
+            yield other.model
 
     def cell(self, model: torch.nn.Module, dtype: str, defense: str, eval_windows: torch.Tensor,
              calib_windows: torch.Tensor, super_weights: list[Any]) -> AttackCell:

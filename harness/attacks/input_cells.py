@@ -1,7 +1,7 @@
 """Cells of the adversarial suite: one input attack on the session's prompts, measured prompt by prompt.
 
-The grid is data: :data:`PROMPT_COUNT`, :data:`GREEDY` and :func:`preset_options` give the preset's prompt
-count, greedy tokens compared and attack sizes. Prompts (:func:`prompt_pairs`) are the opening words
+The grid is data: :data:`PRESETS` gives each preset's prompt count, greedy tokens compared and attack sizes
+(:class:`Preset`). Prompts (:func:`prompt_pairs`) are the opening words
 of the first evaluation documents (``harness.data.generation_prompts``): the first :data:`PROMPT_WORDS`
 words are the prompt and the next :data:`TARGET_WORDS` the target continuation whose log-probability
 the attack lowers. :meth:`InputAttackCell.measure` attacks every prompt (prompt ``i`` seeded with
@@ -21,26 +21,49 @@ import torch
 from harness.attacks.cells import Session
 from harness.attacks.input_attacks import InputAttackResult, run_input_attack
 from harness.attacks.random_suffix import random_suffix_logprob
+from harness.option_values import pick_preset
 from harness.stats import trial_seed
 
 PROMPT_WORDS, TARGET_WORDS = 10, 6
 SUFFIX_ATTACKS = ("gcg", "hotflip")  # token-level suffix searches (the others edit characters)
-# quick fits CI on two CPU cores, full is for GPU runners
-PROMPT_COUNT = {"quick": 3, "full": 8}  # prompts per attack
-GREEDY = {"quick": 6, "full": 16}  # greedy tokens compared before and after the attack
-CHARACTER_SIZES = {"quick": {"edits": 2, "tries": 6}, "full": {"edits": 3, "tries": 32}}  # best of tries random edits
-SUFFIX_SIZES = {"quick": {"length": 6, "steps": 4, "batch": 8}, "full": {"length": 12, "steps": 32, "batch": 64}}
-GCG_TOPK = {"quick": 32, "full": 128}  # candidate tokens per suffix position
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Sizes of one depth preset (quick fits CI on two CPU cores, full is for GPU runners).
+
+    Attributes:
+        prompts: prompts per attack.
+        greedy: greedy tokens compared before and after the attack.
+        character: character attacks: the best of ``tries`` random prompts with ``edits`` character edits.
+        suffix: suffix attacks: a suffix of ``length`` tokens searched for ``steps`` steps of ``batch`` candidates.
+        gcg_topk: gcg: candidate tokens per suffix position.
+    """
+
+    prompts: int
+    greedy: int
+    character: dict[str, int]
+    suffix: dict[str, int]
+    gcg_topk: int
+
+    def options(self, method: str) -> dict[str, int]:
+        """The options of input attack ``method`` at this preset."""
+        if method not in SUFFIX_ATTACKS:
+            return dict(self.character)
+        return {**self.suffix, "topk": self.gcg_topk} if method == "gcg" else dict(self.suffix)
+
+
+PRESETS = {
+    "quick": Preset(prompts=3, greedy=6, character={"edits": 2, "tries": 6},
+                    suffix={"length": 6, "steps": 4, "batch": 8}, gcg_topk=32),
+    "full": Preset(prompts=8, greedy=16, character={"edits": 3, "tries": 32},
+                   suffix={"length": 12, "steps": 32, "batch": 64}, gcg_topk=128),
+}
 
 
 def preset_options(method: str, preset: str) -> dict[str, int]:
-    """The options of input attack ``method`` at ``preset``: a suffix of ``length`` tokens searched for ``steps``
-    steps of ``batch`` candidates (gcg: from the ``topk`` tokens of each position), or the best of ``tries``
-    random prompts with ``edits`` character edits."""
-    if method not in SUFFIX_ATTACKS:
-        return dict(CHARACTER_SIZES[preset])
-    sizes = dict(SUFFIX_SIZES[preset])
-    return {**sizes, "topk": GCG_TOPK[preset]} if method == "gcg" else sizes
+    """The options of input attack ``method`` at ``preset`` (:meth:`Preset.options`)."""
+    return pick_preset(PRESETS, preset).options(method)
 
 
 def prompt_pairs(corpus: Any, count: int) -> list[tuple[str, str]]:
@@ -137,12 +160,9 @@ class InputAttackCell:
     @classmethod
     def of(cls, session: Session, method: str) -> InputAttackCell:
         """The cell of ``method`` at the session's preset, on prompts of the session's corpus (loaded once)."""
-        from harness.data import load_corpus
-
-        o = session.options
-        corpus = session.cached(("corpus", o.corpus), lambda: load_corpus(o.corpus))
-        return cls(method, preset_options(method, o.preset), prompt_pairs(corpus, PROMPT_COUNT[o.preset]), o.seed,
-                   GREEDY[o.preset])
+        p = session.preset(PRESETS)
+        return cls(method, p.options(method), prompt_pairs(session.corpus(), p.prompts), session.options.seed,
+                   p.greedy)
 
     def measure(self, loaded: Any) -> InputAttackMeasurement:
         """Attack every prompt on ``loaded`` (a ``LoadedModel``), with the random-suffix control of a suffix attack."""

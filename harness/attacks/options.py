@@ -3,16 +3,14 @@
 The choices are the registries' names, read when the option is parsed: ``ATTACKS`` (weight attacks),
 ``DEFENSES`` and ``INPUT_ATTACKS`` (:mod:`harness.attacks`). A new attack registered with its
 decorator is a valid choice and part of the default grid with no change here. The functions
-:func:`weight_attacks`, :func:`defense_names` and :func:`input_attack_names` give the defaults; the
-old constant names (``WEIGHT_ATTACKS``, ...) still resolve, to the same registry names.
+:func:`weight_attacks`, :func:`defense_names` and :func:`input_attack_names` give the defaults.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
 
-from harness.option_values import as_option_type, choices, positive_int
+from harness.option_values import choices, option, positive_int
 
 ATTACK_DTYPES = ("fp32", "bf16", "int8")  # the weight representations the attack suite attacks
 
@@ -39,32 +37,26 @@ def input_attack_names() -> tuple[str, ...]:
     return tuple(INPUT_ATTACKS.names())
 
 
-_DEFAULTS: dict[str, Callable[[], tuple[str, ...]]] = {
-    "WEIGHT_ATTACKS": weight_attacks, "DEFENSE_NAMES": defense_names, "INPUT_ATTACK_NAMES": input_attack_names,
-}
+@dataclass(frozen=True)
+class AttackOptions:
+    """Options of the attack and adversarial suites (``esa.options.attack``); None: the preset's, or every
+    registered name."""
 
-
-def __getattr__(name: str) -> Any:  # the constants suites imported before the lists came from the registries
-    if name in _DEFAULTS:
-        return _DEFAULTS[name]()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def add_options(group) -> None:
-    """Add the attack options to the plugin's option group (choices read from the registries when parsed)."""
-    attacks, defenses, inputs = weight_attacks(), defense_names(), input_attack_names()
-    group.addoption("--flip-budget", dest="esa_flip_budget", type=as_option_type(positive_int, "flip budget"),
-                    default=None,
-                    help="most bit flips per weight-attack run (default: the preset's, quick 12, full 64)")
-    group.addoption("--attacks", dest="esa_attacks", type=as_option_type(choices, weight_attacks, "weight attack"),
-                    default=None,
-                    help=f"weight attacks of -k attack, comma list (default: all registered: {','.join(attacks)})")
-    group.addoption("--defenses", dest="esa_defenses", type=as_option_type(choices, defense_names, "defense"),
-                    default=None,
-                    help=f"defenses of -k attack, comma list (default: all registered: {','.join(defenses)})")
-    group.addoption("--attack-dtypes", dest="esa_attack_dtypes",
-                    type=as_option_type(choices, ATTACK_DTYPES, "attack dtype"), default=None,
-                    help=f"weight dtypes of -k attack (default: {','.join(ATTACK_DTYPES)})")
-    group.addoption("--input-attacks", dest="esa_input_attacks",
-                    type=as_option_type(choices, input_attack_names, "input attack"), default=None,
-                    help=f"input attacks of -k adversarial, comma list (default: all registered: {','.join(inputs)})")
+    flip_budget: int | None = option(
+        "--flip-budget", "most bit flips per weight-attack run (default: the preset's, quick 12, full 64)",
+        parse=positive_int, args=("flip budget",))
+    attacks: tuple[str, ...] | None = option(
+        "--attacks", lambda: "weight attacks of -k attack, comma list (default: all registered: "
+                             f"{','.join(weight_attacks())})",
+        parse=choices, args=(weight_attacks, "weight attack"))
+    defenses: tuple[str, ...] | None = option(
+        "--defenses", lambda: f"defenses of -k attack, comma list (default: all registered: "
+                              f"{','.join(defense_names())})",
+        parse=choices, args=(defense_names, "defense"))
+    dtypes: tuple[str, ...] | None = option(
+        "--attack-dtypes", f"weight dtypes of -k attack (default: {','.join(ATTACK_DTYPES)})",
+        parse=choices, args=(ATTACK_DTYPES, "attack dtype"))
+    input_attacks: tuple[str, ...] | None = option(
+        "--input-attacks", lambda: "input attacks of -k adversarial, comma list (default: all registered: "
+                                   f"{','.join(input_attack_names())})",
+        parse=choices, args=(input_attack_names, "input attack"))

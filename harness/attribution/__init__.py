@@ -9,7 +9,8 @@ perturbation of the weights changes that.
     compare(clean, moved, k=3)
 
 Modules: ``llm`` (targets, the Captum methods, memory), ``measures`` (clean-versus-perturbed
-measures), ``prompts`` (the shipped prompt set, ``prompts.json``).
+measures), ``prompts`` (the shipped prompt set, ``prompts.json``), ``cells`` (the attribution suite's grid,
+perturbations and statistics).
 """
 
 from harness.attribution.llm import (

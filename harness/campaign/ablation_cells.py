@@ -14,10 +14,11 @@ from typing import Any
 
 import torch
 
-from harness.campaign.cells import ComponentCell, pick_preset
+from harness.campaign.cells import ComponentCell
 from harness.campaign.engine import Campaign
 from harness.faults import ablate_layer
 from harness.models.archmap import COMPONENTS, num_layers
+from harness.option_values import pick_preset
 
 MODES = ("zero", "mean")  # mean: each matrix replaced by its own mean (the control that tells components apart)
 # Zeroing any factor of a product silences the whole sublayer (value, attn_out and attention alike; mlp_up,

@@ -18,12 +18,13 @@ from typing import Any
 import torch
 
 from harness.campaign.bitflip import TARGETS, sample_sites, site_pool
-from harness.campaign.cells import pick_preset
 from harness.campaign.engine import Campaign, trial_specs
 from harness.campaign.sizing import Precision, Sizing, sequential
 from harness.claims import trial_changed
 from harness.faults import BIT_CLASSES, FaultSite, flip_bits
+from harness.models.copies import DtypeCopy
 from harness.models.device import DTYPES, dtype_name
+from harness.option_values import pick_preset
 
 CAMPAIGN_BITS = tuple(BIT_CLASSES.names(tag="campaign"))
 # A mantissa-LSB flip moves a weight by one unit in the last place and may be rounded away in every output:
@@ -74,9 +75,9 @@ class BitflipCell:
     def id(self) -> str:
         return f"{self.target}-{self.bit_class}-{self.dtype}-{self.n_flips}flip{'s' if self.n_flips > 1 else ''}"
 
-    def trials_per_preset(self) -> dict[str, int]:
-        """Trials of this cell in each preset (``quick=``, ``full=``), for the session's trial rule."""
-        return {name: p.uniform_trials if self.target == "uniform" else p.trials for name, p in PRESETS.items()}
+    def trials_in(self, preset: BitflipPreset) -> int:
+        """Trials of this cell in ``preset`` (before the session's trial rule: ``--trials``, random weights)."""
+        return preset.uniform_trials if self.target == "uniform" else preset.trials
 
     def skip_reason(self, loaded: Any) -> str | None:
         """Why this cell does not apply to ``loaded`` (a bf16 cell of a bf16 model), else None."""
@@ -149,42 +150,35 @@ class BitflipResult:
 
 
 class BitflipCells:
-    """The measured bit-flip cells of a session's models (a cell is measured once per model and dtype), and the
-    bf16 copy of one model at a time.
+    """The measured bit-flip cells of a session's model (a cell is measured once per dtype).
 
     Args:
         preset: ``quick`` or ``full`` (windows per cell; the grid is :func:`grid`).
         seed: the campaign seed (trial t draws from ``trial_seed(seed, t)``).
         clean: ``clean(name, model, windows) -> Clean``, the session's shared clean baseline (prefix kept).
-        trials: ``trials(model_name, quick=N, full=M) -> int``, the session's trial rule.
-        device: where a bf16 copy is loaded.
+        trials: ``trials(model_name, preset_count) -> int``, the session's trial rule.
+        copies: the model's bf16 copy (``harness.models.copies.DtypeCopy``; default: these cells' own).
         precision: size rate cells sequentially to this precision (None: the preset's trials only).
     """
 
     def __init__(self, *, preset: str, seed: int, clean: Callable[..., Any], trials: Callable[..., int],
-                 device: str = "cpu", precision: Precision | None = None) -> None:
+                 copies: DtypeCopy | None = None, precision: Precision | None = None) -> None:
         self.preset = pick_preset(PRESETS, preset)
-        self.seed, self.clean, self.trials, self.device, self.precision = seed, clean, trials, device, precision
+        self.seed, self.clean, self.trials, self.precision = seed, clean, trials, precision
+        self.copies = copies if copies is not None else DtypeCopy()
         self._done: dict[tuple, BitflipResult] = {}
         self._pools: dict[tuple, tuple[list[FaultSite] | None, str]] = {}
-        self._copy: tuple[str, Any] | None = None  # (model name, its bf16 LoadedModel)
 
-    def close(self) -> None:
-        """Forget the measured cells and drop the bf16 copy."""
-        self._done.clear()
-        self._pools.clear()
-        self._copy = None
+    @classmethod
+    def of(cls, session: Any, loaded: Any) -> BitflipCells:
+        """``loaded``'s cells kept by the pytest ``session`` (forgotten with the model when the session drops it)."""
+        o = session.options
 
-    def model_for(self, loaded: Any, cell: BitflipCell) -> Any:
-        """The ``LoadedModel`` a cell flips: ``loaded`` itself, or its bf16 copy (loaded on first need)."""
-        if cell.dtype == "native":
-            return loaded
-        if self._copy is None or self._copy[0] != loaded.name:
-            from harness.models import load_model
+        def make() -> BitflipCells:
+            return cls(preset=o.preset, seed=o.seed, clean=session.clean, trials=session.trials,
+                       copies=session.copies, precision=o.precision)
 
-            self._copy = None  # one extra model at a time
-            self._copy = (loaded.name, load_model(loaded.name, device=self.device, dtype=cell.dtype))
-        return self._copy[1]
+        return session.cached((loaded.name, "bitflip-cells"), make)
 
     def pool(self, loaded: Any, target: str, detection: Any = None) -> tuple[list[FaultSite] | None, str]:
         """(candidate sites, where they come from) of ``target`` on ``loaded``, once per model and dtype;
@@ -205,21 +199,17 @@ class BitflipCells:
             windows: the eval windows (count, length); the preset's first ones are used.
             detection: the model's super-weight detection, for the ``list`` target.
         """
-        flipped = self.model_for(loaded, cell)
-        key = (loaded.name, short_dtype(flipped.dtype), cell)
+        dtype = short_dtype(loaded.dtype) if cell.dtype == "native" else cell.dtype
+        key = (loaded.name, dtype, cell)
         if key not in self._done:
-            self._done[key] = self._run(loaded.name, flipped, cell, windows[: self.preset.windows], detection,
-                                        copy=flipped is not loaded)
+            with self.copies.use(loaded, dtype, what=f"bit-flip cell {cell.id}") as flipped:
+                self._done[key] = self._run(loaded.name, flipped, cell, windows[: self.preset.windows], detection)
         return self._done[key]
 
-    def _run(self, name: str, loaded: Any, cell: BitflipCell, windows: torch.Tensor, detection: Any, *,
-             copy: bool) -> BitflipResult:
-        from harness.fingerprint import changed, fingerprint
-
+    def _run(self, name: str, loaded: Any, cell: BitflipCell, windows: torch.Tensor, detection: Any) -> BitflipResult:
         model, dtype = loaded.model, short_dtype(loaded.dtype)
         clean = self.clean(loaded.name, model, windows)
         pool, source = self.pool(loaded, cell.target, detection)
-        before = fingerprint(model) if copy else None  # the session's model has its own guard
 
         def perturb(spec, g):
             return flip_bits(model, sample_sites(model, cell.target, cell.bit_class, cell.n_flips, generator=g,
@@ -232,7 +222,7 @@ class BitflipCells:
             return campaign.run(trial_specs(self.seed, count, first=first), perturb, cell=label)
 
         rows, sizing = [], None
-        for rec in sequential(run, lambda r: r.trial.collapsed, start=self.trials(name, **cell.trials_per_preset()),
+        for rec in sequential(run, lambda r: r.trial.collapsed, start=self.trials(name, cell.trials_in(self.preset)),
                               precision=self.precision, population=len(pool) if pool else math.inf):
             if isinstance(rec, Sizing):
                 sizing = rec
@@ -240,7 +230,5 @@ class BitflipCells:
             t = rec.trial
             rows.append(BitflipTrial(rec.spec.trial, rec.spec.seed, t.ratio, t.result.kl, t.collapsed,
                                      trial_changed(t.ratio, t.result.kl, t.masked), tuple(rec.perturbation.sites)))
-        if before is not None and changed(before, fingerprint(model)):
-            raise AssertionError(f"the {dtype} copy of {name} was not restored")
         return BitflipResult(cell, tuple(rows), sizing, source, dtype, dtype_name(loaded.dtype),
                              clean.result.perplexity)

@@ -1,26 +1,13 @@
-"""What the cells of the campaign suites share (:mod:`~harness.campaign.bitflip_cells`,
-:mod:`~harness.campaign.noise_cells`, :mod:`~harness.campaign.ablation_cells`): the depth preset lookup and the
-check that a model's family has a cell's component."""
+"""What the cells of the campaign suites share (:mod:`~harness.campaign.noise_cells`,
+:mod:`~harness.campaign.ablation_cells`): a cell of one component, and the check that a model's family has it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from harness.errors import HarnessError
-from harness.option_values import choice
-
-T = TypeVar("T")
-
-
-def pick_preset(presets: Mapping[str, T], name: str) -> T:
-    """The preset ``name`` (``quick``, ``full``) of a cells module's ``PRESETS``.
-
-    Raises:
-        UnknownNameError: another name; the message lists the presets.
-    """
-    return presets[choice(name, presets, "preset")]
 
 
 def missing_component(loaded: Any, component: str) -> str | None:

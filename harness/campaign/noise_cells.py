@@ -14,11 +14,12 @@ from typing import Any
 
 import torch
 
-from harness.campaign.cells import ComponentCell, pick_preset
+from harness.campaign.cells import ComponentCell
 from harness.campaign.engine import Campaign, trial_specs
 from harness.claims import trial_changed
 from harness.faults import add_noise
 from harness.models.archmap import COMPONENTS, select
+from harness.option_values import pick_preset
 
 LOW, HIGH = 0.001, 0.5  # the first and last level of every preset (the bounds' levels)
 FLOOR = 0.1  # levels from here on are compared by the damage-grows relation; below it ratios scatter around 1

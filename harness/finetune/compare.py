@@ -3,7 +3,8 @@
 :func:`measure` takes one model (base or fine-tuned) and the evaluation windows and returns
 :class:`Measures`: held-out perplexity; the detected super weights (``harness.scoring.superweights``;
 where none reaches the detector's factor, e.g. a random-weight tiny model, the strongest candidate
-stands in so the same code runs, ``sw_source`` says which) and the perplexity ratio with them zeroed;
+stands in so the same code runs, ``sw_source`` says which) and the perplexity ratio with them zeroed
+(the ``zero_super_weights`` recipe of :mod:`harness.recipes`);
 the uniform exp-MSB bit-flip collapse rate over the decoder's linear weights; and the perplexity
 ratio under relative weight noise ``w * (1 + sigma * eps)`` at each sigma, per seeded trial. Trial
 ``t`` draws from a generator seeded ``seed * 100_003 + t`` in every model, so two models' trials are
@@ -24,7 +25,9 @@ from typing import Any
 import torch
 
 from harness.campaign import clean_baseline, run_trial
-from harness.faults import ablate, add_noise, flip_bits, uniform_sites
+from harness.faults import add_noise, flip_bits, uniform_sites
+from harness.finetune.run import linear_weights, training_windows
+from harness.recipes import Subject, prepare
 from harness.stats import jaccard, trial_seed
 
 
@@ -67,17 +70,10 @@ class Measures:
         return sum(values) / len(values) if all(map(math.isfinite, values)) else math.inf
 
 
-def _linear(model: torch.nn.Module) -> list[str]:
-    from harness.models.archmap import select
-
-    return sorted({ref.param for ref in select(model, components="linear")})
-
-
 def training_perplexity(loaded: Any, config: Any) -> float:
     """Perplexity of ``loaded`` on the windows a fine-tuning run with ``config`` trains on
     (:func:`harness.finetune.run.training_windows` of ``config.corpus``); one forward pass over them."""
     from harness.data import load_corpus
-    from harness.finetune.run import training_windows
     from harness.metrics import evaluate
 
     return evaluate(loaded.model, training_windows(loaded.tokenizer, load_corpus(config.corpus), config)).perplexity
@@ -107,8 +103,9 @@ def measure(loaded: Any, windows: torch.Tensor, *, seed: int, flip_trials: int, 
     sites = list(detection.sites) or ([detection.candidate] if detection.candidate is not None else [])
     zeroed = math.nan
     if sites:
-        zeroed = run_trial(model, windows, clean, ablate(model, [s.site for s in sites], "zero")).ratio
-    linear = _linear(model)
+        zeroed = run_trial(model, windows, clean,
+                           prepare("zero_super_weights", Subject(model, detection=detection)).perturbation).ratio
+    linear = linear_weights(model)
     collapses = 0
     for t in range(flip_trials):
         g = torch.Generator().manual_seed(trial_seed(seed, t))
@@ -144,6 +141,7 @@ class SuperWeightShift:
     top_kept: bool
     jaccard: float
     drift: list[tuple[int, int, int, float, float, float]]
+
 
 def super_weight_shift(before: Measures, after: Measures, after_model: torch.nn.Module) -> SuperWeightShift:
     """Compare the super weights of ``before`` and ``after`` (``after_model``: the fine-tuned model)."""

@@ -71,7 +71,8 @@ def training_windows(tokenizer: Any, corpus: Any, config: FinetuneConfig) -> tor
                            "(--finetune-tokens), or a larger --corpus") from e
 
 
-def _linear_weights(model: Any) -> list[str]:
+def linear_weights(model: Any) -> list[str]:
+    """The names of the decoder blocks' linear weight matrices, sorted."""
     from harness.models.archmap import select
 
     return sorted({ref.param for ref in select(model, components="linear")})
@@ -92,7 +93,7 @@ def finetune(loaded: Any, windows: torch.Tensor, config: FinetuneConfig, *,
     if loaded.dtype != torch.float32:
         raise HarnessError(f"fine-tuning needs fp32 weights (AdamW on {loaded.dtype} loses small updates); "
                            "load the model with dtype='fp32'")
-    names = _linear_weights(model)
+    names = linear_weights(model)
     label = f"{loaded.name} {config.method} {config.variant}"
     try:
         if config.method == "lora":

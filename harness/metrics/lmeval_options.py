@@ -1,7 +1,7 @@
 """Command-line options of the ``evaluate`` suite, added to the plugin's "esa" group.
 
 Cheap to import (no lm-eval, no torch): the plugin imports it while pytest parses options. The
-values land in ``esa.options.extra["tasks"]`` and ``esa.options.extra["perturb"]``. The default tasks
+values land in ``esa.options.lmeval`` (:class:`LmEvalOptions`: ``tasks``, ``perturb``). The default tasks
 are the shipped offline tasks (``harness.metrics.lmeval.OFFLINE_TASKS``), read when the option is added.
 """
 
@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 
 from harness.errors import HarnessError
-from harness.option_values import as_option_type, comma_list
+from harness.option_values import comma_list, option
 
 DEFAULT_PERTURB = "super_weight_zero"
 PERTURB_KINDS = ("super_weight_zero", "noise:STD")
@@ -24,7 +24,8 @@ class PerturbSpec:
 
     Attributes:
         kind: ``super_weight_zero`` (zero the model's super weight) or ``noise`` (Gaussian noise of
-            ``level`` times each weight matrix's own standard deviation, on every MLP down projection).
+            ``level`` times each weight matrix's own standard deviation, on every linear weight of the decoder
+            blocks: the ``std_noise_linear`` recipe).
         level: the noise level; None for ``super_weight_zero``.
     """
 
@@ -66,16 +67,15 @@ def default_tasks() -> tuple[str, ...]:
     return tuple(OFFLINE_TASKS)
 
 
-def add_options(group) -> None:
-    """Add ``--tasks`` and ``--perturb`` to the plugin's option group."""
-    tasks = default_tasks()
-    group.addoption("--tasks", dest="esa_tasks", type=as_option_type(parse_tasks), default=tasks,
-                    metavar="NAMES",
-                    help=f"lm-eval tasks of the evaluate suite, comma list; 'offline' = the shipped tasks; "
-                         f"hub tasks (wikitext, hellaswag, arc_easy, ...) skip without the hub "
-                         f"(default: {','.join(tasks)})")
-    group.addoption("--perturb", dest="esa_perturb", type=as_option_type(parse_perturb),
-                    default=parse_perturb(DEFAULT_PERTURB),
-                    metavar="SPEC",
-                    help=f"perturbation of the evaluate suite: {' or '.join(PERTURB_KINDS)} "
-                         f"(default: {DEFAULT_PERTURB})")
+@dataclass(frozen=True)
+class LmEvalOptions:
+    """Options of the ``evaluate`` suite (``esa.options.lmeval``)."""
+
+    tasks: tuple[str, ...] = option(
+        "--tasks", lambda: "lm-eval tasks of the evaluate suite, comma list; 'offline' = the shipped tasks; hub "
+                           "tasks (wikitext, hellaswag, arc_easy, ...) skip without the hub (default: "
+                           f"{','.join(default_tasks())})",
+        parse=parse_tasks, default_factory=default_tasks, metavar="NAMES")
+    perturb: PerturbSpec = option(
+        "--perturb", f"perturbation of the evaluate suite: {' or '.join(PERTURB_KINDS)} (default: {DEFAULT_PERTURB})",
+        parse=parse_perturb, default=PerturbSpec(DEFAULT_PERTURB), metavar="SPEC")

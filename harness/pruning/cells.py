@@ -1,9 +1,13 @@
 """Cells of the pruning suites: one (scorer, sparsity, granularity) pruning measured once per model.
 
+The grid per depth preset is :data:`PRESETS` (quick: magnitude, wanda, gradient, magnitude+protect x
+10/30/50/60% x row, and 2:4; full adds taylor and wanda+protect, 10-60% in steps of 10 and every
+granularity); :func:`preset_grid` applies ``--prune-scorers``, ``--sparsities`` and ``--granularity``.
 A cell prunes the live model with one scorer's scores, evaluates it and restores it bit-exactly;
-:class:`PruningCells` memoizes the measured cells of one model, so that the claim tests comparing
-cells reuse them. :class:`ScoreSlot` keeps the scores of one scorer at a time (the cells of one
-scorer run together; two scorers' scores of a large model need not fit in memory at once).
+:class:`PruningCells` memoizes the measured cells of one model (:meth:`PruningCells.of`), so that the
+claim tests comparing cells reuse them. :class:`ScoreSlot` keeps the scores of one scorer at a time
+(the cells of one scorer run together; two scorers' scores of a large model need not fit in memory
+at once), one slot per model for the session (:meth:`ScoreSlot.of`, shared with the selective suite).
 """
 
 from __future__ import annotations
@@ -11,9 +15,20 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
+
+from harness.option_values import pick_preset
+from harness.pruning.options import (
+    FULL_GRANULARITIES,
+    FULL_SCORERS,
+    FULL_SPARSITIES,
+    QUICK_GRANULARITIES,
+    QUICK_SPARSITIES,
+    SUITE_SCORERS,
+)
 
 PROTECT = "+protect"  # suffix of a scorer name: the same scorer with the model's super weights kept
 
@@ -62,6 +77,32 @@ def grid(scorers: Iterable[str], sparsities: Sequence[float], granularities: Seq
     return cells
 
 
+@dataclass(frozen=True)
+class Preset:
+    """The pruning grid of one depth preset.
+
+    Attributes:
+        scorers: scorer names, ``NAME+protect`` to keep the super weights (``--prune-scorers``).
+        sparsities: sparsities of the unstructured granularities (``--sparsities``).
+        granularities: granularities; an N:M one has its own sparsity (``--granularity``).
+    """
+
+    scorers: tuple[str, ...]
+    sparsities: tuple[float, ...]
+    granularities: tuple[str, ...]
+
+
+PRESETS = {"quick": Preset(SUITE_SCORERS, QUICK_SPARSITIES, QUICK_GRANULARITIES),
+           "full": Preset(FULL_SCORERS, FULL_SPARSITIES, FULL_GRANULARITIES)}
+
+
+def preset_grid(preset: str, scorers: Sequence[str] | None = None, sparsities: Sequence[float] | None = None,
+                granularities: Sequence[str] | None = None) -> list[PruneCell]:
+    """The :func:`grid` of preset ``preset``, each part replaced by the one given (None or empty: the preset's)."""
+    p = pick_preset(PRESETS, preset)
+    return grid(scorers or p.scorers, sparsities or p.sparsities, granularities or p.granularities)
+
+
 class ScoreSlot:
     """The ScoreSet of the last calibrated scorer asked for (one slot: a new one replaces the old scores; a scorer
     that reads only the weights, such as magnitude, is computed each time and leaves the slot alone)."""
@@ -69,6 +110,11 @@ class ScoreSlot:
     def __init__(self) -> None:
         self._key: tuple | None = None
         self._scores: Any = None
+
+    @classmethod
+    def of(cls, esa: Any, loaded: Any) -> ScoreSlot:
+        """The slot of ``loaded`` in the pytest session ``esa`` (one per model, shared by the pruning suites)."""
+        return esa.cached((loaded.name, "pruning-scores"), cls)
 
     def get(self, loaded: Any, scorer: str, windows: torch.Tensor, *, tag: Any = None) -> Any:
         """The ``scorer`` scores of every linear matrix of ``loaded`` on ``windows`` (computed once per slot).
@@ -106,6 +152,36 @@ class CellResult:
     def perplexity(self) -> float:
         return self.result.perplexity
 
+    @property
+    def extra(self) -> dict[str, Any]:
+        """What a cell's records carry beside the metric: the sparsity reached (overall, smallest and largest per
+        matrix), weights pruned, protected sites, backup bytes, matrices and the super weights pruned."""
+        kept = {k: self.summary[k] for k in SUMMARY}
+        return {**kept, "super_weights_pruned": self.super_weights_pruned}
+
+
+SUMMARY = ("sparsity", "model_sparsity", "min_matrix_sparsity", "max_matrix_sparsity", "pruned", "numel", "protected",
+           "backup_bytes", "matrices")  # SparsityReport.to_dict keys a cell's records carry
+
+
+@dataclass(frozen=True)
+class Reloaded:
+    """A pruned model saved (inside the pruning context) and loaded back.
+
+    Attributes:
+        before_saving: perplexity of the pruned live model on the evaluation windows.
+        via_from_pretrained: the same, loaded back with ``AutoModelForCausalLM.from_pretrained``.
+        via_zoo: the same, loaded back with ``harness.models.load_model``.
+        files: names of the files written.
+        perturbation: the pruning, as the cells' records describe it.
+    """
+
+    before_saving: float
+    via_from_pretrained: float
+    via_zoo: float
+    files: list[str]
+    perturbation: dict[str, Any]
+
 
 @dataclass
 class PruningCells:
@@ -115,8 +191,8 @@ class PruningCells:
         loaded: the ``LoadedModel`` pruned in place and restored after each cell.
         eval_windows, calib_windows: evaluation and calibration windows (count, length).
         reference: the clean model's KL / top-1 reference (``harness.metrics.make_reference``).
-        super_weights: called once, on first need: the model's super weights (FaultSites), kept by
-            ``+protect`` cells and counted in every cell.
+        detection: called once, on first need: the model's super-weight ``Detection``; its sites are kept
+            by ``+protect`` cells and counted in every cell.
         scores: the score slot (share one with other suites of the session).
         method: what pruned weights become (``zero``, ``mean``, ``noise``).
         tag: what else the scores depend on (the corpus name).
@@ -126,17 +202,38 @@ class PruningCells:
     eval_windows: torch.Tensor
     calib_windows: torch.Tensor
     reference: Any
-    super_weights: Callable[[], list[Any]]
+    detection: Callable[[], Any]
     scores: ScoreSlot = field(default_factory=ScoreSlot)
     method: str = "zero"
     tag: Any = None
     _done: dict[PruneCell, CellResult] = field(default_factory=dict)
-    _sites: list[Any] | None = None
+    _detected: Any = None
+
+    @classmethod
+    def of(cls, esa: Any, loaded: Any, eval_windows: torch.Tensor, calib_windows: torch.Tensor,
+           clean: Any) -> PruningCells:
+        """``loaded``'s cells in the pytest session ``esa`` (made once per model, prune method, window sets and
+        corpus), pruning with the session's shared :class:`ScoreSlot` and keeping the session's super weights.
+
+        Args:
+            clean: the clean baseline on ``eval_windows`` (its ``reference`` is kept).
+        """
+        o = esa.options
+        method = o.pruning.method or "zero"
+        key = (loaded.name, "pruning-cells", method, tuple(eval_windows.shape), tuple(calib_windows.shape), o.corpus)
+        return esa.cached(key, lambda: cls(loaded, eval_windows, calib_windows, clean.reference,
+                                           lambda: esa.detection(loaded), scores=ScoreSlot.of(esa, loaded),
+                                           method=method, tag=o.corpus))
+
+    def detected(self) -> Any:
+        """The model's super-weight ``Detection`` (asked for once)."""
+        if self._detected is None:
+            self._detected = self.detection()
+        return self._detected
 
     def super_weight_sites(self) -> list[Any]:
-        if self._sites is None:
-            self._sites = list(self.super_weights())
-        return self._sites
+        """The detected super weights (FaultSites; empty when none was found)."""
+        return list(self.detected().fault_sites())
 
     def measure(self, cell: PruneCell) -> CellResult:
         """Prune ``cell``, evaluate, restore; the same cell is measured once."""
@@ -158,8 +255,36 @@ class PruningCells:
             result = evaluate(self.loaded.model, self.eval_windows, self.reference)
             pruned_sites = count_zero(self.loaded.model, sites)
         return CellResult(cell, result, seconds, report.to_dict(per_matrix=False), pruned_sites,
-                          {"kind": "prune", "scorer": cell.base, "sparsity": cell.sparsity,
-                           "granularity": cell.granularity, "method": self.method, "protected": cell.protected})
+                          self.perturbation(cell))
+
+    def perturbation(self, cell: PruneCell) -> dict[str, Any]:
+        """``{kind: prune, scorer, sparsity, granularity, method, protected}`` of ``cell``."""
+        return {"kind": "prune", "scorer": cell.base, "sparsity": cell.sparsity, "granularity": cell.granularity,
+                "method": self.method, "protected": cell.protected}
+
+    def save_and_reload(self, cell: PruneCell, path: str | Path) -> Reloaded:
+        """Prune ``cell`` (unprotected), save the pruned model to ``path`` inside the pruning context (the live
+        model is restored after), load it back twice and evaluate each copy on the evaluation windows."""
+        import gc
+
+        from transformers import AutoModelForCausalLM
+
+        from harness.metrics import evaluate
+        from harness.models import load_model
+        from harness.pruning import prune, save_model
+
+        lm = self.loaded
+        scores = self.scores.get(lm, cell.base, self.calib_windows, tag=self.tag)
+        with prune(lm, scores, cell.sparsity, granularity=cell.granularity, method=self.method) as report:
+            before = evaluate(lm.model, self.eval_windows).perplexity
+            path = save_model(lm, path, report=report, metadata={"source_model": lm.name})
+        hf = AutoModelForCausalLM.from_pretrained(path, dtype=lm.dtype).eval()
+        via_hf = evaluate(hf, self.eval_windows).perplexity
+        del hf
+        gc.collect()
+        zoo = load_model(str(path), dtype=lm.dtype)
+        via_zoo = evaluate(zoo.model, self.eval_windows).perplexity
+        return Reloaded(before, via_hf, via_zoo, sorted(p.name for p in path.iterdir()), self.perturbation(cell))
 
 
 def count_zero(model: torch.nn.Module, sites: Iterable[Any]) -> int:

@@ -1,10 +1,19 @@
 """Cells of the selective-pruning suite: one scorer x one selection (layers, component, percentile or
 threshold), measured once per model.
 
+The grid: each scorer (``--prune-scorers``, default :data:`SCORERS`: magnitude, wanda) x the preset's
+built-in :data:`SELECTIONS` (quick: the first two; full: all four), or, when any of
+``--prune-layers``, ``--prune-component``, ``--percentile``, ``--threshold`` is given, the one
+selection they name (id ``cli``; missing knobs default to all layers, ``linear``, percentile 50):
+:func:`grid`. The preset (:data:`PRESETS`) also sets the greedy generations compared: quick 4 corpus
+prompts x 24 new tokens, full 8 x 48.
+
 A cell prunes the live model with :func:`harness.pruning.selective_prune`, evaluates it, generates
 greedily from the corpus prompts (clean generations are made once per model), optionally saves the
-pruned model, and restores it. :class:`SelectiveCells` memoizes the cells of one model so that the
-claim tests comparing cells reuse them.
+pruned model (``--save-pruned``), and restores it. :class:`SelectiveCells` memoizes the cells of one
+model (:meth:`SelectiveCells.of`) so that the claim tests comparing cells reuse them, and writes the
+side-by-side generations (:meth:`SelectiveCells.write_comparison`). Statistics:
+:meth:`SelectiveResult.divergences`, :attr:`SelectiveResult.identical_share`, :func:`excess_perplexity`.
 """
 
 from __future__ import annotations
@@ -16,7 +25,9 @@ from typing import Any
 
 import torch
 
+from harness.option_values import pick_preset
 from harness.pruning.cells import ScoreSlot
+from harness.pruning.compare import Divergence, divergence
 
 
 @dataclass(frozen=True)
@@ -46,6 +57,64 @@ class Selection:
         return max(int(x) for x in self.layers.split(","))
 
 
+SELECTIONS = (  # the built-in selections; quick runs the first two
+    Selection("value-L3,4-p80", "value", "3,4", 80.0, None),
+    Selection("mlp-all-p30", "mlp", "all", 30.0, None),
+    Selection("attention-all-t0.05", "attention", "all", None, 0.05),
+    Selection("value-L3,4-top1pct", "value", "3,4", 1.0, None, "most"),  # the research tool's direction
+)
+SCORERS = ("magnitude", "wanda")  # default scorers (--prune-scorers)
+CLI = "cli"  # id of the selection the options name
+
+
+@dataclass(frozen=True)
+class Preset:
+    """The selective grid and generation sizes of one depth preset.
+
+    Attributes:
+        selections: the built-in selections measured for each scorer.
+        prompts: corpus prompts generated from (clean and pruned).
+        new_tokens: greedy tokens generated per prompt.
+    """
+
+    selections: tuple[Selection, ...]
+    prompts: int
+    new_tokens: int
+
+
+PRESETS = {"quick": Preset(SELECTIONS[:2], prompts=4, new_tokens=24),
+           "full": Preset(SELECTIONS, prompts=8, new_tokens=48)}
+
+
+def grid(preset: str, scorers: tuple[str, ...] | None = None, layers: str | None = None,
+         component: str | None = None, percentile: float | None = None,
+         threshold: float | None = None) -> list[tuple[str, Selection]]:
+    """(scorer, selection) cells, scorer-major: the preset's selections, or the one the options name when any
+    of ``layers``, ``component``, ``percentile``, ``threshold`` is given (see the module docstring)."""
+    if any(v is not None for v in (layers, component, percentile, threshold)):
+        percentile = 50.0 if percentile is None and threshold is None else percentile
+        selections: tuple[Selection, ...] = (Selection(CLI, component or "linear", layers or "all", percentile,
+                                                       threshold),)
+    else:
+        selections = pick_preset(PRESETS, preset).selections
+    return [(scorer, s) for scorer in scorers or SCORERS for s in selections]
+
+
+def missing_layers(loaded: Any, selection: Selection) -> str:
+    """Why a built-in ``selection`` cannot apply to ``loaded`` (it names layers the model lacks), or ""."""
+    from harness.models import num_layers
+
+    top, have = selection.max_layer(), num_layers(loaded)
+    if selection.id != CLI and top is not None and top >= have:
+        return f"selection {selection.id} names layers {selection.layers}; {loaded.name} has {have} layers"
+    return ""
+
+
+def excess_perplexity(result: Any, clean: Any) -> float:
+    """Perplexity lost to pruning: ``result`` over ``clean`` (EvalResults) minus 1."""
+    return result.ratio_to(clean) - 1
+
+
 def claim_tag(scorer: str, selection_id: str) -> str:
     """``magnitude`` + ``value-L3,4-p80`` -> ``magnitude_value_L3_4_p80`` (a bare TOML key)."""
     return re.sub(r"[^A-Za-z0-9]+", "_", f"{scorer}_{selection_id}").strip("_")
@@ -67,6 +136,24 @@ class SelectiveResult:
     def perplexity(self) -> float:
         return self.result.perplexity
 
+    @property
+    def extra(self) -> dict[str, Any]:
+        """What the cell's records carry: the selection's id, the sparsity reached (of the selection and of the
+        model), weights pruned and matrices."""
+        s = self.summary
+        return {"cell": self.selection.id, "sparsity": s["sparsity"], "model_sparsity": s["model_sparsity"],
+                "pruned": s["pruned"], "matrices": s["matrices"]}
+
+    def divergences(self) -> list[Divergence]:
+        """Per prompt, how the pruned generation differs from the clean one."""
+        return [divergence(c, p) for c, p in zip(self.clean_text, self.pruned_text, strict=True)]
+
+    @property
+    def identical_share(self) -> float:
+        """Share of prompts whose pruned generation equals the clean one."""
+        found = self.divergences()
+        return sum(d.identical for d in found) / len(found)
+
 
 @dataclass
 class SelectiveCells:
@@ -82,6 +169,7 @@ class SelectiveCells:
         save_dir: when set, each pruned model is saved to ``save_dir/<scorer>-<selection id>``.
         overwrite: replace existing saved models.
         tag: what else the scores depend on (the corpus name).
+        results_dir: where :meth:`write_comparison` writes (None: not written).
     """
 
     loaded: Any
@@ -95,8 +183,58 @@ class SelectiveCells:
     save_dir: Path | None = None
     overwrite: bool = False
     tag: Any = None
+    results_dir: Path | None = None
     _clean_text: list[list[int]] | None = None
     _done: dict[tuple[str, Selection], SelectiveResult] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, esa: Any, loaded: Any, eval_windows: torch.Tensor, calib_windows: torch.Tensor,
+           clean: Any) -> SelectiveCells:
+        """``loaded``'s cells in the pytest session ``esa`` (made once per model, prune method, window sets and
+        corpus), on the preset's prompts of the session's corpus, pruning with the session's shared
+        :class:`~harness.pruning.cells.ScoreSlot`.
+
+        Args:
+            clean: the clean baseline on ``eval_windows`` (its ``reference`` is kept).
+        """
+        from harness.data import generation_prompts
+        from harness.scoring.artifacts import model_dir_name
+
+        o, p = esa.options, esa.preset(PRESETS)
+        save, method = o.pruning.save_dir, o.pruning.method or "zero"
+
+        def make() -> SelectiveCells:
+            return cls(loaded, eval_windows, calib_windows, clean.reference,
+                       generation_prompts(esa.corpus(), p.prompts), p.new_tokens, scores=ScoreSlot.of(esa, loaded),
+                       prune_method=method, save_dir=None if save is None else Path(save) / model_dir_name(loaded.name),
+                       overwrite=o.pruning.overwrite, tag=o.corpus, results_dir=o.results_dir)
+
+        key = (loaded.name, "selective-cells", method, tuple(eval_windows.shape), tuple(calib_windows.shape), o.corpus)
+        return esa.cached(key, make)
+
+    def example(self, measured: SelectiveResult) -> dict[str, str]:
+        """The first prompt with its clean and pruned generations as text."""
+        decode = self.loaded.tokenizer.decode
+        return {"prompt": self.prompts[0], "clean_output": decode(measured.clean_text[0], skip_special_tokens=True),
+                "perturbed_output": decode(measured.pruned_text[0], skip_special_tokens=True)}
+
+    def write_comparison(self, measured: SelectiveResult, clean_perplexity: float) -> Path | None:
+        """Write ``measured``'s generations beside the clean ones into ``<results_dir>/<model>/output_comparison.txt``
+        (``harness.pruning.compare``); None when the cells have no ``results_dir``."""
+        from harness.pruning.compare import format_section, write_comparison
+
+        if self.results_dir is None:
+            return None
+        s, summary = measured.selection, measured.summary
+        notes = (f"scorer={measured.scorer} component={s.component} layers={s.layers} percentile={s.percentile} "
+                 f"threshold={s.threshold} method={self.prune_method} target={s.target}: pruned "
+                 f"{summary['pruned']:,} of {summary['numel']:,} weights ({100 * summary['sparsity']:.2f}%) in "
+                 f"{summary['matrices']} matrices; perplexity {clean_perplexity:.3f} -> {measured.perplexity:.3f}; "
+                 f"greedy, {self.new_tokens} new tokens")
+        title = f"{self.loaded.name} {measured.scorer} {s.id}"
+        section = format_section(title, self.loaded.tokenizer, self.prompts, measured.clean_text, measured.pruned_text,
+                                 notes=notes)
+        return write_comparison(self.results_dir, self.loaded.name, title, section)
 
     def clean_text(self) -> list[list[int]]:
         from harness.pruning.compare import greedy

@@ -1,18 +1,19 @@
 """pytest options of the super-weights, compare-sensitivity and targeted-perturbation suites (added to
 the plugin's "esa" group).
 
-They reach tests as ``esa.options.extra["<name>"]`` (``method``, ``methods``, ``targeted_methods``,
-``fractions``). A value left at None means "the preset's" (see each help text and the constants below).
+They reach tests as ``esa.options.scoring`` (:class:`ScoringOptions`: ``method``, ``methods``,
+``targeted_methods``, ``fractions``). A value left at None means "the preset's" (see each help text and the
+constants below).
 Scorer names are checked against the registry (``SCORERS``) when parsed, and the compare suite's
 default is every registered scorer (:func:`compare_methods`): a new ``@scorer`` needs no change here.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 from harness.errors import HarnessError
-from harness.option_values import as_option_type, bounded_float, choices, comma_list
+from harness.option_values import bounded_float, choices, comma_list, option
 
 DEFAULT_METHOD = ("activation",)  # super_weights suite
 # targeted suite: methods whose ranking is perturbed (plus the seeded random control); a chosen subset of
@@ -39,35 +40,36 @@ def compare_methods(preset: str = "quick") -> tuple[str, ...]:
     return tuple(SCORERS.names())
 
 
-def __getattr__(name: str) -> Any:  # FULL_METHODS / QUICK_METHODS: the names suites imported before
-    if name in ("FULL_METHODS", "QUICK_METHODS"):
-        return compare_methods("full" if name == "FULL_METHODS" else "quick")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def methods(text: str) -> tuple[str, ...]:
+def parse_methods(text: str) -> tuple[str, ...]:
     """A comma list of scorer names, each checked against ``SCORERS`` (unknown -> the known ones)."""
     from harness.scoring import SCORERS
 
     return choices(text, SCORERS, SCORERS.kind)
 
 
-def fractions(text: str) -> tuple[float, ...]:
+def parse_fractions(text: str) -> tuple[float, ...]:
     """A comma list of fractions in (0, 1] (``1e-6,1e-4``), sorted, repeated ones dropped."""
     return tuple(sorted({bounded_float(t, "a fraction", 0, 1, low_open=True) for t in comma_list(text, "fractions")}))
 
 
-def add_options(group) -> None:
-    group.addoption("--method", dest="esa_method", type=as_option_type(methods), default=None,
-                    help="super_weights suite: scorer name or comma list "
-                         f"(default: {','.join(DEFAULT_METHOD)})")
-    group.addoption("--methods", dest="esa_methods", type=as_option_type(methods), default=None,
-                    help="compare suite: scorers to compare (default: every registered scorer, "
-                         f"{','.join(compare_methods())})")
-    group.addoption("--targeted-methods", dest="esa_targeted_methods", type=as_option_type(methods), default=None,
-                    help=f"targeted suite: scorers whose top weights are perturbed, against random "
-                         f"(default quick: {','.join(QUICK_TARGETED)}; full: {','.join(FULL_TARGETED)})")
-    group.addoption("--fractions", dest="esa_fractions", type=as_option_type(fractions), default=None,
-                    help="targeted suite: shares of the scored weights perturbed "
-                         f"(default quick: {','.join(map(str, QUICK_FRACTIONS))}; "
-                         f"full: {','.join(map(str, FULL_FRACTIONS))})")
+@dataclass(frozen=True)
+class ScoringOptions:
+    """Options of the super-weights, compare-sensitivity and targeted-perturbation suites
+    (``esa.options.scoring``); None: the preset's."""
+
+    method: tuple[str, ...] | None = option(
+        "--method", f"super_weights suite: scorer name or comma list (default: {','.join(DEFAULT_METHOD)})",
+        parse=parse_methods)
+    methods: tuple[str, ...] | None = option(
+        "--methods", lambda: "compare suite: scorers to compare (default: every registered scorer, "
+                             f"{','.join(compare_methods())})",
+        parse=parse_methods)
+    targeted_methods: tuple[str, ...] | None = option(
+        "--targeted-methods", "targeted suite: scorers whose top weights are perturbed, against random "
+                              f"(default quick: {','.join(QUICK_TARGETED)}; full: {','.join(FULL_TARGETED)})",
+        parse=parse_methods)
+    fractions: tuple[float, ...] | None = option(
+        "--fractions", "targeted suite: shares of the scored weights perturbed "
+                       f"(default quick: {','.join(map(str, QUICK_FRACTIONS))}; "
+                       f"full: {','.join(map(str, FULL_FRACTIONS))})",
+        parse=parse_fractions)

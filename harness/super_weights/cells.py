@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from harness.claims import Comparison
+from harness.option_values import pick_preset
 from harness.recipes import Subject, prepare, super_weight_sites
 from harness.stats import trial_seed
 
@@ -109,7 +110,7 @@ class SuperWeightCells:
     def random_control(self) -> list[Ablated]:
         """The random control, one seeded draw after another (``extra``: ``draw``, ``draw_seed``)."""
         out = []
-        for draw in range(PRESETS[self.preset].random_draws):
+        for draw in range(pick_preset(PRESETS, self.preset).random_draws):
             seed = trial_seed(self.seed, draw)
             out.append(self.measure("zero_random", generator=torch.Generator().manual_seed(seed),
                                     extra={"draw": draw, "draw_seed": seed}))
@@ -171,7 +172,7 @@ def top_scores(loaded: Any, method: str, calib_windows: torch.Tensor, preset: st
     from harness.scoring import score
 
     start = time.perf_counter()
-    found = score(loaded, method, windows=calib_windows[: PRESETS[preset].calib_windows])
+    found = score(loaded, method, windows=calib_windows[: pick_preset(PRESETS, preset).calib_windows])
     top = found.top_k(min(k, found.numel()))
     return ScoredTop(k, top, time.perf_counter() - start, found.cost.forward, found.cost.backward, found.signed)
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from harness.option_values import pick_preset
 from harness.recipes import RECIPES, Subject, prepare
 from harness.scoring.options import FULL_FRACTIONS, FULL_TARGETED, QUICK_FRACTIONS, QUICK_TARGETED
 from harness.stats import trial_seed
@@ -52,8 +53,8 @@ PRESETS = {"quick": Preset(QUICK_TARGETED, QUICK_FRACTIONS, random_trials=2, eva
 
 def preset(name: str, methods: tuple[str, ...] | None = None, fractions: tuple[float, ...] | None = None) -> Preset:
     """Preset ``name`` with the ``--targeted-methods`` and ``--fractions`` given (None: the preset's)."""
-    return replace(PRESETS[name], methods=methods or PRESETS[name].methods,
-                   fractions=fractions or PRESETS[name].fractions)
+    p = pick_preset(PRESETS, name)
+    return replace(p, methods=methods or p.methods, fractions=fractions or p.fractions)
 
 
 @dataclass(frozen=True)
@@ -141,11 +142,11 @@ class TargetedCells:
         """``loaded``'s cells in the pytest session ``esa`` (made once per model; the clean baseline is the
         session's, ``esa.clean``)."""
         o = esa.options
-        p = preset(o.preset, o.extra.get("targeted_methods"), o.extra.get("fractions"))
+        p = preset(o.preset, o.scoring.targeted_methods, o.scoring.fractions)
         windows = eval_windows[: p.eval_windows]
 
         def make() -> TargetedCells:
-            trials = esa.trials(loaded.name, quick=PRESETS["quick"].random_trials, full=PRESETS["full"].random_trials)
+            trials = esa.trials(loaded.name, p.random_trials)
             return cls(loaded, windows, esa.clean(loaded.name, loaded.model, windows),
                        calib_windows[: p.calib_windows], o.seed, p.methods, p.fractions, trials)
 

@@ -1,0 +1,208 @@
+"""Cells of the pruning, selective-pruning and compare-sensitivity suites: presets, grids, the session memo, the
+measuring on a tiny model and the named statistics."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+
+from harness.data import load_corpus, token_windows
+from harness.errors import HarnessError
+from harness.fingerprint import changed, fingerprint
+from harness.metrics import evaluate, make_reference
+from harness.models import load_model, num_layers
+from harness.option_values import pick_preset
+from harness.pruning import cells as P
+from harness.pruning import selective_cells as S
+from harness.pruning.options import PruningOptions
+from harness.scoring import compare_cells as C
+from harness.scoring.agreement import Scored
+
+
+@dataclass
+class FakeSession:
+    """The part of ``fixtures.session.EsaSession`` the cells' ``of`` methods use."""
+
+    results_dir: Path
+    preset_name: str = "quick"
+    pruning: PruningOptions = field(default_factory=PruningOptions)
+    memo: dict[tuple, Any] = field(default_factory=dict)
+    detections: int = 0
+
+    @property
+    def options(self) -> SimpleNamespace:
+        return SimpleNamespace(preset=self.preset_name, seed=0, corpus="builtin", results_dir=self.results_dir,
+                               pruning=self.pruning)
+
+    def cached(self, key: tuple, make):
+        if key not in self.memo:
+            self.memo[key] = make()
+        return self.memo[key]
+
+    def preset(self, presets):
+        return pick_preset(presets, self.preset_name)
+
+    def corpus(self):
+        return self.cached(("corpus", "builtin"), load_corpus)
+
+    def detection(self, loaded):
+        self.detections += 1
+        return SimpleNamespace(fault_sites=lambda: [], none_reason=lambda: "no super weight on random weights")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model("tiny-llama")
+
+
+@pytest.fixture(scope="module")
+def windows(tiny):
+    return token_windows(tiny.tokenizer, load_corpus().calib_docs, 16, 2)
+
+
+@pytest.fixture(scope="module")
+def clean(tiny, windows):
+    reference = make_reference(tiny.model, windows)
+    return SimpleNamespace(result=evaluate(tiny.model, windows, reference), reference=reference)
+
+
+# -- pruning ------------------------------------------------------------------------------------
+
+
+def test_pruning_preset_grid_is_the_presets_grid_with_the_options_given():
+    quick = P.PRESETS["quick"]
+    assert P.preset_grid("quick") == P.grid(quick.scorers, quick.sparsities, quick.granularities)
+    cells = P.preset_grid("full", scorers=("wanda",), granularities=("2:4",))
+    assert cells == [P.PruneCell("wanda", 0.5, "2:4")]
+    assert len(P.preset_grid("full")) > len(P.preset_grid("quick"))
+    with pytest.raises(HarnessError, match="quick"):
+        P.preset_grid("fast")
+
+
+def test_pruning_cells_of_is_memoized_and_shares_the_score_slot(tiny, windows, clean, tmp_path):
+    esa = FakeSession(tmp_path, pruning=PruningOptions(method="mean"))
+    cells = P.PruningCells.of(esa, tiny, windows, windows, clean)
+    assert P.PruningCells.of(esa, tiny, windows, windows, clean) is cells
+    assert cells.method == "mean" and cells.scores is P.ScoreSlot.of(esa, tiny)
+    assert all(key[0] == tiny.name for key in esa.memo)
+    assert esa.detections == 0  # the detection is asked for on first need only
+
+
+def test_a_pruning_cell_is_measured_once_restores_the_model_and_counts_super_weights(tiny, windows, clean, tmp_path):
+    esa = FakeSession(tmp_path)
+    cells = P.PruningCells.of(esa, tiny, windows, windows, clean)
+    before = fingerprint(tiny.model)
+    cell = P.PruneCell("magnitude+protect", 0.5, "row")
+    measured = cells.measure(cell)
+    assert not changed(before, fingerprint(tiny.model))
+    assert cells.measure(cell) is measured and esa.detections == 1
+    assert measured.extra["sparsity"] == pytest.approx(0.5, abs=P.rounding(tiny, "row"))
+    assert measured.extra["super_weights_pruned"] == 0
+    assert measured.perturbation == {"kind": "prune", "scorer": "magnitude", "sparsity": 0.5, "granularity": "row",
+                                     "method": "zero", "protected": True}
+    assert cells.detected().none_reason()
+
+
+def test_saved_pruned_model_reloads_with_the_same_perplexity(tiny, windows, clean, tmp_path):
+    cells = P.PruningCells.of(FakeSession(tmp_path), tiny, windows, windows, clean)
+    before = fingerprint(tiny.model)
+    saved = cells.save_and_reload(P.PruneCell("magnitude", 0.5, "row"), tmp_path / "pruned")
+    assert not changed(before, fingerprint(tiny.model))
+    assert saved.via_from_pretrained == saved.before_saving == saved.via_zoo
+    assert "config.json" in saved.files and saved.perturbation["scorer"] == "magnitude"
+
+
+# -- selective pruning --------------------------------------------------------------------------
+
+
+def test_selective_grid_is_the_presets_selections_or_the_one_the_options_name():
+    assert S.grid("quick") == [(s, sel) for s in S.SCORERS for sel in S.SELECTIONS[:2]]
+    assert S.grid("full", ("wanda",)) == [("wanda", sel) for sel in S.SELECTIONS]
+    [(scorer, cli)] = S.grid("quick", ("magnitude",), component="mlp")
+    assert (scorer, cli.id, cli.component, cli.layers, cli.percentile, cli.threshold) == \
+        ("magnitude", S.CLI, "mlp", "all", 50.0, None)
+    [(_, only_threshold)] = S.grid("quick", ("magnitude",), threshold=0.1)
+    assert only_threshold.percentile is None and only_threshold.component == "linear"
+
+
+def test_missing_layers_names_a_selection_beyond_the_model(tiny):
+    beyond = S.Selection("x", "value", str(num_layers(tiny)), 10.0, None)
+    assert "layers" in S.missing_layers(tiny, beyond)
+    assert S.missing_layers(tiny, S.Selection("x", "value", "0", 10.0, None)) == ""
+    assert S.missing_layers(tiny, S.Selection(S.CLI, "value", "99", 10.0, None)) == ""  # the options' own
+
+
+def test_excess_perplexity_and_identical_share():
+    ratio = SimpleNamespace(ratio_to=lambda clean: 3.0)
+    assert S.excess_perplexity(ratio, None) == 2.0
+    result = S.SelectiveResult("magnitude", S.SELECTIONS[0], None, {}, [[1, 2], [3, 4]], [[1, 2], [3, 5]], {})
+    assert [d.identical for d in result.divergences()] == [True, False]
+    assert result.identical_share == 0.5
+
+
+def test_a_selective_cell_is_measured_once_and_written_beside_the_clean_generations(tiny, windows, clean, tmp_path):
+    esa = FakeSession(tmp_path)
+    cells = S.SelectiveCells.of(esa, tiny, windows, windows, clean)
+    assert S.SelectiveCells.of(esa, tiny, windows, windows, clean) is cells
+    assert ("corpus", "builtin") in esa.memo and len(cells.prompts) == S.PRESETS["quick"].prompts
+    cells.prompts, cells.new_tokens = cells.prompts[:1], 4  # keep the generation short
+    before = fingerprint(tiny.model)
+    measured = cells.measure("magnitude", S.Selection("mlp-0-p50", "mlp", "0", 50.0, None))
+    assert not changed(before, fingerprint(tiny.model))
+    assert cells.measure("magnitude", S.Selection("mlp-0-p50", "mlp", "0", 50.0, None)) is measured
+    assert measured.extra["cell"] == "mlp-0-p50" and 0 < measured.extra["model_sparsity"] < 0.5
+    assert set(cells.example(measured)) == {"prompt", "clean_output", "perturbed_output"}
+    path = cells.write_comparison(measured, clean.result.perplexity)
+    assert "magnitude mlp-0-p50" in path.read_text()
+
+
+# -- compare sensitivity ------------------------------------------------------------------------
+
+
+def test_compare_presets_and_methods():
+    assert C.PRESETS["quick"].options("hessian") == {"probes": 2}
+    assert C.PRESETS["full"].options("integrated") == {"steps": 8}
+    assert C.PRESETS["quick"].options("magnitude") == {}
+    assert C.methods("quick", ("wanda", "magnitude")) == ("wanda", "magnitude")
+    assert "magnitude" in C.methods("full")
+
+
+def _scored(method: str, top: set, sampled: torch.Tensor | None, numel: int = 10_000) -> Scored:
+    return Scored(method, 0.0, None, {}, top, sampled, numel)
+
+
+def test_agreement_statistics_and_the_relations_they_decide():
+    same = torch.arange(200.0)
+    a = _scored("a", {("w", (i,)) for i in range(100)}, same)
+    b = _scored("b", {("w", (i,)) for i in range(50, 150)}, same)
+    found = C.agreement(a, b, 100)
+    assert (found.method, found.common, found.jaccard, found.sample) == ("a|b", 50, 50 / 150, 200)
+    assert found.rho == pytest.approx(1.0)
+    assert found.random_overlap == 1.0 and found.random_overlap_p < 1e-3
+    assert found.jaccard_extra()["random_overlap_p"] == found.random_overlap_p
+    assert C.top_k_overlap(found, 1e-3).holds and C.ranks_agree(found).holds
+    assert not C.top_k_overlap(found, found.random_overlap_p).holds  # strict: p must be below
+    reversed_ranks = C.agreement(a, _scored("b", b.top, -same), 100)
+    assert reversed_ranks.rho == pytest.approx(-1.0) and not C.ranks_agree(reversed_ranks).holds
+    sparse = C.agreement(_scored("activation", set(), None), b, 100)
+    assert sparse.rho is None and sparse.random_limit is None
+    with pytest.raises(ValueError, match="no Spearman sample"):
+        C.ranks_agree(sparse)
+
+
+def test_compare_cells_score_each_method_once_and_compare_every_pair(tiny, windows, tmp_path):
+    esa = FakeSession(tmp_path)
+    cells = C.CompareCells.of(esa, tiny, windows)
+    assert C.CompareCells.of(esa, tiny, windows) is cells and cells.calib_windows.shape[0] == 2
+    found = cells.agreements(("wanda", "magnitude"))
+    assert cells.scored("magnitude") is cells.scored("magnitude")
+    [pair] = found
+    assert pair.method == "magnitude|wanda" and len(cells.scored("wanda").top) == C.PRESETS["quick"].k
+    assert pair.sample == pytest.approx(C.PRESETS["quick"].sample, rel=0.01)
+    assert -1 <= pair.rho <= 1 and not math.isnan(pair.jaccard)
