@@ -146,7 +146,7 @@ class Campaign:
     def _span(self, perturbation: object) -> tuple[int, int | None]:
         if self.prefix is None:
             return 0, None
-        start, last = fault_blocks(self.prefix, touched_params(perturbation))
+        start, last = fault_blocks(self.prefix.blocks_path, touched_params(perturbation))
         return start, last if self.stop_early else None
 
     @torch.no_grad()
@@ -212,7 +212,7 @@ class Campaign:
         fixes = batched.corrections(self.model, flips)
         start = 0
         if self.prefix is not None:
-            start = min(fault_blocks(self.prefix, touched_params(f))[0] for f in flips)
+            start = min(fault_blocks(self.prefix.blocks_path, touched_params(f))[0] for f in flips)
         reference = self.clean.reference
         stats: list[list] = [[] for _ in flips]
         with batched.corrected(self.model, fixes, copies):

@@ -56,10 +56,6 @@ class Prefix:
     def n_blocks(self) -> int:
         return len(self.tuple_len)
 
-    def block_of(self, param: str) -> int | None:
-        """The block index holding parameter ``param``, or None for a parameter outside the blocks."""
-        return block_index(self.blocks_path, param)
-
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for batch in self.outputs for t in batch)
@@ -222,15 +218,16 @@ def watch(blocks: torch.nn.ModuleList | None, prefix: Prefix | None, batch: int,
             h.remove()
 
 
-def fault_blocks(prefix: Prefix, params: Iterable[str] | None) -> tuple[int, int | None]:
-    """(first block to run, last faulted block) for faults on ``params``.
+def fault_blocks(blocks_path: str, params: Iterable[str] | None) -> tuple[int, int | None]:
+    """(first block to run, last faulted block) for faults on ``params`` of the blocks under ``blocks_path``
+    (``arch_map(model).blocks``, ``Prefix.blocks_path``).
 
     A parameter outside the blocks (embeddings, final norm, LM head) or unknown params (None) means a
     full forward (0) and no masking check (None).
     """
     if params is None:
         return 0, None
-    found = [prefix.block_of(p) for p in params]
+    found = [block_index(blocks_path, p) for p in params]
     if not found or any(b is None for b in found):
         return 0, None
     return min(found), max(found)

@@ -134,27 +134,25 @@ class Perturbed:
         return greater(self.evaluation.value("word_perplexity"), self.clean.value("word_perplexity"), factor=factor)
 
 
-def touched_blocks(model: torch.nn.Module, perturbation: Any) -> list[int | None]:
-    """The decoder block of each parameter ``perturbation`` touches (None: outside the blocks; empty: not known)."""
-    from harness.campaign import touched_params
-    from harness.campaign.prefix import block_index
-    from harness.models.archmap import arch_map
-
-    return [block_index(arch_map(model).blocks, p) for p in touched_params(perturbation) or ()]
-
-
 def first_block(model: torch.nn.Module, perturbation: Any) -> int:
     """The first decoder block ``perturbation`` touches (0 where it touches a parameter outside the blocks, or
-    where what it touches is not known)."""
-    blocks = touched_blocks(model, perturbation)
-    return min(blocks) if blocks and None not in blocks else 0
+    where what it touches is not known): the campaign engine's rule, :func:`harness.campaign.prefix.fault_blocks`."""
+    from harness.campaign import touched_params
+    from harness.campaign.prefix import fault_blocks
+    from harness.models.archmap import arch_map
+
+    return fault_blocks(arch_map(model).blocks, touched_params(perturbation))[0]
 
 
 def replayable(prefix: Any, perturbation: Any) -> bool:
     """Whether ``perturbation`` leaves blocks ``0..prefix.start-1`` of ``prefix`` (a ``CallPrefix``) untouched, so
-    the kept prefix holds."""
-    blocks = touched_blocks(prefix.model, perturbation)
-    return bool(blocks) and all(b is not None and b >= prefix.start for b in blocks)
+    the kept prefix holds (every parameter it touches is known and in a block from ``prefix.start`` on)."""
+    from harness.campaign import touched_params
+    from harness.campaign.prefix import fault_blocks
+    from harness.models.archmap import arch_map
+
+    start, last = fault_blocks(arch_map(prefix.model).blocks, touched_params(perturbation))
+    return last is not None and start >= prefix.start
 
 
 @dataclass

@@ -124,7 +124,6 @@ def measure_rows(m: Measures, clean: float | None = None) -> list[Row]:
     ]
 
 
-
 def shift_rows(base: Measures, after: Measures, shift: SuperWeightShift) -> list[Row]:
     """The rows of the super weights' shift: Jaccard, top kept, and each base super weight's drift."""
     sw = {"kind": "super_weights"}
