@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Literal
 
 from harness.errors import HarnessError
+from harness.records.store import HEALTH_SUITE  # the model-health claims' suite, judged first
 from harness.stats import wilson
 
 Z_BOUND = 3.290527  # two-sided 99.9% normal quantile: rate bounds hold at any seed but a one-in-a-thousand draw
@@ -377,6 +378,8 @@ def bound_for(bounds_dir: Path, claim: Claim, model: str) -> float | tuple[float
 
 CONFIG_FILE = "config.toml"  # suites/bounds/config.toml: [model] key = value, the options of the bound runs
 BOUND_CONFIG = ("preset", "trials", "eval_tokens", "window", "calib_tokens", "dtype", "corpus", "flip_budget")
+WEIGHTS_KEY = "weights"  # config.toml: the digest of the weights the bounds were measured on (harness.models.identity)
+WEIGHTS_DIFFER = "weights differ from those the bounds were measured on"
 
 
 def bound_config(info: dict) -> dict[str, str | int]:
@@ -387,24 +390,31 @@ def bound_config(info: dict) -> dict[str, str | int]:
 
 
 def config_mismatch(bounds_dir: Path, model: str, config: dict) -> str:
-    """Why ``model``'s bounds do not apply to a run under ``config`` (its :func:`bound_config`), or ""."""
+    """Why ``model``'s bounds do not apply to a run under ``config`` (its :func:`bound_config`, and ``weights``: the
+    digest of the weights it loaded, ``harness.models.identity``), or ""."""
     path = Path(bounds_dir) / CONFIG_FILE
     recorded = _cached_toml(path, _parse_config).get(model)
     if not recorded:
         return ""
     differ = [f"{k} {recorded[k]} (this run: {config.get(k)})" for k in BOUND_CONFIG
               if k in recorded and str(recorded[k]) != str(config.get(k))]
-    if not differ:
-        return ""
-    return (f"the bounds of {model} were derived under another configuration: {', '.join(differ)} "
-            f"({path}); run with those options, or measure this configuration at five seeds (`make bounds`)")
+    if differ:
+        return (f"the bounds of {model} were derived under another configuration: {', '.join(differ)} "
+                f"({path}); run with those options, or measure this configuration at five seeds (`make bounds`)")
+    weights, loaded = recorded.get(WEIGHTS_KEY), config.get(WEIGHTS_KEY)
+    if weights and loaded and weights != loaded:
+        return (f"{WEIGHTS_DIFFER} of {model} (bounds: {weights}, this run: {loaded}; {path}): a new conversion, "
+                "library release or fine-tune; check the model (`python -m harness models`), then derive its bounds "
+                "again (`make bounds`)")
+    return ""
 
 
 def _parse_config(path: Path, text: str, data: dict) -> dict[str, dict]:
     for model, table in data.items():
-        unknown = sorted(set(table) - set(BOUND_CONFIG)) if isinstance(table, dict) else [model]
+        unknown = sorted(set(table) - {*BOUND_CONFIG, WEIGHTS_KEY}) if isinstance(table, dict) else [model]
         if unknown:
-            raise HarnessError(f"{path}: [{model}] has {unknown[0]!r}; a model's table takes {', '.join(BOUND_CONFIG)}")
+            raise HarnessError(f"{path}: [{model}] has {unknown[0]!r}; a model's table takes "
+                               f"{', '.join((*BOUND_CONFIG, WEIGHTS_KEY))}")
     return data
 
 
@@ -641,15 +651,29 @@ class Summary:
 
     Attributes:
         rows: the run's claim rows (``suite``, ``model``, ``metric``, ``outcome``, ``value``, ``bound``,
-            ``test_id``, ``extra``).
+            ``test_id``, ``extra``); the model-health rows once per model and claim (xdist workers each judge it).
         unchecked: test ids of selected tests of claim-declaring suites that ended skipped, errored or
             failed without writing a single claim row: their claims were never decided.
         store_error: why the store could not be read ("" when it was): then nothing is known.
+        skipped_unhealthy: selected tests skipped because their model failed its health claims.
     """
 
     rows: list[dict]
     unchecked: list[str] = field(default_factory=list)
     store_error: str = ""
+    skipped_unhealthy: int = 0
+
+    def __post_init__(self) -> None:
+        seen: set[tuple] = set()
+        kept = []
+        for r in self.rows:
+            key = (r["model"], r["metric"])
+            if r["suite"] == HEALTH_SUITE:
+                if key in seen:
+                    continue
+                seen.add(key)
+            kept.append(r)
+        self.rows = kept
 
     @property
     def counts(self) -> dict[str, int]:
@@ -658,13 +682,23 @@ class Summary:
         return out
 
     def by_suite(self) -> dict[str, dict[str, int]]:
+        """Counts per suite, the model-health claims first."""
         out: dict[str, dict[str, int]] = {}
         for r in self.rows:
             out.setdefault(r["suite"], dict.fromkeys((*OUTCOMES, "unchecked"), 0))[r["outcome"]] += 1
         for test_id in self.unchecked:
             suite = Path(test_id.split("::")[0]).stem.removeprefix("test_")
             out.setdefault(suite, dict.fromkeys((*OUTCOMES, "unchecked"), 0))["unchecked"] += 1
-        return out
+        return dict(sorted(out.items(), key=lambda kv: (kv[0] != HEALTH_SUITE, kv[0])))
+
+    def unhealthy(self) -> list[str]:
+        """One line per model that failed a health claim (its value and bound): each fails the session."""
+        failed: dict[str, list[str]] = {}
+        for r in self.rows:
+            if r["suite"] == HEALTH_SUITE and r["outcome"] == "failed":
+                failed.setdefault(r["model"], []).append(health_failure(r))
+        skipped = f"; {self.skipped_unhealthy} test(s) skipped" if self.skipped_unhealthy else ""
+        return [f"model {m} is not healthy: {'; '.join(lines)}{skipped}" for m, lines in failed.items()]
 
     def strict_failures(self) -> list[str]:
         """Why ``--strict-claims`` fails this run (empty: it does not)."""
@@ -679,21 +713,22 @@ class Summary:
         return out
 
     def lines(self, *, verbose: bool = False) -> list[str]:
-        """The terminal's "claims" section."""
+        """The terminal's "claims" section: an unhealthy model first."""
         c = self.counts
         if self.store_error:
             return [f"claims: the results store could not be read: {self.store_error}"]
         decided = sum(c[o] for o in OUTCOMES)
         share = c["not_applicable"] / decided if decided else 0.0
-        out = [f"claims: {c['passed']} passed, {c['failed']} failed, {c['unverified']} unverified, "
-               f"{c['not_applicable']} not applicable ({share:.0%}), {c['unchecked']} unchecked"]
-        for suite, n in sorted(self.by_suite().items()):
+        out = [f"UNHEALTHY {line}" for line in self.unhealthy()]
+        out.append(f"claims: {c['passed']} passed, {c['failed']} failed, {c['unverified']} unverified, "
+                   f"{c['not_applicable']} not applicable ({share:.0%}), {c['unchecked']} unchecked")
+        for suite, n in self.by_suite().items():
             total = sum(n[o] for o in OUTCOMES)
             out.append(f"  {suite}: {n['passed']} passed, {n['failed']} failed, {n['unverified']} unverified, "
                        f"{n['not_applicable']} n/a ({n['not_applicable'] / total if total else 0:.0%}), "
                        f"{n['unchecked']} unchecked")
         for outcome in ("failed", "unverified"):
-            for r in self.rows:
+            for r in sorted(self.rows, key=lambda r: r["suite"] != HEALTH_SUITE):
                 if r["outcome"] == outcome:
                     reason = _reason(r) if outcome == "unverified" else ""
                     out.append(f"{outcome.upper()} {r['suite']}.{r['metric']} [{r['model']}] value={r['value']}"
@@ -705,6 +740,15 @@ class Summary:
             out += [f"NOT APPLICABLE {r['suite']}.{r['metric']} [{r['model']}]: {_reason(r)}"
                     for r in self.rows if r["outcome"] == "not_applicable"]
         return out
+
+
+def health_failure(row: dict) -> str:
+    """A failed health claim's row in a few words: the line it was recorded with (``harness.health.failure``)."""
+    import json
+
+    extra = row.get("extra")
+    extra = json.loads(extra) if isinstance(extra, str) else dict(extra or {})
+    return extra.get("failure") or f"{row['metric']} {row['value']} vs {row['bound']}"
 
 
 def _reason(row: dict) -> str:

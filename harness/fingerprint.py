@@ -38,6 +38,12 @@ def _stored(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous().reshape(-1).view(torch.uint8)
 
 
+def word_sums(t: torch.Tensor) -> tuple[int, ...]:
+    """The device path's four word sums of ``t``'s stored bytes: the same integers on every device (the weights'
+    identity, :mod:`harness.models.identity`, uses them so that a CPU and a GPU run of one model agree)."""
+    return _device_sums(_stored(t))
+
+
 def _crc(data: torch.Tensor) -> tuple[int, ...]:
     return (zlib.crc32(memoryview(data.numpy())), data.numel())
 

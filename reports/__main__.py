@@ -125,10 +125,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{s.output}: {s.runs} run(s), {s.records} rows added, {s.duplicates} duplicate rows skipped")
         elif command == "demo":
             from reports.build import build_report
-            from reports.sample import replay_run, run_suites
+            from reports.sample import FAILING_CLAIM, replay_run, run_suites
 
             first = run_suites(args.results_dir)
-            replay_run(args.results_dir, first, scale={"clean_perplexity": 1.5}, info={"git_commit": "demo"})
+            replay_run(args.results_dir, first, scale={FAILING_CLAIM: 1.5}, info={"git_commit": "demo"})
             print(build_report(args.results_dir))
         else:
             from reports.build import build_store

@@ -4,7 +4,9 @@ For every bound claim (``extra.kind == "bound"``) the store holds for the model,
 finished-or-not run of each seed, derive the number with :func:`harness.claims.derive_bound` (at least
 five seeds; rates by their Wilson interval at the preset's trial count; never a censored or collapsed
 value) and write it into ``suites/bounds/<suite>.toml`` under ``[model]``, each number with a comment
-that says how it was derived. Other models' tables in the file are kept as they are.
+that says how it was derived. Other models' tables in the file are kept as they are. ``suites/bounds/config.toml``
+gets the configuration of those runs and the digest of the weights they loaded (``weights = "w1:..."``, from their
+``weights`` rows): a run on other weights gets the bounds unverified (:func:`harness.claims.config_mismatch`).
 """
 
 from __future__ import annotations
@@ -88,8 +90,9 @@ def derive_bounds(results_dir: str | Path, model: str, *, min_seeds: int = 5) ->
 _TABLE = re.compile(r"^\[(?P<name>[^\]]+)\]\s*$", re.M)
 
 
-def _replace_table(text: str, model: str, body: str) -> str:
-    """``text`` with the ``[model]`` table (up to the next table header) replaced by ``body``."""
+def replace_table(text: str, model: str, body: str) -> str:
+    """``text`` (a TOML file of ``[model]`` tables) with the ``[model]`` table, up to the next table header,
+    replaced by ``body`` (appended when there is none)."""
     header = f'["{model}"]' if not re.fullmatch(r"[A-Za-z0-9_-]+", model) else f"[{model}]"
     matches = list(_TABLE.finditer(text))
     for i, m in enumerate(matches):
@@ -122,38 +125,55 @@ def write_bounds(exported: list[Exported], model: str, bounds_dir: str | Path, c
         text = path.read_text() if path.exists() else (
             f"# Regression bounds of suite {suite} (suites/test_{suite}.py): `[model] claim = number`.\n"
             "# The claims (statement, side) are declared in the suite file.\n\n")
-        path.write_text(_replace_table(text, model, "\n".join(lines) + "\n"))
+        path.write_text(replace_table(text, model, "\n".join(lines) + "\n"))
         written.append(path)
     return written
 
 
 def export_config(results_dir: str | Path, model: str) -> dict:
-    """The one configuration (:func:`harness.claims.bound_config`) of the runs of ``model`` in the store.
+    """The one configuration (:func:`harness.claims.bound_config`) of the runs of ``model`` in the store, with the
+    digest of the weights they loaded (``weights``, :data:`harness.claims.WEIGHTS_KEY`) when they recorded it.
 
     Raises:
-        HarnessError: the runs differ in an option a bound depends on (their bounds cannot be pooled).
+        HarnessError: the runs differ in an option a bound depends on, or in their weights (their bounds cannot
+            be pooled).
     """
-    from harness.claims import bound_config
+    from harness.claims import WEIGHTS_KEY, bound_config
     from harness.records import ResultStore
+    from reports.health import digests
 
     with ResultStore(results_dir, create=False) as store:
-        run_ids = sorted(set(store.records().query("model == @model")["run_id"]))
+        records = store.records().query("model == @model")
+        run_ids = sorted(set(records["run_id"]))
         configs = {json.dumps(bound_config(store.run_info(r) or {}), sort_keys=True): r for r in run_ids}
     if len(configs) > 1:
         shown = "; ".join(f"{r}: {c}" for c, r in configs.items())
         raise HarnessError(f"the runs of {model} in {results_dir} differ in their configuration ({shown}): export "
                            "the bounds of one configuration at a time")
-    return json.loads(next(iter(configs))) if configs else {}
+    runs_of: dict[str, list[str]] = {}
+    for (rid, _), digest in sorted(digests(records).items()):
+        runs_of.setdefault(digest, []).append(rid)
+    if len(runs_of) > 1:
+        shown = "; ".join(f"{d}: {', '.join(r)}" for d, r in runs_of.items())
+        raise HarnessError(f"the runs of {model} in {results_dir} differ in their weights ({shown}): export the "
+                           "bounds of one model's weights at a time")
+    config = json.loads(next(iter(configs))) if configs else {}
+    return {**config, WEIGHTS_KEY: next(iter(runs_of))} if runs_of else config
 
 
 def write_config(bounds_dir: Path, model: str, config: dict) -> Path:
-    """Write ``model``'s table of ``suites/bounds/config.toml`` (the options its bounds were derived under)."""
-    from harness.claims import CONFIG_FILE
+    """Write ``model``'s table of ``suites/bounds/config.toml`` (the options its bounds were derived under and the
+    digest of the weights they were measured on)."""
+    from harness.claims import CONFIG_FILE, WEIGHTS_KEY
 
     path = bounds_dir / CONFIG_FILE
-    body = "\n".join(f"{k} = {json.dumps(v)}" for k, v in config.items()) + "\n"
+    lines = [f"{k} = {json.dumps(v)}" for k, v in config.items() if k != WEIGHTS_KEY]
+    if config.get(WEIGHTS_KEY):
+        lines += ["# the weights the bounds were measured on (harness.models.identity: their runs' weights rows)",
+                  f"{WEIGHTS_KEY} = {json.dumps(config[WEIGHTS_KEY])}"]
+    body = "\n".join(lines) + "\n"
     text = path.read_text() if path.exists() else "# The configuration each model's bounds were derived under.\n\n"
-    path.write_text(_replace_table(text, model, body))
+    path.write_text(replace_table(text, model, body))
     return path
 
 

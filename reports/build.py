@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.records.store import interruption
-from reports import figures, html, latest, markdown, store_index, tables, trend
+from reports import figures, health, html, latest, markdown, store_index, tables, trend
 from reports.comparable import Comparables
 from reports.load import RunData, load_run, pget
 from reports.regression import Baseline, comparable_baseline, env_differences, load_baseline
@@ -72,12 +72,14 @@ def _highlights(r: Report) -> list[str]:
 
 
 def _tables(data: RunData, **extra) -> Report:
-    """The report's tables of ``data.records`` (no comparison, no history)."""
-    return Report(data=data, run_info=_clean_run_info(data.run), claims=tables.claims_table(data.records),
+    """The report's tables of ``data.records`` (no comparison, no history), with the model's health."""
+    claims = tables.claims_table(data.records)
+    return Report(data=data, run_info=_clean_run_info(data.run), claims=claims,
                   summaries=tables.suite_summaries(data.records), collapse=tables.collapse_rates(data.records),
                   sensitive_layers=tables.sensitive_layers(data.records),
                   super_weights=tables.super_weight_table(data.super_weights),
-                  outputs=tables.output_comparisons(data.records), **extra)
+                  outputs=tables.output_comparisons(data.records), identity=health.identity_table(data.records),
+                  unhealthy=health.unhealthy(data.records), weights_differ=health.weights_differ(data.records), **extra)
 
 
 def collect(data: RunData, baseline=None) -> Report:
@@ -86,6 +88,8 @@ def collect(data: RunData, baseline=None) -> Report:
     hist = trend.claim_history(data, {c.model: c.same for c in comparables})
     r = _tables(data, trend=trend.trend_table(hist), history=hist, changes=trend.changes(hist),
                 comparables=comparables, spread=trend.seed_spread(data, comparables))
+    r.weights_changed = health.weights_changed(  # against the run each model is compared with, else its previous
+        data.history, data.run_id, {c.model: c.same[-1] if c.same else c.previous for c in comparables})
     if r.interrupted:
         r.warnings.append(f"Interrupted ({r.interrupted}): the tests it did not finish have no claims here; finish "
                           f"the run with its pytest command and --resume {data.run_id}")
@@ -131,6 +135,9 @@ def collect_latest(data: RunData, sources: dict[str, str]) -> Report:
     """The tables of a latest-per-suite view (:func:`reports.latest.latest_data`): no comparison, no history;
     each suite says which run it came from."""
     r = _tables(data, trend=pd.DataFrame(), sources=sources)
+    order = {rid: i for i, rid in enumerate(data.runs["run_id"])}
+    r.weights_changed = health.weights_across(
+        health.digests(data.history), {m: sorted(set(sources.values()), key=order.__getitem__) for m in data.models})
     for rid in sorted(set(sources.values())):
         why = interruption(data.run_info(rid))
         if why:

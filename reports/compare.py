@@ -13,7 +13,9 @@
   by side.
 
 For every (model, suite) the records of the latest run that measured it are used, so a store that
-ran the suites in several sessions, or stores merged from several machines, compare as one.
+ran the suites in several sessions, or stores merged from several machines, compare as one; when those
+runs loaded different weights under one model's name (their digests, ``reports.health``), the page says
+"weights changed between the runs" with each digest.
 """
 
 from __future__ import annotations
@@ -35,12 +37,12 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure as MplFigure
 
 from harness.errors import HarnessError
-from reports import tables
+from reports import health, tables
 from reports.figures import BIT_CLASS_ORDER, COMPONENT_ORDER, DPI, grouped_bars, suite_modules
 from reports.html import table
 from reports.load import SUPER_WEIGHTS_FILE, open_store, parse_records, pget
 from reports.stats import wilson
-from reports.views import OUTCOME_LABELS
+from reports.views import OUTCOME_LABELS, outcome_label
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,8 @@ MAX_NOISE_PANELS = 6
 
 def latest_records(dirs: list[str | Path]) -> pd.DataFrame:
     """Parsed records of the stores in ``dirs``: for each (model, suite) those of the latest run (by start
-    time) that measured it. Adds ``store`` (the results directory) and ``started_at``.
+    time) that measured it. Adds ``store`` (the results directory), ``started_at`` and ``weights`` (the digest of
+    the weights the row's run loaded for its model, :func:`reports.health.digests`; None when not recorded).
 
     Raises:
         HarnessError: no directory given, a directory without a store, no records at all.
@@ -71,7 +74,22 @@ def latest_records(dirs: list[str | Path]) -> pd.DataFrame:
         frames.append(recs.assign(store=str(d), started_at=recs["run_id"].map(started)))
     if not frames:
         raise HarnessError(f"no records in {', '.join(map(str, dirs))} (run the suites first)")
-    return parse_records(newest_per_suite(pd.concat(frames, ignore_index=True)))
+    every = pd.concat(frames, ignore_index=True)
+    known = health.digests(every)
+    recs = newest_per_suite(every)
+    recs["weights"] = [known.get((str(r), str(m))) for r, m in zip(recs["run_id"], recs["model"], strict=True)]
+    return parse_records(recs)
+
+
+def weights_changed(records: pd.DataFrame) -> list[str]:
+    """One line per model whose compared records come from runs of different weights (the ``weights`` column of
+    :func:`latest_records`): "weights changed between the runs", each digest with its runs."""
+    if "weights" not in records:
+        return []
+    known = {(str(r), str(m)): w for r, m, w in zip(records["run_id"], records["model"], records["weights"],
+                                                   strict=True) if isinstance(w, str)}
+    runs = records.sort_values("started_at", kind="stable")
+    return health.weights_across(known, {m: list(g["run_id"]) for m, g in runs.groupby("model", sort=True)})
 
 
 def newest_per_suite(records: pd.DataFrame) -> pd.DataFrame:
@@ -101,7 +119,7 @@ def _cell_text(r) -> str:
 
 def _tooltip(r) -> str:
     other = "other side" if r["kind"] == "relation" else "bound"
-    parts = [f"{r['claim']} on {r['model']}: {OUTCOME_LABELS.get(r['outcome'], r['outcome'])}",
+    parts = [f"{r['claim']} on {r['model']}: {outcome_label(r['outcome'], r['reason'])}",
              f"value {tables.fmt(r['value'])} {r['op']} {other} {tables.fmt(r['bound'])}"]
     if r["statement"]:
         parts.append(str(r["statement"]))
@@ -150,6 +168,21 @@ def _measurements(recs: pd.DataFrame, suite: str, metric: str) -> pd.DataFrame:
 def _values(g: pd.DataFrame) -> pd.Series:
     """Values with a collapse (NULL or non-finite, ``collapsed``) as +inf."""
     return g["value"].where(g["value"].notna() | ~g["collapsed"], math.inf).astype(float)
+
+
+def _weights(recs):
+    """The digest of the weights the model's compared runs loaded (several: they changed between the runs)."""
+    digests = recs["weights"].dropna().unique() if "weights" in recs else []
+    return " / ".join(map(str, digests)) or None
+
+
+def _health(recs):
+    """"healthy", or the health claims the model failed (``harness.health``); None when none was judged."""
+    c = recs[(recs["suite"] == health.HEALTH_SUITE) & recs["is_claim"]]
+    if c.empty:
+        return None
+    failed = sorted(set(c.loc[c["outcome"] == "failed", "claim"]))
+    return f"NOT HEALTHY: {', '.join(failed)} failed" if failed else "healthy"
 
 
 def _clean_perplexity(recs):
@@ -236,6 +269,8 @@ def _lmeval_acc(clean: bool):
 
 
 HEADLINES = [
+    Headline("health", _health, "the model-health claims, judged once per session"),
+    Headline("weights", _weights, "digest of the weights as loaded"),
     Headline("clean perplexity", _clean_perplexity, "smoke suite, evaluation windows"),
     Headline("zero super weights: ppl ratio", _zero_super_weights, "perplexity x after zeroing them"),
     Headline("super weight found", _super_weight_found, "activation scan, round 0"),
@@ -458,6 +493,7 @@ color:#6e7781}td.cell-none{background:repeating-linear-gradient(45deg,#fff,#fff 
 .legend span{display:inline-block;padding:1px 8px;margin-right:8px;border:1px solid #d0d7de}
 figure{margin:8px 0 18px}figure img{max-width:100%;border:1px solid #e1e4e8}
 figcaption{font-size:12px;color:#57606a;max-width:820px}.muted{color:#57606a}
+.warn{background:#fff8c5;border:1px solid #d4a72c;padding:6px 10px;margin:6px 0;border-radius:4px}
 """
 
 
@@ -487,8 +523,10 @@ def page(records: pd.DataFrame, dirs: list[str | Path]) -> tuple[str, pd.DataFra
              f"<p>stores: {esc(', '.join(map(str, dirs)))}</p></header>",
              "<nav><a href='#headlines'>Headlines</a><a href='#claims'>Claims</a><a href='#figures'>Figures</a></nav>"
              "<main>",
-             "<section id='headlines'><h2>Headlines</h2><p class='muted'>Blank: not measured for that model in "
-             "these stores.</p>" + table(heads) + table(summary.merge(runs, on="model")) + "</section>",
+             "<section id='headlines'><h2>Headlines</h2>"
+             + "".join(f"<div class='warn'>{esc(line)}</div>" for line in weights_changed(records))
+             + "<p class='muted'>Blank: not measured for that model in these stores.</p>" + table(heads)
+             + table(summary.merge(runs, on="model")) + "</section>",
              f"<section id='claims'><h2>Claims</h2><p class='legend'>{legend}</p><p class='muted'>The value of each "
              f"claim per model (hover for the statement, the bound or other side, and the reason); ✗ failed, "
              f"? unverified (no bound for that model).</p>" + matrix_html(m, models) + "</section>",

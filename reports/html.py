@@ -1,9 +1,10 @@
 """``index.html``, the run page: one static page, usable offline (CSS inline, figures embedded as base64
 data URIs, sparklines as inline SVG).
 
-Attention first: the page opens with what needs attention (failed, regressed and unverified claims),
-then one folded section per suite (``<details>``) holding its claims beside its figures, then the
-claims over time (a sparkline per claim, what changed since the previous run).
+Attention first: the page opens with what needs attention (an unhealthy model, failed, regressed and
+unverified claims), then the model under test (its health claims and the identity of its weights), then one
+folded section per suite (``<details>``) holding its claims beside its figures, then the claims over time (a
+sparkline per claim, what changed since the previous run).
 
 The page sets ``data-images``, ``data-broken-images`` and ``data-loaded`` on ``<body>`` once loaded,
 so a headless browser can tell whether every figure decoded.
@@ -17,14 +18,17 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.claims import HEALTH_SUITE
 from reports import tables
 from reports.comparable import describe, run_config
 from reports.figures import slug
+from reports.health import health_claims
 from reports.views import (
     ATTENTION,
     OUTCOME_LABELS,
     Report,
     collapse_view,
+    outcome_label,
     present,
     regression_view,
 )
@@ -64,6 +68,9 @@ border:1px solid}.b-failed{color:#cf222e;border-color:#cf222e;background:#fde8e8
 .card.warnc{border-color:#bf8700;color:#7d4e00;background:#fff4d6}.card.ok{border-color:#1a7f37;color:#1a7f37}
 .warn{background:#fff8c5;border:1px solid #d4a72c;padding:6px 10px;margin:6px 0;border-radius:4px}
 .allgood{background:#e8f6ea;border:1px solid #1a7f37;padding:6px 10px;border-radius:4px}
+.unhealthy{background:#fde8e8;border:1px solid #cf222e;color:#82071e;padding:6px 10px;margin:6px 0;
+border-radius:4px;font-weight:600}.healthy{color:#1a7f37;font-weight:600}
+tr.digest td{white-space:nowrap;overflow-wrap:normal;font-family:ui-monospace,monospace;font-size:12px}
 figure{margin:6px 0 14px;max-width:100%}figure img{max-width:100%;border:1px solid #e1e4e8}
 figcaption{font-size:12px;color:#57606a;max-width:720px}
 details.suite{border:1px solid #d0d7de;border-radius:6px;margin:8px 0;padding:0 12px}
@@ -142,7 +149,7 @@ def claims_table(claims: pd.DataFrame, *, suite: bool = True) -> str:
         cells = [f"<td class='claim' title=\"{tip}\">{cell}</td>",
                  *([f"<td>{esc(str(r['suite']))}</td>"] if suite else []),
                  *([f"<td>{esc(str(r['model']))}</td>"] if show_model else []),
-                 f"<td class='o' title='{esc(OUTCOME_LABELS.get(r['outcome'], ''))}'>{esc(label)}</td>",
+                 f"<td class='o' title='{esc(outcome_label(r['outcome'], r.get('reason')))}'>{esc(label)}</td>",
                  f"<td class='num'>{esc(tables.fmt(r['value']))}<span class='vb'> {bound}</span></td>",
                  f"<td class='num bound'>{bound}</td>"]
         rows.append(f"<tr class='o-{esc(str(r['outcome']))}'>{''.join(cells)}</tr>")
@@ -185,9 +192,12 @@ def _attention(r: Report) -> list[str]:
     cards += [("unchecked", len(unchecked), "warnc" if unchecked else "ok"), ("passed", n["passed"], ""),
               ("not applicable", n["not_applicable"], "warnc" if na_share > MAX_NA_SHARE else ""),
               ("records", len(r.data.records), "")]
-    out = ["<section id='attention'><h2>Needs attention</h2><div class='cards'>" + "".join(
-        f"<div class='card {cls}' data-count='{k}'><b>{v}</b>{esc(k)}</div>" for k, v, cls in cards) + "</div>"]
-    out += [f"<div class='warn'>{esc(w)}</div>" for w in r.warnings]
+    out = ["<section id='attention'><h2>Needs attention</h2>"]
+    out += [f"<div class='unhealthy'>{esc(line)}: its suite tests were skipped (<a href='#model'>Model</a>)</div>"
+            for line in r.unhealthy]
+    out.append("<div class='cards'>" + "".join(
+        f"<div class='card {cls}' data-count='{k}'><b>{v}</b>{esc(k)}</div>" for k, v, cls in cards) + "</div>")
+    out += [f"<div class='warn'>{esc(w)}</div>" for w in (*r.weights_changed, *r.weights_differ, *r.warnings)]
     out.append("<div class='note' id='compared-with'><b>Compared with</b> (only earlier runs of the same model, seed "
                "and options count):<ul>" + "".join(f"<li>{esc(line)}</li>" for line in r.compared_with())
                + "</ul>" + _spread_note(r) + "</div>")
@@ -201,7 +211,7 @@ def _attention(r: Report) -> list[str]:
         out.append(f"<div class='warn'>{len(unchecked)} suite test(s) ended skipped or failed without deciding "
                    f"any claim: {esc(', '.join(unchecked[:5]))}{' ...' if len(unchecked) > 5 else ''}</div>")
     if (checked and na_share <= MAX_NA_SHARE and not unchecked and not n["failed"] and not n["unverified"]
-            and regressed.empty and not r.interrupted):
+            and regressed.empty and not r.interrupted and not r.weights_differ and not r.weights_changed):
         out.append(f"<p class='allgood'>Nothing needs attention: {n['passed']} claims passed, "
                    f"{n['not_applicable']} not applicable"
                    + (f", none regressed against {esc(r.baseline_label)}" if r.comparison is not None else "")
@@ -213,12 +223,41 @@ def _attention(r: Report) -> list[str]:
                    + table(regression_view(regressed), bad=lambda x: True))
     if n["unverified"]:
         un = c[c["outcome"] == "unverified"]
-        items = "".join(f"<li><a href='#suite-{esc(s)}'>{esc(s)}</a> ({esc(', '.join(sorted(g['model'].unique())))})"
+        items = "".join(f"<li><a href='{_anchor(s)}'>{esc(s)}</a> ({esc(', '.join(sorted(g['model'].unique())))})"
                         f": {esc(', '.join(g['claim']))}</li>" for s, g in un.groupby("suite", sort=True))
-        out.append(f"<h3 id='unverified'>Unverified claims: no bound for this model</h3>"
+        title = "Unverified claims" + ("" if r.weights_differ else ": no bound for this model")
+        out.append(f"<h3 id='unverified'>{title}</h3>"
                    f"<p class='muted'>A regression bound is checked only where <code>suites/bounds/&lt;suite&gt;"
                    f".toml</code> has a number for the model (create them with <code>python -m reports "
-                   f"export-bounds</code>).</p><ul class='compact'>{items}</ul>")
+                   f"export-bounds</code>), measured on the same weights and configuration.</p>"
+                   f"<ul class='compact'>{items}</ul>")
+    return [*out, "</section>"]
+
+
+def _anchor(suite: str) -> str:
+    """The link to a suite's section (the model-health claims: the Model panel)."""
+    return "#model" if suite == HEALTH_SUITE else f"#suite-{esc(suite)}"
+
+
+def _model(r: Report) -> list[str]:
+    """The model under test, before the suites: per model its health claims (judged once per session; a failed
+    one skips every test of the model) and the identity of its weights (digest, source, library versions)."""
+    mine = health_claims(r.claims)
+    out = ["<section id='model'><h2>Model</h2><p class='muted'>Judged once per session before any suite: is it a "
+           "healthy trained model (<code>harness/health.py</code>)? A failed health claim skips every test of the "
+           "model. The digest covers every parameter as loaded; other weights under the same name (a new "
+           "conversion, a fine-tune) get another digest.</p>"]
+    if mine.empty and r.identity.empty:
+        return [*out, "<p class='muted'>No model-health rows in this run (recorded by runs since the health "
+                      "claims, issue 35).</p></section>"]
+    out += [f"<div class='unhealthy'>{esc(line)}</div>" for line in r.unhealthy]
+    out += [f"<div class='warn'>{esc(line)}</div>" for line in (*r.weights_changed, *r.weights_differ)]
+    healthy = [m for m in sorted(mine["model"].unique()) if not (mine[mine["model"] == m]["outcome"] == "failed").any()]
+    if healthy and not mine.empty:
+        out.append(f"<p class='healthy'>Healthy: {esc(', '.join(healthy))} (no health claim failed)</p>")
+    identity = table(r.identity, row_class=lambda x: "digest" if x["weights"] == "digest" else "")
+    out.append("<div class='suite-body'><div><h3>Health claims</h3>" + claims_table(mine, suite=False) + "</div>"
+               f"<div><h3>Weights</h3>{identity}</div></div>")
     return [*out, "</section>"]
 
 
@@ -358,13 +397,14 @@ def page(r: Report, report_dir: Path) -> str:
              f"<title>ESA report {esc(r.data.run_id)}</title><style>{CSS}</style></head><body>",
              f"<header><h1>{title}</h1><p>{line}</p><p>{env}</p>"
              + (f"<p>{links}</p>" if links else "") + "</header>"]
-    sections = [("attention", "Needs attention"), ("suites", "Suites"), ("over-time", "Over time")]
+    sections = [("attention", "Needs attention"), ("model", "Model"), ("suites", "Suites"), ("over-time", "Over time")]
     if r.comparison is not None:
         sections.append(("regression", "Regression"))
     if r.highlights:
         sections.append(("findings", "Findings"))
     parts.append("<nav>" + "".join(f"<a href='#{a}'>{t}</a>" for a, t in sections) + "</nav><main>")
     parts += _attention(r)
+    parts += _model(r)
     parts += _suites(r, report_dir)
     parts += _over_time(r)
     if r.comparison is not None:

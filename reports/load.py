@@ -23,7 +23,9 @@ SW_COLUMNS = ["model", "method", "module", "layer", "row", "col", "value", "scor
 ENV_FIELDS = ("device", "dtype", "torch", "transformers", "lm_eval", "python")
 
 
-def _loads(text) -> dict:
+def json_object(text) -> dict:
+    """A JSON column (extra, perturbation) as a dict: {} when empty, {"raw": text} when not JSON, {"value": x} when
+    not an object."""
     if text is None or (isinstance(text, float) and math.isnan(text)) or text == "":
         return {}
     try:
@@ -37,7 +39,7 @@ def canonical_json(obj) -> str:
     """The JSON text used as a matching key (sorted keys, no spaces); a missing perturbation (None, NaN) is
     ``{}``."""
     if isinstance(obj, str):
-        obj = _loads(obj)
+        obj = json_object(obj)
     elif obj is None or (isinstance(obj, float) and math.isnan(obj)):
         obj = {}
     return json.dumps(obj or {}, sort_keys=True, separators=(",", ":"), default=str)
@@ -88,7 +90,7 @@ def outcomes_of(df: pd.DataFrame) -> pd.Series:
     """The outcome of each row: the ``outcome`` column, or for a row written before it existed (schema 1)
     ``passed``/``failed`` from ``passed`` where it has a bound, ``unverified`` where it names a claim
     (``extra.claim``) but has no bound; None for a measurement."""
-    named = [bool(_loads(x).get("claim")) for x in df["extra"]]  # a claim row written without a bound
+    named = [bool(json_object(x).get("claim")) for x in df["extra"]]  # a claim row written without a bound
     legacy = pd.Series([("passed" if p == 1 else "failed") if pd.notna(b) else "unverified" if n else None
                         for b, p, n in zip(df["bound"], df["passed"], named, strict=True)], index=df.index,
                        dtype=object)
@@ -102,8 +104,8 @@ def parse_records(df: pd.DataFrame) -> pd.DataFrame:
     """Add parsed columns: ``pert`` / ``xtra`` (dicts), ``outcome`` (see :func:`outcomes_of`), ``is_claim``,
     ``claim`` (claim name)."""
     df = df.copy()
-    df["pert"] = [_loads(t) for t in df["perturbation"]] if len(df) else []
-    df["xtra"] = [_loads(t) for t in df["extra"]] if len(df) else []
+    df["pert"] = [json_object(t) for t in df["perturbation"]] if len(df) else []
+    df["xtra"] = [json_object(t) for t in df["extra"]] if len(df) else []
     df["outcome"] = outcomes_of(df) if len(df) else pd.Series(dtype=object)
     df["is_claim"] = df["outcome"].notna()
     df["claim"] = [

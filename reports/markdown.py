@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from reports.health import health_claims
 from reports.tables import fmt
 from reports.views import Report, claims_view, collapse_view, present, regression_view
 
@@ -41,7 +42,7 @@ def _header(r: Report) -> list[str]:
 
 def _findings(r: Report) -> list[str]:
     n = r.outcome_counts()
-    out = ["## Summary", "",
+    out = ["## Summary", "", *(f"- **UNHEALTHY {line}: its suite tests were skipped.**" for line in r.unhealthy),
            f"- Suites: {', '.join(sorted(r.data.records['suite'].unique()))}; {len(r.data.records)} records.",
            f"- Claims: {len(r.claims)} checked: **{n['failed']} failed**, **{n['unverified']} unverified** "
            f"(no bound for this model), {n['passed']} passed, {n['not_applicable']} not applicable."]
@@ -58,7 +59,7 @@ def _findings(r: Report) -> list[str]:
                    f"tolerance); measurements: {counts.get('regressed', 0)} regressed, {counts.get('changed', 0)} "
                    f"changed (no direction), {counts.get('improved', 0)} improved, {counts.get('ok', 0)} within "
                    f"tolerance, {counts.get('new', 0)} new, {counts.get('missing', 0)} missing.")
-    for w in r.warnings:
+    for w in (*r.weights_changed, *r.weights_differ, *r.warnings):
         out.append(f"- **{w}**")
     for line in r.highlights:
         out.append(f"- {line}")
@@ -78,8 +79,25 @@ def _failed_and_regressed(r: Report) -> list[str]:
     return out
 
 
+def _model(r: Report) -> list[str]:
+    """The model under test: its health claims (judged once per session) and the identity of its weights."""
+    mine = health_claims(r.claims)
+    out = ["## Model", ""]
+    if mine.empty and r.identity.empty:
+        return [*out, "_No model-health rows in this run (recorded by runs since the health claims)._", ""]
+    out += [f"- **UNHEALTHY {line}**" for line in r.unhealthy]
+    out += [f"- **{line}**" for line in (*r.weights_changed, *r.weights_differ)]
+    if r.unhealthy or r.weights_changed or r.weights_differ:
+        out.append("")
+    out += ["### Health claims", "", to_markdown(claims_view(mine, suite=False)), "### Weights", "",
+            to_markdown(r.identity)]
+    return out
+
+
 def analysis_report(r: Report) -> str:
-    out = _header(r) + _findings(r) + _failed_and_regressed(r)
+    """The whole analysis in Markdown: summary, the model's health and weights, failed and regressed claims,
+    tables, figures and per-suite summaries."""
+    out = _header(r) + _findings(r) + _model(r) + _failed_and_regressed(r)
     if not r.super_weights.empty:
         out += ["## Super weights", "", to_markdown(r.super_weights.drop(columns=["source"]), 30)]
     if not r.sensitive_layers.empty:

@@ -75,27 +75,35 @@ def run_suites(results_dir: str | Path, model: str = "tiny-llama", *, k: str | N
     return ids[-1]
 
 
-FAILING_SMOKE_BOUND = "clean_perplexity = 1.0\n"  # a random-weight model's perplexity is in the hundreds
+# The sample's deliberately failing claim: a regression bound tiny-llama is judged on in the sample selection (the
+# model-health claims are not applicable on random weights, the smoke suite declares none). Noise of 0.001 x std on
+# the MLP weights leaves a model's perplexity where it was (ratio 1.0000 on tiny-llama); a bound of 0.99 asks it
+# to lower perplexity by 1%, which no noise does.
+FAILING_SUITE, FAILING_CLAIM, FAILING_BOUND = "robustness", "gaussian_mlp_low_noise_ppl_ratio", 0.99
 
 
 def sample_store(base: str | Path, model: str = "tiny-llama") -> tuple[Path, str]:
     """``(results dir, run id)`` of the sample suites run on ``model`` under ``base``, run once and then reused
     (under a file lock: the xdist workers of one session share ``base`` and the first one builds it).
 
-    The run reads its bounds from a copy of ``suites/bounds`` in which the model's smoke bound is 1.0, which no
-    random-weight model meets: the store then holds a real failed claim beside unverified ones (bounds the
-    model has no number for), passed and not-applicable ones.
+    The run reads its bounds from a copy of ``suites/bounds`` in which the model's ``FAILING_CLAIM`` bound is
+    ``FAILING_BOUND``, which no model meets: the store then holds a real failed claim beside unverified ones
+    (bounds the model has no number for), passed and not-applicable ones.
     """
+    from reports.bounds import replace_table
+
     d = Path(base) / f"sample-{model}"
     marker = d / "run_id"
     d.mkdir(parents=True, exist_ok=True)
     with open(d.parent / f".sample-{model}.lock", "w") as lock:  # processes sharing ``base`` build it once
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not marker.is_file():
-            root = d / "root"
-            shutil.copytree(ROOT / "suites" / "bounds", root / "suites" / "bounds", dirs_exist_ok=True)
-            (root / "suites" / "bounds" / "smoke.toml").write_text(f"[{model}]\n{FAILING_SMOKE_BOUND}")
-            marker.write_text(run_suites(d, model, rootdir=root))
+            bounds = d / "root" / "suites" / "bounds"
+            shutil.copytree(ROOT / "suites" / "bounds", bounds, dirs_exist_ok=True)
+            path = bounds / f"{FAILING_SUITE}.toml"
+            path.write_text(replace_table(path.read_text() if path.is_file() else "", model,
+                                          f"{FAILING_CLAIM} = {FAILING_BOUND!r}\n"))
+            marker.write_text(run_suites(d, model, rootdir=d / "root"))
     return d, marker.read_text()
 
 

@@ -2,8 +2,8 @@
 
 First the whole analysis of each model (its latest-per-suite page, :mod:`reports.latest`), then every run of
 the store by model, newest first: seed, configuration (each distinct configuration spelled out once and named
-A, B, ...), suites, outcome counts, whether it finished or was interrupted, and a link to its run page where
-one has been built.
+A, B, ...), the digest of the weights it loaded (``reports.health``), suites, outcome counts, whether it finished
+or was interrupted, and a link to its run page where one has been built.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import pandas as pd
 from harness.records.store import interruption
 from reports.comparable import SEED, describe, run_config
 from reports.figures import slug
+from reports.health import digests
 from reports.html import CSS, badges, table
 from reports.latest import page_name
 from reports.load import OUTCOMES, RunData
@@ -42,9 +43,10 @@ def _config_names(configs: list[dict[str, str]]) -> dict[str, str]:
 
 def runs_table(data: RunData, parent: Path) -> tuple[pd.DataFrame, dict[str, str]]:
     """One row per (run, model), newest first: model, run (its page's href in ``href``), started, seed,
-    config (a name from the returned text -> name map), suites, failed, unverified, passed, not applicable,
-    state, commit."""
+    config (a name from the returned text -> name map), weights (their digest, "" when not recorded), suites,
+    failed, unverified, passed, not applicable, state, commit."""
     hist = data.history
+    known = digests(hist)
     rows, configs = [], []
     for rid in list(data.runs["run_id"])[::-1]:
         info = data.run_info(rid)
@@ -60,6 +62,7 @@ def runs_table(data: RunData, parent: Path) -> tuple[pd.DataFrame, dict[str, str
             rows.append({"model": model, "run": rid, "href": f"{slug(rid)}/{INDEX}" if page.is_file() else "",
                          "started": str(info.get("started_at") or "")[:16].replace("T", " "),
                          "seed": config[SEED], "config": describe({**config, SEED: ""}).removeprefix("seed -, "),
+                         "weights": known.get((rid, model), ""),
                          "suites": ", ".join(sorted(g["suite"].unique())), "failed": n["failed"],
                          "unverified": n["unverified"], "passed": n["passed"], "not applicable": n["not_applicable"],
                          "state": state, "commit": str(info.get("git_commit") or "")[:10]})

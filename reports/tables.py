@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from harness.claims import HEALTH_SUITE
 from reports.load import OUTCOMES, claim_direction, direction_of, pget, xget
 from reports.stats import wilson
 
@@ -63,7 +64,8 @@ CLAIM_COLUMNS = ["suite", "model", "claim", "kind", "outcome", "value", "op", "b
 
 
 def claims_table(records: pd.DataFrame) -> pd.DataFrame:
-    """Every claim row, in attention order (failed, unverified, passed, not applicable; then suite, claim).
+    """Every claim row, in attention order (failed, unverified, passed, not applicable; then suite, claim); a
+    model-health claim once per model (its worst row, as :class:`harness.claims.Summary` counts it).
 
     Columns ``CLAIM_COLUMNS``: ``kind`` is ``bound`` or ``relation``; for a bound ``value op bound``, for a
     relation ``value`` is the side that must be larger and ``bound`` the other side; ``statement`` is the
@@ -85,8 +87,11 @@ def claims_table(records: pd.DataFrame) -> pd.DataFrame:
                         "statement": xget(c, "statement").fillna(""), "reason": xget(c, "reason").fillna(""),
                         "metric": c["metric"], "test_id": c["test_id"]})
     rank = out["outcome"].map({o: i for i, o in enumerate(OUTCOMES)}).fillna(len(OUTCOMES))
-    return (out.assign(_r=rank).sort_values(["_r", "suite", "claim", "model"], kind="stable")
-            .drop(columns="_r").reset_index(drop=True))
+    out = out.assign(_r=rank).sort_values(["_r", "suite", "claim", "model"], kind="stable").drop(columns="_r")
+    # the model-health claims are judged once per model and session, recorded by each shard of a merged run
+    health = out["suite"] == HEALTH_SUITE
+    again = health & out.duplicated(["suite", "model", "claim", "test_id"], keep="first")
+    return out[~again].reset_index(drop=True)
 
 
 def suite_summaries(records: pd.DataFrame) -> dict[str, pd.DataFrame]:

@@ -11,16 +11,27 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from harness.claims import HEALTH_SUITE
 from harness.records.store import interruption
 from reports.comparable import Comparables
 from reports.figures import Figure
+from reports.health import is_weights_differ
 from reports.load import OUTCOMES, RunData
 from reports.tables import fmt
 
 # outcome -> how a table cell shows it; "unverified" is marked so it never reads as a pass
 OUTCOME_LABELS = {"failed": "FAILED", "unverified": "UNVERIFIED (no bound)", "passed": "passed",
                   "not_applicable": "not applicable"}
+WEIGHTS_DIFFER_LABEL = "UNVERIFIED (weights differ)"  # a bound measured on other weights than the run's
 ATTENTION = ("failed", "unverified")  # outcomes the run page lists first
+
+
+def outcome_label(outcome, reason=None) -> str:
+    """How a claim's outcome reads in a table: :data:`OUTCOME_LABELS`, and a bound left unverified because the
+    run's weights differ from those it was measured on says so."""
+    if outcome == "unverified" and is_weights_differ(reason):
+        return WEIGHTS_DIFFER_LABEL
+    return OUTCOME_LABELS.get(outcome, str(outcome))
 
 
 @dataclass
@@ -49,6 +60,10 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     highlights: list[str] = field(default_factory=list)
     figures: list[Figure] = field(default_factory=list)
+    identity: pd.DataFrame = field(default_factory=pd.DataFrame)  # reports.health.identity_table of the run
+    unhealthy: list[str] = field(default_factory=list)  # a line per model that failed a health claim
+    weights_differ: list[str] = field(default_factory=list)  # bounds unverified: measured on other weights
+    weights_changed: list[str] = field(default_factory=list)  # weights differ from the compared run's
 
     @property
     def interrupted(self) -> str | None:
@@ -79,8 +94,9 @@ class Report:
         return cmp[(cmp["kind"] == "claim") & cmp["status"].isin(["regressed", "changed"])]
 
     def suites(self) -> list[str]:
-        """Suites of the run: those with failed or regressed claims first, then those with unverified ones."""
-        names = sorted(self.data.records["suite"].dropna().unique())
+        """Suites of the run: those with failed or regressed claims first, then those with unverified ones (the
+        model-health claims, shown before every suite, are not among them)."""
+        names = sorted(set(self.data.records["suite"].dropna()) - {HEALTH_SUITE})
         c = self.claims
         failed = set(c.loc[c["outcome"] == "failed", "suite"]) | set(self.regressed().get("suite", []))
         unverified = set(c.loc[c["outcome"] == "unverified", "suite"])
@@ -97,10 +113,11 @@ def claims_view(claims: pd.DataFrame, *, suite: bool = True) -> pd.DataFrame:
     if claims.empty:
         return claims
     out = pd.DataFrame({
-        "outcome": claims["outcome"].map(lambda o: OUTCOME_LABELS.get(o, str(o))),
+        "outcome": [outcome_label(o, r) for o, r in zip(claims["outcome"], claims["reason"], strict=True)],
         "suite": claims["suite"], "model": claims["model"], "claim": claims["claim"],
         "value": claims["value"], "op": claims["op"], "bound / other side": claims["bound"],
-        "statement or reason": [r if isinstance(r, str) and r and o == "not_applicable" else (s or "")
+        "statement or reason": [r if isinstance(r, str) and r and (o == "not_applicable" or is_weights_differ(r))
+                                else (s or "")
                                 for s, r, o in zip(claims["statement"], claims["reason"], claims["outcome"],
                                                    strict=True)],
     })

@@ -38,6 +38,13 @@ PROTECTION_HELPS = {
                        "gives a lower perplexity than removing them",
                        statistic="perplexity", margin="strict: protected < unprotected; a tie fails")
     for g, tag in COMPARED.items()}
+KEEPS_COVERED = CLAIMS.relation(
+    "protection_keeps_covered_super_weights", "Where the pruning mask covers every super weight (the largest weights "
+    "of their rows pruned, as many as it takes), protection keeps each one at its exact stored value",
+    statistic="super weights kept", margin="all of them, bit-identical; one changed fails")
+COVERED_HELPS = CLAIMS.relation(
+    "protection_helps_when_covered", "Where the pruning mask covers every super weight, protecting them gives a "
+    "lower perplexity than pruning them", statistic="perplexity", margin="strict: protected < unprotected")
 WANDA_PPL_RATIO = {
     g: CLAIMS.bound(f"wanda_{tag}_ppl_ratio", f"Perplexity after 50% Wanda pruning ({g}) over clean stays at its "
                     "measured level", side="max", statistic="ppl_ratio", seeded=False)
@@ -108,6 +115,22 @@ def test_protecting_super_weights(cells, recorder, granularity):
                                 **columns)
     else:
         recorder.claim(claim, greater(plain.perplexity, kept.perplexity), **columns)
+
+
+def test_protecting_super_weights_the_mask_covers(lm, eval_windows, clean, cells, recorder):
+    from harness.claims import Comparison
+    from harness.pruning.covered import covered_protection
+
+    sites = cells.super_weight_sites()
+    if not sites:
+        for claim in (KEEPS_COVERED, COVERED_HELPS):
+            recorder.not_applicable(claim, cells.detected().none_reason())
+        return
+    covered = covered_protection(lm, sites, eval_windows, clean.reference)
+    columns = {"method": "magnitude+protect", "extra": covered.extra()}
+    recorder.claim(KEEPS_COVERED, Comparison(covered.covered == covered.sites and covered.kept == covered.sites,
+                                             covered.kept, covered.sites, {"covered": covered.covered}), **columns)
+    recorder.claim(COVERED_HELPS, greater(covered.unprotected.perplexity, covered.protected.perplexity), **columns)
 
 
 def test_saved_pruned_model_reloads_with_the_same_perplexity(clean, cells, recorder, tmp_path):

@@ -95,13 +95,70 @@ def _super_weight(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(harness.models, "load_model", scaled)
 
 
+def _wrong_model(mp: pytest.MonkeyPatch, wrong: Callable[[torch.nn.Module], None]) -> None:
+    """Every loaded model made wrong by ``wrong(model)`` after loading: it loads without an error (the kind of
+    model a faulty conversion or a misread configuration gives), and only its own clean output can tell."""
+    import harness.models
+
+    load = harness.models.load_model
+
+    def broken(name, *args, **kwargs):
+        loaded = load(name, *args, **kwargs)
+        with torch.no_grad():
+            wrong(loaded.model)
+        return loaded
+
+    mp.setattr(harness.models, "load_model", broken)
+
+
+@sabotage("model_layout_scrambled")
+def _layout(mp: pytest.MonkeyPatch) -> None:
+    """Gross: every MLP down-projection's rows in reverse order (a wrong tensor layout in a conversion)."""
+    from harness.models.archmap import select
+
+    def scramble(model):
+        for ref in select(model, components="mlp_down"):
+            w = model.get_parameter(ref.param)
+            w.copy_(w.flip(0))
+
+    _wrong_model(mp, scramble)
+
+
+@sabotage("model_rope_base_misread")
+def _rope(mp: pytest.MonkeyPatch) -> None:
+    """A misread configuration value: the rotary base read as 10,000 instead of the model's own (smollm2-135m:
+    100,000; clean perplexity +9%)."""
+
+    def misread(model):
+        rotary = model.model.rotary_emb
+        dim = rotary.inv_freq.numel() * 2
+        rotary.inv_freq.copy_(1.0 / 10_000.0 ** (torch.arange(0, dim, 2, dtype=torch.float) / dim))
+
+    _wrong_model(mp, misread)
+
+
+@sabotage("model_final_norm_scaled")
+def _norm(mp: pytest.MonkeyPatch) -> None:
+    """A few percent: the final norm's weight scaled by 0.8 (the logits' temperature off by a quarter)."""
+    _wrong_model(mp, lambda model: model.model.norm.weight.mul_(0.8))
+
+
+@sabotage("protection_keeps_nothing")
+def _protection(mp: pytest.MonkeyPatch) -> None:
+    """Pruning's ``protect=`` keeps nothing: the protected sites are forgotten before the masks are made."""
+    import importlib
+
+    module = importlib.import_module("harness.pruning.prune")  # the package exports a function of that name
+    mp.setattr(module, "protect_map", lambda protect: {})
+
+
 @sabotage("no_bounds")
 def _no_bounds(mp: pytest.MonkeyPatch) -> None:
     """The model as a new user's: no regression bound has a number for it (relations alone), and its flips
     do nothing."""
-    import fixtures.plugin
+    import fixtures.recorder
 
-    mp.setattr(fixtures.plugin, "bound_for", lambda *args, **kwargs: None)
+    mp.setattr(fixtures.recorder, "bound_for", lambda *args, **kwargs: None)
     _flips(mp)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -38,9 +39,20 @@ CASES = {
     "finetune_lr_0": (["suites/test_finetune.py", "-k", "test_finetune_trains and plain", "--trials", "1"],
                       {"finetune_lowers_training_perplexity"}, False),
     "attack_gives_up": (["suites/test_adversarial.py", "-k", "typo"], {"typo_lowers_target"}, True),
+    # a model without its super weights is a broken model: the health claims catch it before the suite runs
     "super_weight_scaled_down": (["suites/test_super_weights.py", "-k", "zero_super_weights or known"],
-                                 {"zero_super_weights_ppl_ratio", "zero_top_super_weight_ppl_ratio",
+                                 {"clean_perplexity", "zero_super_weights_ppl_ratio", "zero_top_super_weight_ppl_ratio",
                                   "zero_super_weights_vs_random"}, True),
+    # the main job on a model that loads without an error but is wrong: red through the model-health claims, judged
+    # whatever -k selects, and the selected suites skipped (from gross to +9-12% clean perplexity; each through
+    # one of the selections that never ran the smoke suite)
+    "model_layout_scrambled": (["suites/test_bitflip.py"],
+                               {"clean_perplexity", "below_unigram", "below_uniform", "top1_above_chance"}, True),
+    "model_rope_base_misread": (["suites/test_robustness.py"], {"clean_perplexity"}, True),
+    "model_final_norm_scaled": (["suites/test_compare_sensitivity.py"], {"clean_perplexity"}, True),
+    # protection that keeps nothing, where the mask covers every super weight
+    "protection_keeps_nothing": (["suites/test_pruning.py", "-k", "protecting_super_weights_the_mask_covers"],
+                                 {"protection_keeps_covered_super_weights"}, True),
     # a new user's model on day one: no bound has a number for it, so relations alone must catch the sabotage
     "no_bounds": (["suites/test_bitflip.py", "-k", "uniform-exp_msb-native or exp_msb_damages"],
                   {"fp32_uniform_exp_msb_has_effect", "exp_msb_damages_more_than_mantissa_lsb"}, False),
@@ -84,6 +96,10 @@ def test_sabotage_turns_the_run_red(name, sabotaged, tmp_path):
     (tmp_path / "power.json").write_text(json.dumps({"sabotage": name, "failed": sorted(failed)}))
     assert rc == 1, f"sabotage {name}: the run did not fail (exit {rc})\n{output}"
     assert caught, f"sabotage {name}: none of {sorted(expected)} failed; failed: {sorted(failed)}\n{output}"
+    if name.startswith("model_"):  # one line names the model, its value and its bound; nothing ran on it
+        assert "UNHEALTHY model smollm2-135m is not healthy: " in output, output
+        assert re.search(r"^\d+ skipped(, \d+ deselected)? in ", output, re.M), output  # every selected test
+        assert {r["suite"] for r in rows if r["outcome"] == "failed"} == {"model"}
     if name == "no_bounds":  # relations alone: no bound had a number, so every failure is a relation
         kinds = {json.loads(r["extra"])["kind"] for r in rows if r["outcome"] == "failed"}
         assert kinds == {"relation"}, kinds

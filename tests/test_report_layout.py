@@ -22,7 +22,7 @@ import pytest
 
 from reports.build import build_store
 from reports.load import load_run
-from reports.sample import replay_run, sample_store
+from reports.sample import FAILING_CLAIM, replay_run, sample_store
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)),
@@ -160,13 +160,13 @@ MEASURE = """((all) => {
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, sample_base) -> dict[str, Path]:
-    """The sample run (a failing smoke bound, ten not-applicable bit-flip claims) at seed 0, the same run at seed 5
+    """The sample run (a failing robustness bound, ten not-applicable bit-flip claims) at seed 0, the same run at seed 5
     and a worsened replay at seed 0, built with ``python -m reports``' own entry: run pages, latest view, index."""
     sample, first = sample_store(sample_base)
     d = tmp_path_factory.mktemp("layout") / "results"
     shutil.copytree(sample, d, ignore=shutil.ignore_patterns("report*", "root"))
     replay_run(d, first, info={"seed": 5, "git_commit": "5555555"})
-    last = replay_run(d, first, scale={"clean_perplexity": 1.5}, info={"git_commit": "2222222"})
+    last = replay_run(d, first, scale={FAILING_CLAIM: 1.5}, info={"git_commit": "2222222"})
     built = build_store(d, last)
     assert load_run(d).run_id == last
     return {"run": built.run_page / "index.html", "index": built.index,

@@ -1,9 +1,10 @@
 """The report built from the store of a real tiny-model suite run (reports.sample runs the suites).
 
 One session-scoped run of a subset of the suites on tiny-llama (``reports.sample.SAMPLE_K``) with a
-bounds directory whose smoke bound tiny-llama cannot meet (so the store holds a real failed claim next to
-the unverified ones), then a replay of that run with some claim values worsened (a second run, for the
-trend and the regression sections). The comparison page adds a second model (tiny-gpt-neox, fewer suites).
+bounds directory holding a robustness bound tiny-llama cannot meet (``reports.sample.FAILING_CLAIM``: the store
+then holds a real failed claim next to the unverified ones), then a replay of that run with some claim values
+worsened (a second run, for the trend and the regression sections). The comparison page adds a second model
+(tiny-gpt-neox, fewer suites).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from reports.__main__ import main
 from reports.compare import build_comparison
 from reports.compare import main as compare_main
 from reports.load import claim_direction, load_run, xget
-from reports.sample import replay_run, run_suites, sample_store
+from reports.sample import FAILING_BOUND, FAILING_CLAIM, FAILING_SUITE, replay_run, run_suites, sample_store
 from reports.stats import wilson
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def real_run(sample_base) -> tuple[Path, str]:
-    """(results dir, run id) of the real tiny-llama run (with a smoke bound it fails)."""
+    """(results dir, run id) of the real tiny-llama run (with a robustness bound it fails)."""
     return sample_store(sample_base)
 
 
@@ -89,8 +90,8 @@ def test_four_outcomes_from_the_real_run(report):
     outcomes = set(claims["outcome"])
     assert "failed" in outcomes and "unverified" in outcomes, outcomes
     failed = claims[claims["outcome"] == "failed"]
-    assert list(failed["claim"]) == ["clean_perplexity"] and failed["bound"].iloc[0] == 1.0
-    assert failed["value"].iloc[0] > 1.0 and failed["op"].iloc[0] == "<="
+    assert list(failed["claim"]) == [FAILING_CLAIM] and failed["bound"].iloc[0] == FAILING_BOUND
+    assert failed["value"].iloc[0] > FAILING_BOUND and failed["op"].iloc[0] == "<="
     assert list(claims["outcome"]) == sorted(claims["outcome"], key=["failed", "unverified", "passed",
                                                                      "not_applicable"].index)
     unverified = claims[claims["outcome"] == "unverified"]
@@ -132,14 +133,35 @@ def test_run_page_attention_first(two_runs):
     main_html = page[page.index("<main>"):]
     first_h2 = re.search(r"<h2[^>]*>([^<]*)</h2>", main_html).group(1)
     assert first_h2 == "Needs attention"
-    attention = main_html[: main_html.index("<section id='suites'>")]
-    assert "clean_perplexity" in attention and "Failed claims" in attention
+    attention = main_html[: main_html.index("<section id='model'>")].replace("<wbr>", "")
+    assert FAILING_CLAIM in attention and "Failed claims" in attention
     assert "Unverified claims" in attention and "Regressed against previous run" in attention
-    assert main_html.index("id='attention'") < main_html.index("id='suites'") < main_html.index("id='over-time'")
+    assert main_html.index("id='attention'") < main_html.index("id='model'") < main_html.index("id='suites'") \
+        < main_html.index("id='over-time'")
     # suites folded, the failing one open, each holding its claims and figures
-    assert "<details class='suite' id='suite-smoke' open>" in page
+    assert f"<details class='suite' id='suite-{FAILING_SUITE}' open>" in page
     assert re.search(r"<details class='suite' id='suite-bitflip'>.*?bitflip_bars__tiny-llama", page, re.S)
     assert "o-unverified" in page and "UNVERIFIED (no bound)" in page
+
+
+def test_model_panel_of_the_real_run(real_run, report):
+    """The model's health claims and its weights' identity, as the session recorded them, before the suites."""
+    from reports.health import digests
+
+    d, first = real_run
+    (digest,) = {v for (rid, model), v in digests(load_run(d, first).records).items() if model == "tiny-llama"}
+    main_html = (report / "index.html").read_text().split("<main>", 1)[1]
+    model = main_html[main_html.index("<section id='model'>"): main_html.index("<section id='suites'>")]
+    assert main_html.index("id='attention'") < main_html.index("id='model'")
+    assert "Healthy: tiny-llama" in model and f"<td>{digest}</td>" in model and "<td>tiny</td>" in model
+    claims = _claims(report).query("suite == 'model'").set_index("claim")["outcome"].to_dict()
+    assert claims == {"output_finite": "passed", "clean_perplexity": "not_applicable", "below_uniform":
+                      "not_applicable", "below_unigram": "not_applicable", "top1_above_chance": "not_applicable"}
+    for name in claims:
+        assert name.replace("_", "_<wbr>") in model, name
+    assert "id='suite-model'" not in main_html
+    md = (report / "analysis_report.md").read_text()
+    assert "## Model" in md and f"| digest | {digest} |" in md
 
 
 def test_runs_over_time(two_runs):
@@ -153,7 +175,7 @@ def test_runs_over_time(two_runs):
     page = (out / "index.html").read_text()
     sparks = page.count("<svg class=\"spark\"")
     assert sparks == len(_claims(out).drop_duplicates(["suite", "model", "claim"]))
-    assert 'stroke-dasharray="3,2"' in page  # the failed smoke claim's bound is drawn
+    assert 'stroke-dasharray="3,2"' in page  # the failed claim's bound is drawn
 
 
 def test_html_is_self_contained_and_small(report):
@@ -263,7 +285,7 @@ def test_comparison_page(comparison, real_run, second_model):
     assert pd.isna(heads.loc["tiny-gpt-neox", "flips to collapse: progressive"])
     assert heads.loc["tiny-llama", "flips to collapse: progressive"] == "> 4 (held)" or \
         float(heads.loc["tiny-llama", "flips to collapse: progressive"]) <= 4
-    cell = re.search(r"<td class='cell c-failed' title=\"clean_perplexity on tiny-llama: FAILED", page)
+    cell = re.search(rf"<td class='cell c-failed' title=\"{FAILING_CLAIM} on tiny-llama: FAILED", page)
     assert cell, "the failed claim is a red cell with its outcome on hover"
 
 

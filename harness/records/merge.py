@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import HarnessError
-from harness.records.store import RECORD_COLUMNS, ResultStore
+from harness.records.store import HEALTH_SUITE, RECORD_COLUMNS, ResultStore
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,14 @@ def _read(path: Path) -> tuple[list[dict], list[tuple], list[tuple]]:
 
 def _code_versions(runs: Sequence[dict]) -> tuple[str, ...]:
     return tuple(sorted({str(r["git_commit"]) for r in runs}))
+
+
+_RUN, _TEST, _SUITE, _METRIC = (RECORD_COLUMNS.index(c) for c in ("run_id", "test_id", "suite", "metric"))
+
+
+def _health_key(row: tuple) -> tuple | None:
+    """(run, test, metric) of a model-health row (suite ``model``, ``fixtures.health``), else None."""
+    return (row[_RUN], row[_TEST], row[_METRIC]) if row[_SUITE] == HEALTH_SUITE else None
 
 
 def merge_stores(sources: Sequence[str | Path], output: str | Path, allow_mixed: bool = False) -> MergeSummary:
@@ -130,16 +138,21 @@ def merge_stores(sources: Sequence[str | Path], output: str | Path, allow_mixed:
             if tests:
                 out._write_many("INSERT OR IGNORE INTO tests (run_id, test_id, outcome, finished_at) "
                                 "VALUES (?, ?, ?, ?)", tests)
+        health = {_health_key(row) for row in present if _health_key(row)}
         for _, _, records, _ in read:
             counts = Counter(records)
             new_rows: list[tuple] = []
             emitted: Counter = Counter()
             for row in records:  # keep the source's order
+                key = _health_key(row)
+                if key in health:  # each shard judged the model's health: one judgement per run and model
+                    continue
                 if present[row] + emitted[row] < counts[row]:
                     new_rows.append(row)
                     emitted[row] += 1
             duplicates += len(records) - len(new_rows)
             present.update(emitted)
+            health.update(k for k in map(_health_key, new_rows) if k)
             added += len(new_rows)
             if new_rows:
                 out._write_many(insert, new_rows)

@@ -88,6 +88,9 @@ CREATE INDEX IF NOT EXISTS records_run ON records(run_id);
 CREATE INDEX IF NOT EXISTS records_suite ON records(suite, model, metric);
 """
 
+HEALTH_SUITE = "model"  # the suite of the session's model-health rows (harness.health, fixtures.health): one
+# judgement per run and model, test_id ``model::NAME``
+HEALTH_IDENTITY = "weights"  # the health row of the weights' identity (value: the parameter count; extra: the identity)
 RECORD_COLUMNS = (
     "run_id", "test_id", "suite", "model", "method", "perturbation", "seed", "metric", "value",
     "clean_value", "bound", "passed", "seconds", "created_at", "dtype", "higher_is_better",
