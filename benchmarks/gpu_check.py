@@ -18,6 +18,10 @@ Rows, in the order they run (correctness first, the slow suite runs last, each w
 - **per-trial / batched**: one-flip sign trials in bf16 (uniform over the linear weights, seeded), through the
   campaign engine one trial per forward and ``B`` trials per forward (``harness.campaign.batched``); trials/s
   of each, the speed-up, and the largest relative difference of a trial's perplexity ratio between the paths.
+- **host time per trial**: what a uniform one-flip sign trial costs the host besides the forward (draw the site
+  from the trial's seeded generator, build, apply and restore the flip, reduce the given logits: the parts of
+  ``benchmarks.timing.HostWork``), per trial and as a ratio to a plain forward over the same windows; one over it
+  is the most trials/s a per-trial campaign can reach on this machine, however fast the GPU.
 - **suite serial / -n 1**: the quick bitflip suite on the device in a pytest subprocess (start-up, model
   loading and detection included), then the same under pytest-xdist with one worker.
 - **peak memory**: ``torch.cuda.max_memory_allocated`` of this process (CUDA; the suite subprocesses are not
@@ -41,7 +45,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.timing import run_pytest, sync
+from benchmarks.timing import HostWork, fastest, plain_forward, run_pytest, sync
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +196,22 @@ def check_batched(model: torch.nn.Module, windows: torch.Tensor, plan: Plan) -> 
     return rows
 
 
+def check_host(model: torch.nn.Module, windows: torch.Tensor, plan: Plan) -> Row:
+    """The host work of a uniform one-flip sign trial besides its forward (``HostWork``), per trial."""
+    from harness.campaign import clean_baseline
+    from harness.campaign.bitflip import sample_sites
+
+    clean = clean_baseline(model, windows, keep_blocks=True)
+    work = HostWork(model, windows, clean, lambda g: sample_sites(model, "uniform", "sign", 1, generator=g, pool=None))
+    work.measure(2, rounds=1)  # warm-up: the sampler's sizes, first calls
+    times = work.measure(plan.trials)
+    forward = fastest(lambda: plain_forward(model, windows))
+    return Row("host time per trial", f"{times.total * 1e3:.3f} ms",
+               f"draw {times.draw * 1e3:.3f} ms, flip+restore {times.inject * 1e3:.3f} ms, reduce "
+               f"{times.reduce * 1e3:.3f} ms (given logits); {times.total / forward:.3f}x a plain forward; "
+               f"at most {1 / times.total:.0f} trials/s per trial path")
+
+
 # -- suite runs ------------------------------------------------------------------------------------
 
 
@@ -261,6 +281,7 @@ def run(plan: Plan, out: Path) -> list[Row]:
         if dtype == plan.dtype:
             rows.append(check_restore("int8", lm.model, windows[:1], plan, inside=lambda m=lm.model: quantize_int8(m)))
             rows += check_batched(lm.model, windows, plan)
+            rows.append(check_host(lm.model, windows, plan))
         del lm
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -14,7 +14,10 @@ The campaign engine (``harness.campaign.Campaign``: prefix reuse, exact early st
 measured against the per-trial path in ``test_sign_trial_engine`` (a uniform one-flip *sign* trial over the
 same tokens, with a breakdown: blocks skipped, head, reduction, the rest) and ``test_bitflip_campaign_engine``
 (the whole quick bitflip campaign, cell by cell interleaved, both paths' records compared: they must be
-identical); ``test_campaign_peak_memory`` also measures an engine campaign, its kept block outputs included.
+identical); ``test_trial_host_work`` times what a uniform one-flip trial does besides the forward (draw the site,
+flip, restore, reduce given logits: ``benchmarks.timing.HostWork``), per trial and as a ratio to a plain forward
+over the same windows; ``test_campaign_peak_memory`` also measures an engine campaign, its kept block outputs
+included.
 
 pytest-benchmark times each approach in group ``fault-trial`` (its table shows them side by side);
 ``test_fault_trial_overhead`` also times them interleaved round by round — robust to a machine whose
@@ -52,7 +55,7 @@ from harness.metrics.reduce import reduce_batch
 from harness.models.archmap import arch_map, select
 from harness.stats import trial_seed
 
-from .timing import fastest, measure_ratio, plain_forward, sync
+from .timing import HostWork, fastest, measure_ratio, plain_forward, rounds_for, sync
 
 pytestmark = pytest.mark.benchmark_only
 
@@ -62,6 +65,7 @@ ROUNDS = 5
 CAMPAIGN_TRIALS = 5
 GROUP = "fault-trial"
 SIGN_TRIALS = 8  # uniform one-flip sign trials per round of test_sign_trial_engine
+HOST_TRIALS = 50  # trials per round of test_trial_host_work
 QUICK = bitflip_cells.PRESETS["quick"]  # suites/test_bitflip.py's quick preset: its grid, windows and trials
 
 log = logging.getLogger(__name__)
@@ -406,6 +410,29 @@ def test_bitflip_campaign_engine(benchmark, lm, eval_windows, esa):
     benchmark.extra_info.update(info)
     log.warning("bitflip campaign engine: %s", info)
     assert identical, "the engine's campaign records differ from the per-trial path's"
+
+
+def test_trial_host_work(benchmark, lm, eval_windows, esa):
+    """A uniform one-flip sign trial's host work (``HostWork``: draw the site, flip, restore, reduce the given
+    logits of the quick preset's windows: all but the forward), per trial by part and as a ratio to a plain
+    forward over the same windows, in ``extra_info``."""
+    model = lm.model
+    windows = eval_windows[:QUICK.windows]
+    benchmark.group = GROUP + "-host"
+    clean = esa.cached((lm.name, "bench", "clean-kept", tuple(windows.shape), esa.options.corpus),
+                       lambda: clean_baseline(model, windows, keep_blocks=True))
+    work = HostWork(model, windows, clean,
+                    lambda g: sample_sites(model, "uniform", "sign", 1, generator=g, pool=None), esa.options.seed)
+    work.measure(2, rounds=1)  # warm-up: the sampler's sizes, first calls
+    forward = fastest(lambda: plain_forward(model, windows), rounds_for(benchmark))
+    times = []
+    benchmark.pedantic(lambda: times.append(work.measure(HOST_TRIALS, rounds_for(benchmark))), rounds=1)
+    t = times[-1]
+    info = dict(trials_per_round=t.trials, host_s_per_trial=t.total, draw_s_per_trial=t.draw,
+                inject_restore_s_per_trial=t.inject, reduce_s_per_trial=t.reduce, plain_forward_s=forward,
+                host_over_forward=t.total / forward, draw_over_forward=t.draw / forward, tokens=windows.numel())
+    benchmark.extra_info.update(info)
+    log.warning("trial host work: %s", {k: f"{v:.3g}" if isinstance(v, float) else v for k, v in info.items()})
 
 
 @pytest.mark.parametrize("per_forward", [4, 8])

@@ -3,8 +3,10 @@ chunked reduction, on five families of tiny random models."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
+import weakref
 
 import pytest
 import torch
@@ -14,6 +16,7 @@ import harness.metrics.reduce as reduce_mod
 from harness.campaign import Campaign, clean_baseline, run_trial, trial_specs
 from harness.campaign.prefix import blocks_of
 from harness.data import load_corpus, token_windows
+from harness.errors import HarnessError
 from harness.faults import FaultSite, flip_bits, uniform_sites
 from harness.fingerprint import changed, fingerprint
 from harness.metrics import evaluate, make_reference
@@ -280,6 +283,38 @@ def _clean_of(calls: list):
         return captured[key]
 
     return clean
+
+
+def test_uniform_target_draws_as_before_from_one_sampler_per_model(tiny_llama):
+    """The uniform bit-flip target draws from one sampler per model (its sizes computed once) and draws what it
+    drew when it recomputed them per trial (digest recorded at commit f1d61e7, before the change)."""
+    import hashlib
+    import json
+
+    from harness.campaign.bitflip import sample_sites, uniform_sampler
+
+    model = tiny_llama.model
+
+    def draw(seed, t, bit_class, n):
+        g = torch.Generator().manual_seed(trial_seed(seed, t))
+        return sample_sites(model, "uniform", bit_class, n, generator=g, pool=None)
+
+    sites = [s for t in range(4) for s in draw(0, t, "exp_msb" if t % 2 else "exponent", 2)]
+    assert (sites[0].param, sites[0].index, sites[0].bits) == ("model.layers.1.mlp.up_proj.weight", (42, 44), (25,))
+    many = [s for t in range(50) for s in draw(1, t, "any", 3)]
+    digests = [hashlib.sha256(json.dumps([s.to_dict() for s in x]).encode()).hexdigest()[:16] for x in (sites, many)]
+    assert digests == ["5a9edf91a442f5e3", "a5d6da1a3748fa81"]
+    assert uniform_sampler(model) is uniform_sampler(model)
+    other = build_tiny("llama")
+    assert uniform_sampler(other) is not uniform_sampler(model)
+    assert uniform_sampler(other).draw(2, generator=torch.Generator().manual_seed(3)) == \
+        uniform_sites(other, select(other, components="linear"), 2, generator=torch.Generator().manual_seed(3))
+    gone, kept = weakref.ref(other), uniform_sampler(other)
+    del other
+    gc.collect()
+    assert gone() is None, "the sampler cache kept a dropped model alive"
+    with pytest.raises(HarnessError, match="was freed"):
+        kept.draw(1, generator=torch.Generator())
 
 
 def test_cell_grids_per_preset():

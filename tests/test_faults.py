@@ -3,6 +3,7 @@ bit-error-rate mode and the perturbation registry."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections import namedtuple
@@ -35,6 +36,8 @@ from harness.faults import (
 )
 from harness.faults import ber as ber_module
 from harness.faults import samplers as samplers_module
+from harness.faults.bits import xor_masks
+from harness.faults.samplers import UniformSampler
 
 DTYPES = ["float32", "float16", "bfloat16", "int8"]
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -341,6 +344,51 @@ def test_trial_count_below_one():
         top_magnitude_sites(model, None, 0)
     with pytest.raises(HarnessError, match=r"bits_per_site=9 but bit class 'exponent' has 8 bits"):
         uniform_sites(model, None, 1, generator=gen(0), bits="exponent", bits_per_site=9)
+
+
+def _digest(sites) -> str:
+    return hashlib.sha256(json.dumps([s.to_dict() for s in sites]).encode()).hexdigest()[:16]
+
+
+def test_uniform_sampler_draws_as_before():
+    """The sampler holding its region sizes draws what ``uniform_sites`` drew when it recomputed them per draw
+    (digests recorded at commit f1d61e7, before the change): the randperm path, the rejection path, fused rows,
+    column regions, a vector, bits per site."""
+    model = make_model()
+    refs = [ComponentRef(0, "value", "a", "a.weight", (4, 5, 6, 11)), Region("b.weight", cols=(1, 3, 9)), "a.bias"]
+    sampler = UniformSampler(model, refs)
+    assert sampler.total == 4 * 8 + 4 * 3 + 16
+    first = sampler.draw(9, generator=gen(7), bits="any")
+    assert [(s.param, s.index, s.bits) for s in first[:3]] == [
+        ("a.weight", (5, 7), (11,)), ("a.bias", (8,), (12,)), ("a.weight", (4, 1), (23,))]
+    assert _digest(first) == "e3bb0370b7759915"
+    assert _digest(sampler.draw(sampler.total, generator=gen(2), bits="sign")) == "aa1eaa499ed94889"
+    everything = uniform_sites(model, None, 12, generator=gen(5), bits="exponent", bits_per_site=2)
+    assert _digest(everything) == "5719fc22b0fb78a7"
+    assert UniformSampler(model).draw(12, generator=gen(5), bits="exponent", bits_per_site=2) == everything
+    with pytest.raises(HarnessError, match=r"cannot draw 61 distinct positions from 60"):
+        sampler.draw(61, generator=gen(0))
+
+
+@pytest.mark.parametrize(("total", "k"), [(1000, 900), (1000, 3), (2**40, 50), (7, 7), (10**6, 1)])
+def test_distinct_positions_few_equal_the_tensor_path(monkeypatch, total, k):
+    monkeypatch.setattr(samplers_module, "RANDPERM_MAX", 0)  # the rejection loop, with repeats at 900 of 1000
+    few = distinct_positions(total, k, gen(4))
+    monkeypatch.setattr(samplers_module, "FEW", 0)
+    assert torch.equal(few, distinct_positions(total, k, gen(4)))
+    g1, g2 = gen(9), gen(9)  # and the generator is left in the same state
+    monkeypatch.setattr(samplers_module, "FEW", 1024)
+    distinct_positions(total, k, g1)
+    monkeypatch.setattr(samplers_module, "FEW", 0)
+    distinct_positions(total, k, g2)
+    assert torch.equal(torch.rand(3, generator=g1), torch.rand(3, generator=g2))
+
+
+def test_xor_masks_cancel_and_sign():
+    assert xor_masks([(4, 3), (4, 3), (2, 31), (2, 0), (9, 1)], 32) == ([2, 9], [-(2**31) + 1, 2])
+    assert xor_masks([(0, 63), (0, 0)], 64) == ([0], [-(2**63) + 1])
+    assert xor_masks([(5, 7)], 8) == ([5], [-128])
+    assert xor_masks([], 16) == ([], [])
 
 
 # ------------------------------------------------------------------------------------- BER

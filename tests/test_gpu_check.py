@@ -21,6 +21,8 @@ def test_dry_run_gives_every_row(tmp_path):
     assert rows["per-trial path (1 trial/forward)"].value.endswith("trials/s")
     assert rows["batched (2 trials/forward)"].value.endswith("trials/s")
     assert "x the per-trial path" in rows["batched (2 trials/forward)"].detail
+    host = rows["host time per trial"]
+    assert host.value.endswith(" ms") and "draw" in host.detail and "x a plain forward" in host.detail, host
     assert rows["peak memory (this process)"].value.endswith("GiB")
     serial, xdist = rows["smoke suite, serial"], rows["smoke suite, -n 1"]
     assert serial.ok and serial.value.endswith(" s") and "passed" in serial.detail, serial

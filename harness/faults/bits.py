@@ -7,7 +7,7 @@ least significant bit. Flipping the same bit twice restores the element exactly.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -131,10 +131,30 @@ def check_bits(bits: Sequence[int] | torch.Tensor, dtype: torch.dtype) -> None:
 # XOR masks
 
 
-def combine_flips(flat: torch.Tensor, bits: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Merge (element, bit) flips into one XOR mask per element.
+def xor_masks(pairs: Iterable[tuple[int, int]], width: int) -> tuple[list[int], list[int]]:
+    """Merge (element, bit) flips into one XOR mask per element, on Python ints (a trial's few flips cost
+    microseconds here, against a dozen tensor operations).
 
     A flip listed twice cancels (XOR semantics); elements whose flips all cancel are dropped.
+
+    Args:
+        pairs: (flat element index, bit position) flips, each bit in [0, width).
+        width: bits per element.
+
+    Returns:
+        (elems, masks): sorted unique element indices and their masks, in the signed range of a
+        ``width``-bit integer (bit width-1 gives a negative mask).
+    """
+    merged: dict[int, int] = {}
+    for elem, bit in pairs:
+        merged[elem] = merged.get(elem, 0) ^ (1 << bit)
+    elems = sorted(e for e, m in merged.items() if m)
+    top, wrap = 1 << (width - 1), 1 << width
+    return elems, [m - wrap if m >= top else m for m in (merged[e] for e in elems)]
+
+
+def combine_flips(flat: torch.Tensor, bits: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`xor_masks` of tensors.
 
     Args:
         flat: (k,) int64 flat element indices.
@@ -142,20 +162,11 @@ def combine_flips(flat: torch.Tensor, bits: torch.Tensor, width: int) -> tuple[t
         width: bits per element.
 
     Returns:
-        (elems, masks): (m,) sorted unique element indices and (m,) int64 masks, already in the
-        signed range of a ``width``-bit integer (bit width-1 gives a negative mask).
+        (elems, masks): (m,) sorted unique element indices and (m,) int64 masks (see :func:`xor_masks`).
     """
-    key = flat.to(torch.int64) * width + bits.to(torch.int64)  # (k,)
-    uniq, counts = torch.unique(key, return_counts=True)
-    uniq = uniq[counts % 2 == 1]
-    elem, bit = uniq // width, uniq % width
-    elems, inverse = torch.unique(elem, return_inverse=True)
-    # bits of one element are distinct now, so summing powers of two is OR (int64 wraps at bit 63)
-    masks = torch.zeros(len(elems), dtype=torch.int64, device=flat.device)
-    masks.scatter_add_(0, inverse, torch.ones_like(bit).bitwise_left_shift(bit))
-    if width < 64:
-        masks = torch.where(masks >= 1 << (width - 1), masks - (1 << width), masks)
-    return elems, masks
+    elems, masks = xor_masks(zip(flat.tolist(), bits.tolist(), strict=True), width)
+    return (torch.tensor(elems, dtype=torch.int64, device=flat.device),
+            torch.tensor(masks, dtype=torch.int64, device=flat.device))
 
 
 def _pairs(numel: int, flat_indices: Any, bits: Any) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,7 +15,7 @@ from torch import nn
 
 from harness.errors import HarnessError
 from harness.faults.base import PERTURBATIONS, Perturbation
-from harness.faults.bits import check_bits, combine_flips
+from harness.faults.bits import check_bits, xor_masks
 from harness.faults.sites import FaultSite
 from harness.faults.storage import stored_bits
 
@@ -28,17 +28,16 @@ def _as_site(site: Any) -> FaultSite:
     raise HarnessError(f"expected a FaultSite or its dict, got {type(site).__name__}")
 
 
-def _flat_indices(store: Any, sites: list[FaultSite]) -> torch.Tensor:
-    """(k,) row-major flat indices of the sites' elements, checked against the shape."""
+def _flat_indices(store: Any, sites: list[FaultSite]) -> list[int]:
+    """Row-major flat indices of the sites' elements, checked against the shape."""
     shape = tuple(store.shape)
+    strides = [math.prod(shape[d + 1:]) for d in range(len(shape))]
+    flat = []
     for site in sites:
         if len(site.index) != len(shape) or any(not 0 <= i < n for i, n in zip(site.index, shape, strict=False)):
             raise HarnessError(f"index {site.index} out of range for {site.param} of shape {shape}")
-    if not shape:
-        return torch.zeros(len(sites), dtype=torch.int64)
-    idx = torch.tensor([s.index for s in sites], dtype=torch.int64)  # (k, ndim)
-    strides = torch.tensor([math.prod(shape[d + 1 :]) for d in range(len(shape))], dtype=torch.int64)
-    return (idx * strides).sum(dim=1)
+        flat.append(sum(i * st for i, st in zip(site.index, strides, strict=True)))
+    return flat
 
 
 @PERTURBATIONS.register("bitflip")
@@ -69,20 +68,19 @@ class BitFlip(Perturbation):
                 raise HarnessError(f"fault site {site.param}{list(site.index)} has no bits to flip")
             groups.setdefault(site.param, []).append(site)
         self._plan = []  # (store, elems (m,), masks (m,)) per parameter, on CPU until applied
-        for param, group in groups.items():
+        for param, group in groups.items():  # on Python ints: a trial's few flips cost microseconds
             store = stored_bits(model, param)
-            flat = _flat_indices(store, group)
-            counts = torch.tensor([len(s.bits) for s in group], dtype=torch.int64)
-            bits = torch.tensor([b for s in group for b in s.bits], dtype=torch.int64)
-            check_bits(bits, store.dtype)
-            elems, masks = combine_flips(flat.repeat_interleave(counts), bits, store.layout.width)
-            self._plan.append((store, elems, masks))
+            pairs = [(e, b) for e, site in zip(_flat_indices(store, group), group, strict=True) for b in site.bits]
+            check_bits([b for _, b in pairs], store.dtype)
+            elems, masks = xor_masks(pairs, store.layout.width)
+            int_dtype = store.layout.int_dtype  # masks are in its signed range
+            self._plan.append((store, torch.tensor(elems, dtype=torch.int64), torch.tensor(masks, dtype=int_dtype)))
         self._saved: list[tuple[Any, torch.Tensor, torch.Tensor]] = []
 
     def _apply(self) -> None:
         for store, cpu_elems, cpu_masks in self._plan:
             elems = cpu_elems.to(store.device)
-            masks = cpu_masks.to(device=store.device, dtype=store.layout.int_dtype)
+            masks = cpu_masks.to(store.device)
             old = store.read(elems)  # (m,) int codes
             self._push(lambda s=store, e=elems, o=old: s.write(e, o))
             self._saved.append((store, elems, old))

@@ -8,6 +8,8 @@ bits at every site.
 
 from __future__ import annotations
 
+import math
+import weakref
 from collections.abc import Hashable, Iterable, Sequence
 from typing import Any
 
@@ -22,7 +24,7 @@ from harness.faults.sites import (
     Region,
     Target,
     as_regions,
-    element_index,
+    region_indices,
     region_shape,
     region_size,
 )
@@ -31,6 +33,7 @@ from harness.faults.storage import PackedWeightStore, stored_bits
 RANDPERM_MAX = 1 << 24  # randperm only up to this many candidates...
 RANDPERM_MIN_FRACTION = 0.25  # ...and only when drawing at least this fraction of them
 CHUNK = 1 << 22  # elements per block when scanning magnitudes
+FEW = 1024  # distinct positions up to this many are kept distinct on Python ints
 
 
 def check_count(n: Any, what: str = "n") -> int:
@@ -59,6 +62,14 @@ def distinct_positions(total: int, k: int, generator: torch.Generator) -> torch.
     dev = generator.device
     if total <= RANDPERM_MAX and k >= RANDPERM_MIN_FRACTION * total:
         return torch.randperm(total, generator=generator, device=dev)[:k].cpu()
+    if k <= FEW:  # the same draws, kept distinct on Python ints (a trial's few sites: no tensor operations)
+        few: list[int] = []
+        while True:
+            need = k - len(few)
+            new = torch.randint(0, total, (need + need // 8 + 16,), generator=generator, device=dev, dtype=torch.int64)
+            few = list(dict.fromkeys([*few, *new.tolist()]))  # distinct, in order of first draw
+            if len(few) >= k:
+                return torch.tensor(few[:k], dtype=torch.int64)
     drawn = torch.zeros(0, dtype=torch.int64)
     while True:
         need = k - len(drawn)
@@ -111,19 +122,76 @@ def _sites(
     bits: BitSpec,
     generator: torch.Generator | None,
     bits_per_site: int,
+    shapes: Sequence[tuple[int, ...]] | None = None,
 ) -> list[FaultSite]:
-    """Sites for (region number, region-local offset) pairs, in the given order."""
-    out: list[FaultSite | None] = [None] * len(local)
-    for r, region in enumerate(regions):
-        where = (region_of == r).nonzero().flatten()
-        if not len(where):
-            continue
-        index = element_index(model, region, local[where]).tolist()
+    """Sites for (region number, region-local offset) pairs, in the given order.
+
+    Bits are drawn region by region in region order, for the regions hit only; ``shapes``: the regions'
+    ``region_shape`` when the caller holds them.
+    """
+    hits: dict[int, list[int]] = {}  # region number -> positions in the draw
+    for w, r in enumerate(region_of.tolist()):
+        hits.setdefault(r, []).append(w)
+    offsets = local.tolist()
+    out: list[FaultSite | None] = [None] * len(offsets)
+    for r in sorted(hits):
+        region, where = regions[r], hits[r]
+        shape = region_shape(model, region) if shapes is None else shapes[r]
+        mine = [offsets[w] for w in where]
+        index = region_indices(region, mine, shape) if shape else [[] for _ in mine]
         dtype = stored_bits(model, region.param).dtype
         site_bits = draw_bits(bits, dtype, len(where), generator, bits_per_site)
-        for w, i, b in zip(where.tolist(), index, site_bits, strict=True):
+        for w, i, b in zip(where, index, site_bits, strict=True):
             out[w] = FaultSite(region.param, tuple(i), b)
     return out  # type: ignore[return-value]
+
+
+class UniformSampler:
+    """Uniform draws of distinct elements over fixed target regions, each region hit in proportion to its size.
+
+    The regions, their sizes and cumulative ends are computed once, here; a draw is then a few small tensor
+    operations plus the hit regions' lookups, whatever the number of regions (smollm2-135m's 210 linear
+    weights). Draws equal :func:`uniform_sites`'s for the same generator state. The parameter shapes must
+    not change while the sampler is used (perturbations edit values in place, never shapes); the stored
+    dtype, which picks the bits, is read at every draw. The model is held weakly, so that a cache of
+    samplers keyed by model (``harness.campaign.bitflip.uniform_sampler``) never keeps one alive.
+
+    Args:
+        model: the model the targets name.
+        targets: None (every parameter), names, Regions or ComponentRefs (fused rows respected).
+
+    Raises:
+        HarnessError: bad targets (see :func:`~harness.faults.sites.as_regions`).
+    """
+
+    def __init__(self, model: nn.Module, targets: Target | Sequence[Target] | None = None) -> None:
+        self._model = weakref.ref(model)
+        self.regions = as_regions(model, targets)
+        self.shapes = [region_shape(model, r) for r in self.regions]
+        sizes = torch.tensor([math.prod(shape) for shape in self.shapes], dtype=torch.int64)
+        self.ends = sizes.cumsum(0)  # (regions,)
+        self.starts = self.ends - sizes
+        self.total = int(self.ends[-1])
+
+    def draw(self, n: int = 1, *, generator: torch.Generator, bits: BitSpec = "any",
+             bits_per_site: int = 1) -> list[FaultSite]:
+        """``n`` distinct elements, with bits per site (see :func:`uniform_sites`).
+
+        Returns:
+            ``n`` FaultSites in draw order.
+
+        Raises:
+            HarnessError: n < 1, n above the number of weights, bad bits, the model is gone.
+        """
+        check_count(n)
+        model = self._model()
+        if model is None:
+            raise HarnessError("the model of this UniformSampler was freed; make a sampler of the model in use")
+        pos = distinct_positions(self.total, n, generator)
+        region_of = torch.searchsorted(self.ends, pos, right=True)
+        local = pos - self.starts[region_of]
+        return _sites(model, self.regions, region_of, local, bits=bits, generator=generator,
+                      bits_per_site=bits_per_site, shapes=self.shapes)
 
 
 def uniform_sites(
@@ -151,15 +219,12 @@ def uniform_sites(
 
     Raises:
         HarnessError: n < 1, n above the number of weights, bad targets or bits.
+
+    A caller drawing many times over the same targets holds a :class:`UniformSampler` instead (the same
+    draws, the region sizes computed once).
     """
     check_count(n)
-    regions = as_regions(model, targets)
-    sizes = torch.tensor([region_size(model, r) for r in regions], dtype=torch.int64)
-    ends = sizes.cumsum(0)
-    pos = distinct_positions(int(ends[-1]), n, generator)
-    region_of = torch.searchsorted(ends, pos, right=True)
-    local = pos - (ends - sizes)[region_of]
-    return _sites(model, regions, region_of, local, bits=bits, generator=generator, bits_per_site=bits_per_site)
+    return UniformSampler(model, targets).draw(n, generator=generator, bits=bits, bits_per_site=bits_per_site)
 
 
 def grouped_sites(

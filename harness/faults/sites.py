@@ -244,8 +244,31 @@ def stored_shape(model: nn.Module, name: str) -> torch.Size:
     return stored_bits(model, name).shape
 
 
+def region_indices(region: Region, offsets: Sequence[int], shape: tuple[int, ...]) -> list[list[int]]:
+    """Parameter indices of region-local flat offsets, on Python ints.
+
+    Args:
+        region: the region the offsets are in.
+        offsets: offsets into the region's dense block (row-major over ``shape``).
+        shape: the region's ``region_shape`` (non-empty).
+
+    Returns:
+        One index (a list of ``len(shape)`` ints) per offset.
+    """
+    strides = [math.prod(shape[d + 1:]) for d in range(len(shape))]
+    out = []
+    for offset in offsets:
+        index = [offset // stride % n for stride, n in zip(strides, shape, strict=True)]
+        if region.rows is not None:
+            index[0] = region.rows[index[0]]
+        if region.cols is not None:
+            index[1] = region.cols[index[1]]
+        out.append(index)
+    return out
+
+
 def element_index(model: nn.Module, region: Region, local: torch.Tensor) -> torch.Tensor:
-    """Parameter indices of region-local flat offsets.
+    """Parameter indices of region-local flat offsets (:func:`region_indices` as a tensor).
 
     Args:
         local: (k,) int64 offsets into the region's dense block (row-major over ``region_shape``).
@@ -253,13 +276,8 @@ def element_index(model: nn.Module, region: Region, local: torch.Tensor) -> torc
     Returns:
         (k, ndim) int64 indices into the parameter (CPU).
     """
-    local = local.to(torch.int64).cpu()
     shape = region_shape(model, region)
     if not shape:
         return torch.zeros(len(local), 0, dtype=torch.int64)
-    cols = list(torch.unravel_index(local, shape))
-    if region.rows is not None:
-        cols[0] = torch.tensor(region.rows, dtype=torch.int64)[cols[0]]
-    if region.cols is not None:
-        cols[1] = torch.tensor(region.cols, dtype=torch.int64)[cols[1]]
-    return torch.stack(cols, dim=1)
+    index = region_indices(region, local.to(torch.int64).cpu().tolist(), shape)
+    return torch.tensor(index, dtype=torch.int64).reshape(len(index), len(shape))
