@@ -31,9 +31,10 @@ from functools import cache
 from pathlib import Path
 from typing import Literal
 
+from harness.data.corpus import DEFAULT_CORPUS
 from harness.errors import HarnessError
 from harness.records.store import HEALTH_SUITE  # the model-health claims' suite, judged first
-from harness.stats import wilson
+from harness.stats import Z95, wilson
 
 Z_BOUND = 3.290527  # two-sided 99.9% normal quantile: rate bounds hold at any seed but a one-in-a-thousand draw
 
@@ -211,7 +212,7 @@ def trial_changed(ratio: float, kl: float | None, masked: bool = False) -> bool:
     return (not math.isnan(r) and r != 1.0) or (kl is not None and not (float(kl) <= 0.0))
 
 
-def rate_greater(hits: int, trials: int, other_hits: int, other_trials: int, *, z: float = 1.959964) -> Comparison:
+def rate_greater(hits: int, trials: int, other_hits: int, other_trials: int, *, z: float = Z95) -> Comparison:
     """The rate ``hits/trials`` is above ``other_hits/other_trials`` with non-overlapping Wilson intervals.
 
     At 5 trials a side this needs e.g. 4/5 vs 0/5 (z = 1.96); it holds at any seed for rates far apart.
@@ -241,7 +242,7 @@ def paired_greater(values: Sequence[float], others: Sequence[float], *, factor: 
                        "values": vs, "others": os_})
 
 
-def paired_majority(values: Sequence[float], others: Sequence[float], *, z: float = 1.959964) -> Comparison:
+def paired_majority(values: Sequence[float], others: Sequence[float], *, z: float = Z95) -> Comparison:
     """In most seeded pairs ``value > other`` (a sign test; a collapse is +inf, two collapses are a tie).
 
     Holds when the Wilson interval of the share of pairs with ``value > other`` lies above 1/2 (at
@@ -385,7 +386,7 @@ WEIGHTS_DIFFER = "weights differ from those the bounds were measured on"
 def bound_config(info: dict) -> dict[str, str | int]:
     """The options a regression bound depends on, from a run's info (``runs`` row): None reads as the
     preset's (trials, flip budget) or the model's (dtype) default."""
-    defaults = {"trials": "preset", "flip_budget": "preset", "dtype": "model default", "corpus": "pydoc-topics"}
+    defaults = {"trials": "preset", "flip_budget": "preset", "dtype": "model default", "corpus": DEFAULT_CORPUS}
     return {k: info.get(k) if info.get(k) is not None else defaults.get(k, "") for k in BOUND_CONFIG}
 
 

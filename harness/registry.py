@@ -110,10 +110,6 @@ class Registry(Generic[T]):
         except KeyError:
             raise UnknownNameError(self.unknown_message(name)) from None
 
-    def suggest(self, name: str) -> str | None:
-        """The known name closest to ``name``, or None when nothing is close."""
-        return closest(name, self._items)
-
     def unknown_message(self, name: str) -> str:
         """The one-line message for an unknown ``name`` (:func:`unknown_message`)."""
         return unknown_message(self.kind, name, self.names())

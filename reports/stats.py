@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from harness.stats import Z95
 from harness.stats import wilson as _wilson
 
 
-def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
     """Wilson score interval of a binomial proportion (95% by default), as :func:`harness.stats.wilson`.
 
     Returns:

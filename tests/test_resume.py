@@ -58,6 +58,9 @@ def test_sigkill_then_resume_gives_the_uninterrupted_claims(tmp_path: Path) -> N
     assert first.returncode == -9, first.stdout[-2000:]
     partial = {t for (t,) in _rows(killed, "SELECT DISTINCT test_id FROM records")}
     complete = {t for (t,) in _rows(killed, "SELECT test_id FROM tests")}
+    health = {t for t in complete if t.startswith("model::")}  # the model judged before its first test: kept
+    assert health == {"model::tiny-llama"} and health <= partial
+    partial, complete = partial - health, complete - health
     assert len(complete) == KILL_AFTER - 1 and len(partial) == KILL_AFTER  # the third test: records, not complete
     (run_id,), = _rows(killed, "SELECT run_id FROM runs")
 

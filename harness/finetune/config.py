@@ -7,6 +7,7 @@ import json
 import math
 from dataclasses import asdict, dataclass
 
+from harness.data.corpus import DEFAULT_CORPUS
 from harness.errors import HarnessError
 from harness.option_values import bounded_float
 
@@ -49,7 +50,7 @@ class FinetuneConfig:
     noise: float = 0.0
     clip: float | None = None
     lora_rank: int = 8
-    corpus: str = "pydoc-topics"
+    corpus: str = DEFAULT_CORPUS
 
     def __post_init__(self) -> None:
         check_method(self.method)

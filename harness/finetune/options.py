@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from harness.data.corpus import DEFAULT_CORPUS
 from harness.errors import HarnessError
 from harness.finetune.config import DEFAULT_LR, METHODS, SCHEDULES, FinetuneConfig, check_clip, check_lr, check_noise
 from harness.option_values import choice, option, positive_int
@@ -65,7 +66,7 @@ def config_from_options(options: Any, method: str | None = None, **changes: Any)
     fields: dict[str, Any] = dict(
         method=method, tokens=ft.tokens or TOKENS.get(options.preset, TOKENS["quick"]), window=options.window,
         lr=ft.lr, schedule=ft.schedule, seed=options.seed, noise=ft.noise, clip=ft.clip, lora_rank=ft.lora_rank,
-        corpus=options.corpus or "pydoc-topics",
+        corpus=options.corpus or DEFAULT_CORPUS,
     )
     fields.update(changes)
     return FinetuneConfig(**fields)

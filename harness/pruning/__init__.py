@@ -9,7 +9,8 @@ pruning with the research framework's knobs, saving, and clean-versus-pruned out
 
 Modules: ``masks`` (granularities), ``methods`` (zero / mean / noise), ``prune`` (the context manager
 and the permanent edit, the sparsity report), ``selective`` (the one
-call), ``protect`` (super weights to keep), ``save``, ``compare``, ``options`` (pytest options).
+call), ``covered`` (protection where the mask covers every super weight: the sites kept come from the
+session's one detection, ``prune(..., protect=sites)``), ``save``, ``compare``, ``options`` (pytest options).
 """
 
 from harness.pruning.masks import GRANULARITIES, Granularity, parse_granularity
