@@ -3,12 +3,13 @@
 A suite's claims are mostly relative to the model's own clean output (a bit flip's perplexity ratio, a noise
 curve, a fine-tune's gain), so they hold on a broken model as on a healthy one: a GGUF dequantized wrongly
 (clean perplexity 55,918 instead of 17), a misread rotary base (a few percent). These claims are about the
-clean model itself, measured on the clean capture of the evaluation windows that the suites share
-(``EsaSession.clean``: no extra forward pass), and recorded under the claim set ``model``:
+clean model itself, measured in one forward pass over the evaluation windows the suites evaluate (:func:`measure`:
+nothing is kept, so a suite that never needs the clean capture does not hold it), and recorded under the claim
+set ``model``:
 
 - ``clean_perplexity`` (bound): at most its regression bound in ``suites/bounds/model.toml`` (derived like every
   bound: two seed-independent runs, margin 5% relative). The only check that sees a break of a few percent.
-- ``output_finite``: every clean log-probability of the evaluation windows is finite.
+- ``output_finite``: every clean logit of the evaluation windows is finite.
 - ``below_uniform``: perplexity below sqrt(V), the vocabulary's square root: the model removes at least half of
   a uniform guess's log V nats. A trained model's perplexity on text is in the tens (smollm2-135m 17.5 of
   sqrt(49152) = 222; gemma3-270m 16.9 of 512); random weights sit near V.
@@ -42,7 +43,7 @@ CLEAN_PERPLEXITY = CLAIMS.bound(
     "clean_perplexity", "Clean perplexity on the evaluation windows stays at its measured level",
     side="max", statistic="perplexity", seeded=False, pretrained_only=True)
 OUTPUT_FINITE = CLAIMS.relation(
-    "output_finite", "Every clean next-token log-probability of the evaluation windows is finite",
+    "output_finite", "Every clean next-token logit of the evaluation windows is finite",
     statistic="finite positions", pretrained_only=False, seeded=False, margin="all positions; one non-finite fails")
 BELOW_UNIFORM = CLAIMS.relation(
     "below_uniform", "Clean perplexity is below the square root of the vocabulary size (at least half of a "
@@ -59,15 +60,15 @@ TOP1_ABOVE_CHANCE = CLAIMS.relation(
 
 @dataclass(frozen=True)
 class Health:
-    """What the health claims are judged on, from the clean capture of the evaluation windows.
+    """What the health claims are judged on: one pass over the evaluation windows.
 
     Attributes:
-        perplexity: clean perplexity.
+        perplexity: clean perplexity (``harness.metrics.evaluate``'s: the same number as the suites' clean capture).
         vocab: output vocabulary size V.
         unigram_perplexity: perplexity of the evaluation targets under their own token frequencies.
-        top1: share of predicted positions whose clean argmax is the next token.
+        top1: share of predicted positions whose argmax is the next token.
         chance: share of the most frequent target token (the best constant guess's accuracy).
-        finite: finite positions of the clean log-probabilities (at the reference's stride), and all of them.
+        finite, positions: predicted positions whose logits are all finite, and all of them.
     """
 
     perplexity: float
@@ -83,18 +84,26 @@ class Health:
                 "top1": self.top1, "chance": self.chance, "finite": self.finite, "positions": self.positions}
 
 
-def measure(clean: Any, windows: torch.Tensor, vocab: int) -> Health:
-    """:class:`Health` of a clean capture (``harness.campaign.Clean``) of ``windows`` (count, length)."""
+def measure(model: torch.nn.Module, windows: torch.Tensor) -> Health:
+    """:class:`Health` of ``model`` on ``windows`` (count, length): one forward pass (``evaluate``'s, with its
+    batches and reduction), each batch's logits looked at once and dropped. Memory: one batch's logits."""
+    from harness.metrics import evaluate
+
+    seen = {"hits": 0, "finite": 0, "vocab": 0}
+
+    def look(logits: torch.Tensor, batch: torch.Tensor) -> None:
+        predicted = logits[:, :-1]
+        seen["hits"] += int((predicted.argmax(-1).cpu() == batch[:, 1:].cpu()).sum())
+        seen["finite"] += int(torch.isfinite(predicted).all(-1).sum())
+        seen["vocab"] = logits.shape[-1]
+
+    result = evaluate(model, windows, look=look)
     targets = windows[:, 1:].reshape(-1).cpu()
     counts = torch.bincount(targets)
     p = counts[counts > 0].double() / targets.numel()
     unigram = math.exp(-(p * p.log()).sum().item())
-    top1 = (clean.reference.top1.reshape(-1).cpu() == targets).double().mean().item()
-    logprobs = clean.reference.logprobs
-    finite = int(torch.isfinite(logprobs).all(dim=-1).sum().item())
-    positions = int(logprobs.shape[0] * logprobs.shape[1])
-    return Health(float(clean.result.perplexity), int(vocab), unigram, top1, counts.max().item() / targets.numel(),
-                  finite, positions)
+    return Health(float(result.perplexity), seen["vocab"], unigram, seen["hits"] / targets.numel(),
+                  counts.max().item() / targets.numel(), seen["finite"], targets.numel())
 
 
 def evidence(health: Health) -> dict[Any, float | Comparison]:

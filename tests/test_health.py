@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from harness.campaign import clean_baseline
+from harness.metrics import evaluate
 from harness.claims import WEIGHTS_DIFFER, Outcome, config_mismatch, judge_relation
 from harness.health import BELOW_UNIFORM, BELOW_UNIGRAM, OUTPUT_FINITE, TOP1_ABOVE_CHANCE, evidence, failure, measure
 from harness.models import load_model
@@ -26,8 +27,11 @@ def test_random_weights_fail_every_relation_but_finite_output():
     """A random-weight model is what a grossly broken one looks like: perplexity near V, top-1 near chance."""
     lm = load_model("tiny-llama")
     windows = torch.randint(0, 260, (2, 32), generator=torch.Generator().manual_seed(0))
-    health = measure(clean_baseline(lm.model, windows), windows, 260)
-    assert health.positions == health.finite == 2 * 31
+    health = measure(lm.model, windows)
+    assert health.positions == health.finite == 2 * 31 and health.vocab == 260
+    # one pass, evaluate's: the same perplexity as the suites' clean capture, to the bit
+    assert health.perplexity == clean_baseline(lm.model, windows, keep_blocks=True).result.perplexity
+    assert health.perplexity == evaluate(lm.model, windows).perplexity
     assert health.perplexity > math.sqrt(260)
     outcomes = _relations(health)
     assert outcomes == {OUTPUT_FINITE.name: Outcome.PASSED, BELOW_UNIFORM.name: Outcome.FAILED,

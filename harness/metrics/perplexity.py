@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -80,7 +81,8 @@ def make_reference(model: torch.nn.Module, windows: torch.Tensor, batch_size: in
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, windows: torch.Tensor, reference: Reference | None = None,
-             batch_size: int | None = None) -> EvalResult:
+             batch_size: int | None = None,
+             look: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> EvalResult:
     """Perplexity of ``model`` on ``windows`` (and KL / top-1 against ``reference``).
 
     Args:
@@ -89,6 +91,8 @@ def evaluate(model: torch.nn.Module, windows: torch.Tensor, reference: Reference
             already in place: positions 1..length-1 of each window are predicted).
         reference: the clean model's :class:`Reference` on the same windows, for KL and top-1.
         batch_size: windows per forward pass (default: about 2048 tokens per batch).
+        look: called with each batch's logits (B, T, V) and windows (B, T) before they are dropped (the
+            model-health measures, ``harness.health``: one pass, nothing kept).
 
     Returns:
         EvalResult; on non-finite logits ``perplexity = kl = inf`` and ``collapsed = True``.
@@ -102,6 +106,8 @@ def evaluate(model: torch.nn.Module, windows: torch.Tensor, reference: Reference
     for start, batch in _batches(windows, batch_size):
         logits = model(input_ids=batch.to(device), use_cache=False).logits  # (B, T, V)
         stats.append(reduce_batch(logits, batch, reference, start))
+        if look is not None:
+            look(logits, batch)
         del logits
     return combine(stats, windows.shape[0] * (windows.shape[1] - 1), reference)
 
