@@ -316,6 +316,77 @@ def test_hessian_blocks_bound_memory_without_changing_the_estimate(llama):
         assert a.shape == b.shape  # different z per block: same expectation, different draw
 
 
+# -- the lower-memory paths compute the same bits ------------------------------------------------------
+
+
+def _all_at_once_hutchinson(losses, targets, probes, generator):
+    """The estimator as first written: every gradient and every Hz at once from ``torch.autograd.grad``."""
+    params = list({id(t): t for t, _ in targets}.values())
+    where = [next(i for i, p in enumerate(params) if p is t) for t, _ in targets]
+    shapes = [tuple(t.shape) if rows is None else (len(rows), *t.shape[1:]) for t, rows in targets]
+    sums = [torch.zeros(s) for s in shapes]
+    backward = 0
+    for _ in range(probes):
+        zs = [rademacher(s, generator) for s in shapes]
+        for loss in losses():
+            grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+            dot = sum(((grads[p] if rows is None else grads[p][rows]) * z).sum()
+                      for (_, rows), z, p in zip(targets, zs, where, strict=True))
+            hvps = torch.autograd.grad(dot, params, allow_unused=True)
+            backward += 2
+            for (_, rows), z, p, acc in zip(targets, zs, where, sums, strict=True):
+                acc.add_(z * (hvps[p] if rows is None else hvps[p][rows]))
+    return [acc / probes for acc in sums], backward
+
+
+@pytest.mark.parametrize("family", ["tiny-llama", "tiny-falcon"])  # falcon: rows of a fused qkv matrix
+def test_low_memory_scorers_equal_the_all_at_once_computation_bit_for_bit(family, monkeypatch):
+    """Checkpointed blocks (activations recomputed in the backward) and the Hutchinson probe that consumes
+    each gradient and Hz as it arrives give the same bits as keeping every activation, gradient and Hz."""
+    import contextlib
+
+    import harness.scoring.gradient as gradient_module
+    import harness.scoring.grads as grads_module
+    import harness.scoring.hessian as hessian_module
+    import harness.scoring.integrated as integrated_module
+
+    loaded, windows = load_model(family), _windows(count=3)
+    methods = {"gradient": {}, "taylor": {}, "fisher": {}, "integrated": {"steps": 2}, "hessian": {"probes": 2}}
+
+    def run() -> dict[str, list[torch.Tensor]]:
+        return {m: [s.clone() for _, s in score(loaded, m, layers="0,1", windows=windows, batch_size=2,
+                                                generator=_gen(), **o)] for m, o in methods.items()}
+
+    low = run()
+    with monkeypatch.context() as patch:
+        for module in (grads_module, integrated_module, hessian_module):
+            patch.setattr(module, "checkpointed", lambda model: contextlib.nullcontext())
+        patch.setattr(hessian_module, "hutchinson_diagonal", _all_at_once_hutchinson)
+        assert gradient_module.gradient_sums is grads_module.gradient_sums
+        before = run()
+    for method in methods:
+        assert all(torch.equal(a, b) for a, b in zip(low[method], before[method], strict=True)), method
+
+
+def test_checkpointed_blocks_recompute_and_restore_their_forward_even_on_error(llama):
+    from harness.scoring.grads import checkpointed
+
+    model, windows = llama.model, _windows()
+    blocks = model.model.layers
+    calls = []
+    handle = blocks[0].mlp.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with grad_on(model, [blocks[0].mlp.up_proj.weight]), checkpointed(model):
+            batch_nll(model, windows, 1).backward()
+        assert len(calls) == 2  # the forward, and its recomputation in the backward
+        with pytest.raises(RuntimeError, match="boom"), checkpointed(model):
+            raise RuntimeError("boom")
+    finally:
+        handle.remove()
+        blocks[0].mlp.up_proj.weight.grad = None
+    assert all("forward" not in vars(block) for block in blocks)
+
+
 # -- integrated gradients ----------------------------------------------------------------------------
 
 

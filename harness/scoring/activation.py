@@ -4,6 +4,8 @@ This is not a second detector: it runs :func:`~harness.scoring.superweights.dete
 its sites as a sparse :class:`ScoreSet` (score = |output spike|, every other weight 0), so that the
 compare and pruning suites can rank it beside the dense scorers. Windows given to :func:`score`
 replace the prompts as input (each window is one prompt).
+
+Memory beyond the model: one no-grad forward of the prompt per round (its T·V logits) and the found sites.
 """
 
 from __future__ import annotations

@@ -18,6 +18,11 @@ The statistics: :class:`Agreement` (Jaccard of the top-k sets, Spearman on the c
 random-ranking references), and the relations a pair that should agree is held to,
 :func:`top_k_overlap` (a random overlap as large has probability below ``p_random``) and
 :func:`ranks_agree` (rho above a random ranking's 99.9% limit).
+
+Memory beyond the model: one method's full scores at a time (:func:`harness.scoring.agreement.scored`
+keeps only its top-``k`` keys and its ``sample`` floats and drops the ScoreSet before the next method
+is scored), so the peak is the heaviest scorer's own (``hessian``, :mod:`harness.scoring.hessian`).
+Measured (peak RSS, smollm2-135m, quick preset, seed 0, one thread): 8.52 GB before, 6.13 GB after.
 """
 
 from __future__ import annotations

@@ -3,6 +3,13 @@
 All three differentiate the mean next-token NLL of the calibration windows (see
 :mod:`harness.scoring.grads`) with respect to the selected weights only, summing into one fp32 buffer
 the size of the selected rows.
+
+Memory beyond the model (P selected weights, T tokens per batch, L blocks of width d, vocabulary V):
+``gradient``, ``taylor``: P (fp32 sums) + one matrix's gradient + checkpointed activations of T = 1024
+tokens (L·T·d block inputs, one block's activations, a few T·V logits copies); the scores are computed
+from the sums one matrix at a time. ``fisher``: the same with T = one window (each is its own backward).
+Measured (peak RSS, smollm2-135m, one thread; the process with the model loaded holds 0.47 GB):
+``gradient`` over 8 x 256 calibration tokens 3.32 GB before checkpointing, 2.43 GB after (same bits).
 """
 
 from __future__ import annotations

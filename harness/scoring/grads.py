@@ -6,18 +6,25 @@ Loss convention: mean next-token NLL over every predicted token of the calibrati
 (:func:`harness.metrics.next_token_nll`, each window on its own, as :mod:`harness.metrics.perplexity`
 scores them). Summed over batches with :func:`batch_nll` (the summed NLL divided by the total token count),
 the accumulated gradient is exactly the gradient of that mean.
+
+Memory beyond the model (P selected weights, T tokens per forward/backward batch, L blocks of width d,
+vocabulary V): the fp32 sums (P) and one matrix's transient gradient; the activations of one batch are
+cut by :func:`checkpointed` to the blocks' inputs (L·T·d) plus one block's activations and the head's
+T·V logits (a few float32 copies) at a time, the same gradient bits as keeping them all.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from harness.metrics.perplexity import next_token_nll
-from harness.models.archmap import ComponentRef
+from harness.models.archmap import ComponentRef, arch_map
 from harness.scoring.base import Cost, ref_rows, ref_shape
 
 
@@ -54,6 +61,42 @@ def grad_on(model: nn.Module, params: Sequence[nn.Parameter]) -> Iterator[None]:
         for p, flag, grad in saved:
             p.requires_grad_(flag)
             p.grad = grad
+
+
+@contextmanager
+def checkpointed(model: nn.Module) -> Iterator[None]:
+    """Inside the block, every decoder block keeps only its input for the backward pass and recomputes its
+    activations when the backward reaches it (non-reentrant ``torch.utils.checkpoint``).
+
+    The recomputation runs the same operations on the same input, so gradients are the same bits as without
+    it; the forward keeps ``layers x tokens x d`` values instead of every block's activations (one block's
+    activations exist at a time during the backward). Costs one more forward pass. Without grad mode a block
+    runs as usual. The blocks' ``forward`` is swapped on the instance and put back in ``finally``.
+    """
+    with ExitStack() as stack:
+        for block in model.get_submodule(arch_map(model).blocks):
+
+            def forward(*args: Any, _inner: Callable[..., Any] = block.forward, **kwargs: Any) -> Any:
+                if not torch.is_grad_enabled():
+                    return _inner(*args, **kwargs)
+                return checkpoint(_inner, *args, use_reentrant=False, **kwargs)
+
+            stack.enter_context(_forward_swapped(block, forward))
+        yield
+
+
+@contextmanager
+def _forward_swapped(module: nn.Module, forward: Callable[..., Any]) -> Iterator[None]:
+    """``module.forward`` is ``forward`` inside the block; the instance attribute is put back (or removed) after."""
+    had, old = "forward" in vars(module), vars(module).get("forward")
+    module.forward = forward
+    try:
+        yield
+    finally:
+        if had:
+            module.forward = old
+        else:
+            del module.forward
 
 
 class GradSums:
@@ -118,7 +161,7 @@ def gradient_sums(model: nn.Module, refs: Sequence[ComponentRef], windows: torch
     """
     params = list(unique_params(model, refs).values())
     cost = Cost()
-    with grad_on(model, params), GradSums(model, refs, transform) as sums:
+    with grad_on(model, params), checkpointed(model), GradSums(model, refs, transform) as sums:
         if per_window:
             batches = [windows[i:i + 1] for i in range(windows.shape[0])]
             denominators = [predicted_tokens(b) for b in batches]

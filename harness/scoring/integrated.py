@@ -5,6 +5,12 @@ IG(w) = w · ∫₀¹ ∂L/∂w(αW) dα, approximated by the midpoint rule with
 L(W) − L(W with the selected weights zeroed). The path is walked in place, one step at a time, by a
 ``scale`` ablation (``harness.faults.Ablation``): it saves the selected rows, writes α·W, and puts
 the saved bits back when the step ends, also on error; the model is never copied.
+
+Memory beyond the model (P selected weights, T tokens per batch, L blocks of width d, vocabulary V):
+2P (the fp32 gradient sums and the ablation's saved copy of the selected rows) + checkpointed activations
+of one batch (L·T·d block inputs, one block's activations, a few T·V logits copies); at the end the
+attributions (P) replace the sums. Measured (peak RSS, smollm2-135m, 2 x 256 tokens, steps 2, one thread;
+0.47 GB with the model loaded): 2.85 GB before checkpointing, 2.35 GB after (same bits).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from harness.errors import HarnessError
 from harness.faults.ablation import Ablation
 from harness.models.archmap import ComponentRef
 from harness.scoring.base import Context, Cost, ScoreSet, ref_weight, scorer
-from harness.scoring.grads import GradSums, batch_nll, grad_on, predicted_tokens, unique_params
+from harness.scoring.grads import GradSums, batch_nll, checkpointed, grad_on, predicted_tokens, unique_params
 from harness.scoring.hessian import MAX_BLOCK, blocks
 
 STEPS = 8
@@ -44,7 +50,7 @@ def integrated(ctx: Context, *, steps: int = STEPS, max_block: int = MAX_BLOCK) 
         params = unique_params(ctx.model, group)
         # each (param, rows) once: fused q/k/v refs of one matrix may overlap
         parts = list({(ref.param, ref.rows): ref for ref in group}.values())
-        with grad_on(ctx.model, list(params.values())), GradSums(ctx.model, group) as sums:
+        with grad_on(ctx.model, list(params.values())), checkpointed(ctx.model), GradSums(ctx.model, group) as sums:
             for s in range(steps):
                 with Ablation(ctx.model, parts, "scale", factor=(s + 0.5) / steps):
                     for batch in ctx.batches():

@@ -1,4 +1,7 @@
-"""Data-free scorers from the weights alone: ``magnitude`` and ``z_score``."""
+"""Data-free scorers from the weights alone: ``magnitude`` and ``z_score``.
+
+Memory beyond the model: nothing kept; one matrix of scores at a time, computed when it is read.
+"""
 
 from __future__ import annotations
 

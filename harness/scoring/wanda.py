@@ -2,6 +2,9 @@
 
 ‖X_j‖₂ is the L2 norm of input feature j of the linear layer over every calibration token, gathered
 by forward pre-hooks as a running sum of squares (one vector per module).
+
+Memory beyond the model: one fp32 vector per module (its input width) and a no-grad forward of one batch
+(T tokens: its T·V logits); the scores are computed one matrix at a time.
 """
 
 from __future__ import annotations
