@@ -38,10 +38,10 @@ from harness.faults import ber as ber_module
 from harness.faults import samplers as samplers_module
 from harness.faults.bits import xor_masks
 from harness.faults.samplers import UniformSampler
+from tests.stored_bits import assert_same, snapshot
 
 DTYPES = ["float32", "float16", "bfloat16", "int8"]
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-UNSIGNED = {8: np.uint8, 16: np.uint16, 32: np.uint32, 64: np.uint64}
 FAST = settings(max_examples=25, deadline=None)
 ComponentRef = namedtuple("ComponentRef", "layer component module param rows")  # archmap's shape
 
@@ -65,21 +65,6 @@ def make_model(dtype: str = "float32", device: str = "cpu", seed: int = 0) -> nn
     else:
         model.to(getattr(torch, dtype))
     return model.to(device)
-
-
-def snapshot(model: nn.Module) -> dict[str, np.ndarray]:
-    """Stored bits of every parameter and buffer, as unsigned numpy integers."""
-    out = {}
-    for name, t in [*model.named_parameters(), *model.named_buffers()]:
-        lay = layout(t.dtype)
-        out[name] = t.detach().cpu().view(lay.int_dtype).numpy().view(UNSIGNED[lay.width]).copy()
-    return out
-
-
-def assert_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
-    assert a.keys() == b.keys()
-    for name, value in a.items():
-        np.testing.assert_array_equal(value, b[name], err_msg=name)
 
 
 def apply_np(snap: dict[str, np.ndarray], sites: list[FaultSite]) -> dict[str, np.ndarray]:

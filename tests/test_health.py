@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from harness.campaign import clean_baseline
-from harness.metrics import evaluate
 from harness.claims import WEIGHTS_DIFFER, Outcome, config_mismatch, judge_relation
 from harness.health import BELOW_UNIFORM, BELOW_UNIGRAM, OUTPUT_FINITE, TOP1_ABOVE_CHANCE, evidence, failure, measure
+from harness.metrics import evaluate
 from harness.models import load_model
 from harness.models.identity import weights_digest, weights_identity
 

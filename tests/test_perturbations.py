@@ -22,13 +22,12 @@ from harness.faults import (
     activation_fault,
     add_noise,
     flip_bits,
-    layout,
     quantize_int8,
 )
+from tests.stored_bits import assert_same, snapshot
 
 FLOATS = ["float32", "float16", "bfloat16"]
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-UNSIGNED = {8: np.uint8, 16: np.uint16, 32: np.uint32, 64: np.uint64}
 
 
 class Tiny(nn.Module):
@@ -44,20 +43,6 @@ class Tiny(nn.Module):
 def make_model(dtype: str = "float32", device: str = "cpu") -> nn.Module:
     torch.manual_seed(0)
     return Tiny().eval().requires_grad_(False).to(device=device, dtype=getattr(torch, dtype))
-
-
-def snapshot(model: nn.Module) -> dict[str, np.ndarray]:
-    out = {}
-    for name, t in [*model.named_parameters(), *model.named_buffers()]:
-        lay = layout(t.dtype)
-        out[name] = t.detach().cpu().view(lay.int_dtype).numpy().view(UNSIGNED[lay.width]).copy()
-    return out
-
-
-def assert_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
-    assert a.keys() == b.keys()
-    for name, value in a.items():
-        np.testing.assert_array_equal(value, b[name], err_msg=name)
 
 
 def changed(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

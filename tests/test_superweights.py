@@ -22,12 +22,7 @@ SPIKE = "A"  # the one token whose input channel COL spikes (byte 'A'; the promp
 PROMPT = "Apple Inc. is a worldwide tech company."
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _tiny():
