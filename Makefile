@@ -37,14 +37,14 @@ SUITES  := $(LONGEST) $(filter-out $(LONGEST),$(sort $(ONREAL)))
 # the unit tests longest first (one thread, s: mutation tests 211, scaleout 48, reports 40, lmeval 33, resume 32,
 # reliability 28, gpu-check 27, hub-offline 16, regression 16), a short file third: xdist gives each worker two
 # files at the start, and the one queued behind the mutation tests waits for them
-UNIT_LONG := tests/test_claim_power.py tests/test_scaleout.py tests/test_stats.py tests/test_reports.py \
+UNIT_LONG := tests/test_claim_power.py tests/test_scaleout.py tests/test_memory.py tests/test_stats.py tests/test_reports.py \
 	tests/test_lmeval.py tests/test_resume.py tests/test_reliability.py tests/test_gpu_check.py \
 	tests/test_hub_offline.py tests/test_regression.py
 UNIT    := $(UNIT_LONG) $(filter-out $(UNIT_LONG),$(sort $(wildcard tests/test_*.py)))
 # per-test time limit (pytest-timeout) of the long runs, so that a hung cell cannot eat a nightly
 TIMEOUT ?= 3600
 
-.PHONY: setup test test-real test-rest suites bounds bench bench-suites gpu-check lint analysis report baseline clean
+.PHONY: setup test test-real test-rest suites bounds bench bench-suites bench-memory plan gpu-check lint analysis report baseline clean
 
 setup:
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -96,7 +96,7 @@ bounds:
 
 # pytest-benchmark measurements (ratios to a plain forward pass; nothing asserts wall time).
 bench:
-	$(PYTEST) benchmarks --model $(MODEL) --ignore benchmarks/test_suite_cost.py
+	$(PYTEST) benchmarks --model $(MODEL) --ignore benchmarks/test_suite_cost.py --ignore benchmarks/test_memory.py
 
 # What a run of each suite costs: its wall time in a subprocess as a ratio to one plain forward over the
 # evaluation tokens (benchmarks/test_suite_cost.py; every suite, ~40 min on smollm2-135m on 2 CPU cores).
@@ -104,6 +104,22 @@ bench-suites:
 	@mkdir -p results
 	$(PYTEST) benchmarks/test_suite_cost.py --model $(MODEL) --preset $(DEPTH) --device $(DEVICE) \
 	  --benchmark-json results/bench-suites-$(MODEL).json
+
+# Every suite's peak memory as a multiple of the model's weight bytes (benchmarks/test_memory.py: one suite per
+# subprocess, one thread, the peak over the process's resident size after loading), on smollm2-135m and on the
+# random-weight shape-alike of a 7B model (hidden 4096, MLP 11008, 32 heads, V 32,000, two blocks: 0.67B
+# parameters), with fewer evaluation tokens; hours on this CPU (docs/MEASUREMENTS.md, "Memory per suite").
+MEM_MODELS ?= smollm2-135m,shape-llama-7b
+MEM_TOKENS ?= --eval-tokens 256 --window 128 --calib-tokens 512
+bench-memory:
+	@mkdir -p results
+	OMP_NUM_THREADS=1 $(PYTEST) benchmarks/test_memory.py --model $(MEM_MODELS) --preset $(DEPTH) $(MEM_TOKENS) \
+	  --benchmark-json results/bench-memory.json
+
+# Before loading: per suite the passes its preset needs, the estimated peak memory and the projected time
+# (harness/plan.py; the model's config only, one forward timed with random weights of that config).
+plan:
+	$(PY) -m harness plan --model $(MODEL) --preset $(DEPTH) --device $(DEVICE)
 
 # One GPU check, one table: batched vs per-trial trials/s (bf16), the quick bitflip suite serial and -n 1,
 # bit-exact restore for fp16/bf16/int8, peak GPU memory; at most 8 minutes on one H100/H200

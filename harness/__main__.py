@@ -1,4 +1,5 @@
-"""Command line: ``python -m harness models``, ``python -m harness analyses`` and ``python -m harness submit``.
+"""Command line: ``python -m harness models``, ``python -m harness analyses``, ``python -m harness plan`` and
+``python -m harness submit``.
 
 ``analyses`` reads the suites directory (``suites/test_<name>.py`` beside the ``harness`` package, or
 ``--suites DIR``): each file is one analysis, its name is the file stem without ``test_`` (also its
@@ -100,6 +101,21 @@ def cmd_analyses(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from harness.plan import format_plan, free_bytes, plan
+
+    known = [a.name for a in find_analyses()]
+    suites = [s.strip() for s in args.suites.split(",") if s.strip()] if args.suites else known
+    unknown = [s for s in suites if s not in known]
+    if unknown:
+        raise HarnessError(f"unknown suite(s) {', '.join(unknown)}: choose from {', '.join(known)}")
+    shape, forward, rows = plan(args.model, preset=args.preset, device=args.device, dtype=args.dtype,
+                                eval_tokens=args.eval_tokens, window=args.window, suites=suites,
+                                timed=not args.no_time)
+    sys.stdout.write(format_plan(shape, args.preset, args.device, forward, rows, free=free_bytes(args.device)) + "\n")
+    return 0
+
+
 def _has_submit() -> bool:
     return importlib.util.find_spec("harness.submit") is not None
 
@@ -118,6 +134,17 @@ def main(argv: list[str] | None = None) -> int:
     analyses.add_argument("--suites", type=Path, default=SUITES_DIR, metavar="DIR",
                           help=f"the suites directory (default: {SUITES_DIR})")
     analyses.set_defaults(func=cmd_analyses)
+    p = sub.add_parser("plan", help="before loading: per suite the passes, estimated peak memory and projected time")
+    p.add_argument("--model", required=True, help="a registry name, local model directory or hub id (config only)")
+    p.add_argument("--preset", default="quick", choices=("quick", "full"), help="the suites' preset (default: quick)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    p.add_argument("--dtype", default=None, help="fp32, fp16, bf16 (default: the model's)")
+    p.add_argument("--eval-tokens", type=int, default=1024, help="evaluation tokens (default: 1024)")
+    p.add_argument("--window", type=int, default=256, help="window length (default: 256)")
+    p.add_argument("--suites", default=None, help="comma list of suites (default: every suite)")
+    p.add_argument("--no-time", action="store_true",
+                   help="skip the timed forward (it builds a random model of the config on the device)")
+    p.set_defaults(func=cmd_plan)
     if _has_submit():
         sub.add_parser("submit", help="submit suites as cluster jobs (python -m harness submit --help)", add_help=False)
     args = parser.parse_args(argv)

@@ -140,7 +140,14 @@ def load_model(
     placement = _placement(device_map, max_memory, offload_dir)
     start = time.perf_counter()
     kwargs = {"dtype": torch_dtype, "quantization_config": quantization, **placement}
-    if spec.source == "tiny" and device_map is not None:
+    if spec.source == "shape":
+        from harness.models.tiny import build_shape, byte_tokenizer
+
+        if device_map is not None:
+            raise HarnessError(f"{spec.name} is built in memory and has no saved weights to place with a device map: "
+                               "drop --device-map / --max-memory / --offload-dir (and 8-bit loading)")
+        model, tokenizer = build_shape(spec.name, dtype=torch_dtype), byte_tokenizer()
+    elif spec.source == "tiny" and device_map is not None:
         from harness.models.tiny import saved_tiny
 
         model, tokenizer = _from_directory(saved_tiny(spec.family), **kwargs)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from harness.registry import Registry
 
-SOURCES = ("hub", "gguf-package", "tiny", "local")
+SOURCES = ("hub", "gguf-package", "tiny", "shape", "local")
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,8 @@ class ModelSpec:
     Args:
         name: dash-form name (``gpt-neo-125m``).
         family: architecture family, a key of ``harness.models.archmap.ARCH_MAPS``.
-        source: where the weights come from: ``hub``, ``gguf-package``, ``tiny`` or ``local``.
+        source: where the weights come from: ``hub``, ``gguf-package``, ``tiny``, ``shape`` (random weights with a
+            large model's matrix shapes, ``harness.models.tiny.SHAPES``) or ``local``.
         hub_id: Hugging Face repository id (for ``gguf-package`` models: the model it was made from).
         default_dtype: dtype used when the caller names none.
         params: approximate parameter count, or None when unknown.
@@ -57,8 +58,9 @@ class ModelSpec:
 
     @property
     def random_weights(self) -> bool:
-        """The weights are random (the tiny families): their numbers only exercise code paths."""
-        return self.source == "tiny"
+        """The weights are random (the tiny families, the shape-alike models): their numbers only exercise code
+        paths."""
+        return self.source in ("tiny", "shape")
 
 
 MODELS: Registry[ModelSpec] = Registry("model")
@@ -115,6 +117,14 @@ for _family, _params in TINY_PARAMS.items():
         f"tiny-{_family}", _family, "tiny", params=_params,
         description=f"tiny random {_family} (2 layers, hidden 64, byte tokenizer)",
     ))
+
+# Shape-alike random-weight models (harness.models.tiny.SHAPES): a large model's matrix shapes with a few blocks,
+# for memory at real sizes on a CPU. Built in memory, never saved; not in offline_models() (too large for the
+# offline lists that load every model).
+_add(ModelSpec(
+    "shape-llama-7b", "llama", "shape", params=666_914_816,
+    description="random llama-2-7b shapes (hidden 4096, MLP 11008, 32 heads, 32k vocab), 2 blocks, byte tokenizer",
+))
 
 OFFLINE_SOURCES = ("gguf-package", "tiny", "local")
 
