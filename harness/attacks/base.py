@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -30,6 +30,9 @@ from harness.metrics import COLLAPSE_RATIO, evaluate, is_collapse
 from harness.models.archmap import select
 from harness.models.device import dtype_name
 from harness.registry import Registry
+
+if TYPE_CHECKING:
+    from harness.models.loading import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +218,7 @@ class AttackSession:
         return self.curve[-1]
 
 
-def run_attack(model_or_loaded: Any, method: str, *, eval_windows: torch.Tensor,
+def run_attack(model_or_loaded: LoadedModel, method: str, *, eval_windows: torch.Tensor,
                attack_windows: torch.Tensor | None = None, budget: int = 16, defense: Any = None,
                threshold: float = COLLAPSE_RATIO, layers: Any = None, components: Any = DEFAULT_COMPONENTS,
                clean_perplexity: float | None = None, **options: Any) -> AttackResult:

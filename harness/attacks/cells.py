@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -32,6 +32,8 @@ from harness.stats import trial_seed
 
 if TYPE_CHECKING:
     from harness.models.copies import DtypeCopy
+    from harness.models.loading import LoadedModel
+    from harness.session import Session
 
 
 @dataclass(frozen=True)
@@ -230,20 +232,6 @@ class AttackMeasurement:
         return min(self.flips[0], censored) / median, median
 
 
-class Session(Protocol):
-    """What the cells read of the pytest session (``fixtures.session.EsaSession``)."""
-
-    options: Any
-
-    def cached(self, key: tuple, make: Callable[[], Any]) -> Any: ...
-
-    def corpus(self) -> Any: ...
-
-    def preset(self, presets: Any) -> Any: ...
-
-    copies: DtypeCopy
-
-
 class AttackCells:
     """What the weight-attack cells of one model share for the session, and the measuring of a cell.
 
@@ -253,7 +241,7 @@ class AttackCells:
         copies: the session's second copy of a model in another dtype (default: one of these cells' own).
     """
 
-    def __init__(self, loaded: Any, options: Any, copies: DtypeCopy | None = None) -> None:
+    def __init__(self, loaded: LoadedModel, options: Any, copies: DtypeCopy | None = None) -> None:
         self.loaded = loaded
         self.sizes = attack_sizes(options)
         self.seed: int = options.seed
@@ -267,7 +255,7 @@ class AttackCells:
         self._guided: dict[str, tuple[list[Any], str]] = {}  # guided_sites by detection id
 
     @classmethod
-    def of(cls, session: Session, loaded: Any) -> AttackCells:
+    def of(cls, session: Session, loaded: LoadedModel) -> AttackCells:
         """The cells of ``loaded`` kept by ``session`` (forgotten with the model when the session drops it)."""
         return session.cached((loaded.name, "attack-cells"), lambda: cls(loaded, session.options, session.copies))
 

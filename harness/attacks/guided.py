@@ -24,13 +24,16 @@ forward pass of the detector's prompt.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from harness.attacks.base import AttackSession, attack
 from harness.errors import HarnessError
 from harness.faults import FaultSite, layout
+
+if TYPE_CHECKING:
+    from harness.models.loading import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +116,7 @@ def _targets(model: torch.nn.Module, supers: list[FaultSite], neighbours: int, b
 
 
 @attack("guided")
-def guided(session: AttackSession, *, loaded: Any = None, super_weights: Any = None,
+def guided(session: AttackSession, *, loaded: LoadedModel = None, super_weights: Any = None,
            count: int = 4, neighbours: int = 2, bit: str = "exp_msb", max_rounds: int | None = None) -> dict[str, Any]:
     """Super-weight-guided exponent flips (see the module docstring).
 

@@ -23,7 +23,7 @@ import string
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,9 @@ from torch import nn
 from harness.errors import HarnessError
 from harness.models.device import input_device
 from harness.registry import Registry
+
+if TYPE_CHECKING:
+    from harness.models.loading import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +248,7 @@ def input_attack_options(method: str) -> dict[str, Any]:
     return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.name != "generator"}
 
 
-def run_input_attack(model_or_loaded: Any, method: str, prompt: str, target: str, *,
+def run_input_attack(model_or_loaded: LoadedModel, method: str, prompt: str, target: str, *,
                      generator: torch.Generator | None = None, tokenizer: Any = None,
                      greedy: int = GREEDY_TOKENS, **options: Any) -> InputAttackResult:
     """Attack one prompt and measure the target log-probability and greedy output before and after.

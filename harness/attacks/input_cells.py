@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from harness.attacks.cells import Session
 from harness.attacks.input_attacks import InputAttackResult, run_input_attack
 from harness.attacks.random_suffix import random_suffix_logprob
 from harness.option_values import pick_preset
 from harness.stats import trial_seed
+
+if TYPE_CHECKING:
+    from harness.models.loading import LoadedModel
+    from harness.session import Session
 
 PROMPT_WORDS, TARGET_WORDS = 10, 6
 SUFFIX_ATTACKS = ("gcg", "hotflip")  # token-level suffix searches (the others edit characters)
@@ -164,7 +167,7 @@ class InputAttackCell:
         return cls(method, p.options(method), prompt_pairs(session.corpus(), p.prompts), session.options.seed,
                    p.greedy)
 
-    def measure(self, loaded: Any) -> InputAttackMeasurement:
+    def measure(self, loaded: LoadedModel) -> InputAttackMeasurement:
         """Attack every prompt on ``loaded`` (a ``LoadedModel``), with the random-suffix control of a suffix attack."""
         attacks = []
         for i, (prompt, target) in enumerate(self.prompts):

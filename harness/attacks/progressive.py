@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -37,6 +37,9 @@ from harness.attacks.base import AttackSession, Target, attack
 from harness.attacks.gradients import weight_gradients
 from harness.errors import HarnessError
 from harness.faults import FaultSite, layout, resolve_bits, stored_bits
+
+if TYPE_CHECKING:
+    from harness.models.loading import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +147,7 @@ def rank_flips(model: torch.nn.Module, targets: list[Target], windows: torch.Ten
 
 
 @attack("progressive")
-def progressive(session: AttackSession, *, loaded: Any = None, bits: Any = "any", per_layer: int = 1,
+def progressive(session: AttackSession, *, loaded: LoadedModel = None, bits: Any = "any", per_layer: int = 1,
                 pool: int = 32, max_trials: int | None = None) -> dict[str, Any]:
     """Progressive bit search (see the module docstring).
 

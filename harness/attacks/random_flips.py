@@ -16,7 +16,7 @@ about ``2 + log2(budget)`` when the budget collapses the model.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -24,9 +24,12 @@ from harness.attacks.base import AttackSession, attack
 from harness.errors import HarnessError
 from harness.faults import uniform_sites
 
+if TYPE_CHECKING:
+    from harness.models.loading import LoadedModel
+
 
 @attack("random")
-def random_flips(session: AttackSession, *, loaded: Any = None, generator: torch.Generator | None = None,
+def random_flips(session: AttackSession, *, loaded: LoadedModel = None, generator: torch.Generator | None = None,
                  bits: Any = "any", curve: bool = True) -> dict[str, Any]:
     """Random flips (see the module docstring).
 
@@ -68,7 +71,7 @@ def random_flips(session: AttackSession, *, loaded: Any = None, generator: torch
 
 
 @attack("replay", grid=False)
-def replay(session: AttackSession, *, loaded: Any = None, sites: Any = None) -> dict[str, Any]:
+def replay(session: AttackSession, *, loaded: LoadedModel = None, sites: Any = None) -> dict[str, Any]:
     """The given flips, in order, until collapse or the budget: another run's flips replayed, e.g. an
     undefended attack's flips on the defended model, so that the pair isolates the defense.
 

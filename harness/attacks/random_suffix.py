@@ -7,15 +7,18 @@ Tokens are drawn from the same allowed set the searches use (printable ASCII, no
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from harness.attacks.input_attacks import encode, target_logprobs
 from harness.attacks.suffix_search import allowed_tokens
 
+if TYPE_CHECKING:
+    from harness.models.loading import LoadedModel
 
-def random_suffix_logprob(loaded: Any, prompt: str, target: str, length: int,
+
+def random_suffix_logprob(loaded: LoadedModel, prompt: str, target: str, length: int,
                           generator: torch.Generator) -> tuple[float, str]:
     """Target log-probability after ``prompt`` + ``length`` random allowed tokens.
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -46,6 +46,10 @@ from harness.errors import HarnessError
 from harness.option_values import pick_preset
 from harness.recipes import Subject, prepare
 from harness.stats import spearman
+
+if TYPE_CHECKING:
+    from harness.models.loading import LoadedModel
+    from harness.session import Session
 
 PERTURBATIONS = ("zero_super_weights", "zero_random", "exp_msb_flip", "wanda_50")
 NEEDS_DETECTION = ("zero_super_weights", "zero_random")  # the perturbations built from the super-weight detection
@@ -175,7 +179,7 @@ class AttributionCells:
         calib_windows: Wanda's calibration windows (the preset's first ones).
     """
 
-    loaded: Any
+    loaded: LoadedModel
     preset: Preset
     seed: int
     calib_windows: torch.Tensor
@@ -185,7 +189,7 @@ class AttributionCells:
     _wanda: Any = None
 
     @classmethod
-    def of(cls, esa: Any, loaded: Any, calib_windows: torch.Tensor) -> AttributionCells:
+    def of(cls, esa: Session, loaded: LoadedModel, calib_windows: torch.Tensor) -> AttributionCells:
         """``loaded``'s cells in the pytest session ``esa`` (made once per model)."""
         o = esa.options
         p = preset_for(o.preset, loaded.spec.random_weights)

@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from captum.attr import (
@@ -47,6 +47,9 @@ from captum.attr._core import llm_attr as _captum_llm
 
 from harness.errors import HarnessError
 from harness.registry import Registry
+
+if TYPE_CHECKING:
+    from harness.models.loading import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +125,7 @@ def _floats(t: torch.Tensor) -> list[float | None]:
     return [float(x) if math.isfinite(x) else None for x in t.tolist()]
 
 
-def context_length(loaded: Any) -> int | None:
+def context_length(loaded: LoadedModel) -> int | None:
     """The model's maximum sequence length (positions), or None when it has no fixed one (ALiBi)."""
     config = loaded.model.config
     for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
@@ -132,7 +135,7 @@ def context_length(loaded: Any) -> int | None:
     return None
 
 
-def _check_lengths(loaded: Any, prompt: str, n_prompt: int, n_target: int) -> None:
+def _check_lengths(loaded: LoadedModel, prompt: str, n_prompt: int, n_target: int) -> None:
     if not prompt.strip() or n_prompt == 0:
         raise HarnessError("the prompt is empty: give a prompt of at least one non-special token")
     if n_target < 1:
@@ -156,7 +159,7 @@ def baseline_token(tokenizer: Any) -> int:
     return 0
 
 
-def greedy_target(loaded: Any, prompt: str, n_tokens: int = DEFAULT_TARGET_TOKENS) -> Target:
+def greedy_target(loaded: LoadedModel, prompt: str, n_tokens: int = DEFAULT_TARGET_TOKENS) -> Target:
     """The model's greedy continuation of ``prompt`` (``n_tokens`` tokens), to be kept fixed.
 
     Call it on the clean model. No cache, one forward per token: targets are a few tokens long.
@@ -177,7 +180,7 @@ def greedy_target(loaded: Any, prompt: str, n_tokens: int = DEFAULT_TARGET_TOKEN
     return Target(prompt, prompt_ids, out, tuple(tokenizer.decode([i]) for i in out.tolist()))
 
 
-def ablation_batch_bytes(loaded: Any, n_tokens: int, perturbations_per_eval: int) -> int:
+def ablation_batch_bytes(loaded: LoadedModel, n_tokens: int, perturbations_per_eval: int) -> int:
     """Estimated peak memory of one batched ablation call, in bytes.
 
     ``perturbations_per_eval`` sequences of ``n_tokens`` (prompt + target): the logits
@@ -217,7 +220,8 @@ class _BatchedLLMAttribution(LLMAttribution):
 
 
 def _perturbation_method(kind: type) -> Callable[..., Any]:
-    def run(loaded: Any, inp: Any, target: Target, *, perturbations_per_eval: int = DEFAULT_PERTURBATIONS_PER_EVAL,
+    def run(loaded: LoadedModel, inp: Any, target: Target, *,
+            perturbations_per_eval: int = DEFAULT_PERTURBATIONS_PER_EVAL,
             n_samples: int = DEFAULT_SAMPLES, generator: torch.Generator | None = None, **_: Any) -> Any:
         if isinstance(perturbations_per_eval, bool) or not isinstance(perturbations_per_eval, int) \
                 or perturbations_per_eval < 1:
@@ -240,7 +244,7 @@ ATTRIBUTION_METHODS.register("shapley_sampling", _perturbation_method(ShapleyVal
 
 
 @ATTRIBUTION_METHODS.register("integrated_gradients")
-def _integrated_gradients(loaded: Any, inp: Any, target: Target, *, n_steps: int = DEFAULT_STEPS,
+def _integrated_gradients(loaded: LoadedModel, inp: Any, target: Target, *, n_steps: int = DEFAULT_STEPS,
                           internal_batch_size: int | None = None, **_: Any) -> Any:
     if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
         raise HarnessError(f"n_steps must be a positive integer, got {n_steps!r}")
@@ -251,7 +255,7 @@ def _integrated_gradients(loaded: Any, inp: Any, target: Target, *, n_steps: int
                              internal_batch_size=internal_batch_size or n_steps)
 
 
-def target_logprob(loaded: Any, target: Target) -> float:
+def target_logprob(loaded: LoadedModel, target: Target) -> float:
     """log p(target | prompt) under the model as it is now (nats, float32 log-softmax)."""
     ids = torch.cat([target.prompt_ids, target.ids]).to(loaded.device).unsqueeze(0)  # (1, n + t)
     n, t = target.prompt_ids.numel(), target.ids.numel()
@@ -260,7 +264,8 @@ def target_logprob(loaded: Any, target: Target) -> float:
     return float(torch.log_softmax(logits, -1).gather(-1, target.ids.to(logits.device).unsqueeze(-1)).sum())
 
 
-def attribute(loaded: Any, target: Target, method: str = "feature_ablation", **options: Any) -> TokenAttribution:
+def attribute(loaded: LoadedModel, target: Target, method: str = "feature_ablation",
+              **options: Any) -> TokenAttribution:
     """Attribute ``target`` (fixed) to the prompt's tokens with one Captum method.
 
     Args:

@@ -10,7 +10,7 @@ the whole block. The grid of each depth preset is :data:`PRESETS`; :func:`measur
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -19,6 +19,9 @@ from harness.campaign.engine import Campaign
 from harness.faults import ablate_layer
 from harness.models.archmap import COMPONENTS, num_layers
 from harness.option_values import pick_preset
+
+if TYPE_CHECKING:
+    from harness.models.loading import LoadedModel
 
 MODES = ("zero", "mean")  # mean: each matrix replaced by its own mean (the control that tells components apart)
 # Zeroing any factor of a product silences the whole sublayer (value, attn_out and attention alike; mlp_up,
@@ -101,7 +104,7 @@ class LayerMap:
         return min(range(len(ratios)), key=lambda i: ratios[i])
 
 
-def measure(loaded: Any, cell: AblationCell, windows: torch.Tensor, clean: Any, *, preset: str) -> LayerMap:
+def measure(loaded: LoadedModel, cell: AblationCell, windows: torch.Tensor, clean: Any, *, preset: str) -> LayerMap:
     """Ablate ``cell``'s component of each layer of ``loaded`` in turn (restored after each), evaluate.
 
     Args:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -25,6 +25,9 @@ from harness.faults import BIT_CLASSES, FaultSite, flip_bits
 from harness.models.copies import DtypeCopy
 from harness.models.device import DTYPES, dtype_name
 from harness.option_values import pick_preset
+
+if TYPE_CHECKING:
+    from harness.models.loading import LoadedModel
 
 CAMPAIGN_BITS = tuple(BIT_CLASSES.names(tag="campaign"))
 # A mantissa-LSB flip moves a weight by one unit in the last place and may be rounded away in every output:
@@ -79,7 +82,7 @@ class BitflipCell:
         """Trials of this cell in ``preset`` (before the session's trial rule: ``--trials``, random weights)."""
         return preset.uniform_trials if self.target == "uniform" else preset.trials
 
-    def skip_reason(self, loaded: Any) -> str | None:
+    def skip_reason(self, loaded: LoadedModel) -> str | None:
         """Why this cell does not apply to ``loaded`` (a bf16 cell of a bf16 model), else None."""
         if self.dtype != "native" and loaded.dtype == torch.bfloat16:
             return "the model already is bf16: the native cell covers it"
@@ -170,7 +173,7 @@ class BitflipCells:
         self._pools: dict[tuple, tuple[list[FaultSite] | None, str]] = {}
 
     @classmethod
-    def of(cls, session: Any, loaded: Any) -> BitflipCells:
+    def of(cls, session: Any, loaded: LoadedModel) -> BitflipCells:
         """``loaded``'s cells kept by the pytest ``session`` (forgotten with the model when the session drops it)."""
         o = session.options
 
@@ -180,7 +183,7 @@ class BitflipCells:
 
         return session.cached((loaded.name, "bitflip-cells"), make)
 
-    def pool(self, loaded: Any, target: str, detection: Any = None) -> tuple[list[FaultSite] | None, str]:
+    def pool(self, loaded: LoadedModel, target: str, detection: Any = None) -> tuple[list[FaultSite] | None, str]:
         """(candidate sites, where they come from) of ``target`` on ``loaded``, once per model and dtype;
         ``detection`` (a ``harness.scoring.superweights.Detection``) gives the ``list`` target's sites."""
         key = (loaded.name, target, str(loaded.dtype))
@@ -190,7 +193,8 @@ class BitflipCells:
             self._pools[key] = site_pool(loaded.model, target, listed, source)
         return self._pools[key]
 
-    def measure(self, loaded: Any, cell: BitflipCell, windows: torch.Tensor, detection: Any = None) -> BitflipResult:
+    def measure(self, loaded: LoadedModel, cell: BitflipCell, windows: torch.Tensor,
+                detection: Any = None) -> BitflipResult:
         """The cell's trials on ``loaded`` (or its bf16 copy), measured once.
 
         Args:
@@ -206,7 +210,8 @@ class BitflipCells:
                 self._done[key] = self._run(loaded.name, flipped, cell, windows[: self.preset.windows], detection)
         return self._done[key]
 
-    def _run(self, name: str, loaded: Any, cell: BitflipCell, windows: torch.Tensor, detection: Any) -> BitflipResult:
+    def _run(self, name: str, loaded: LoadedModel, cell: BitflipCell, windows: torch.Tensor,
+             detection: Any) -> BitflipResult:
         model, dtype = loaded.model, short_dtype(loaded.dtype)
         clean = self.clean(loaded.name, model, windows)
         pool, source = self.pool(loaded, cell.target, detection)

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import HarnessError
 
+if TYPE_CHECKING:
+    from harness.models.loading import LoadedModel
 
-def missing_component(loaded: Any, component: str) -> str | None:
+
+def missing_component(loaded: LoadedModel, component: str) -> str | None:
     """Why ``loaded`` (a ``LoadedModel``) has no ``component`` (a canonical component or group) to perturb, as a
     skip reason; None when every layer has it."""
     from harness.models.archmap import select
@@ -34,7 +37,7 @@ class ComponentCell:
     def id(self) -> str:
         return f"{self.variant}-{self.component}"
 
-    def skip_reason(self, loaded: Any) -> str | None:
+    def skip_reason(self, loaded: LoadedModel) -> str | None:
         """Why the cell does not apply to ``loaded`` (its family lacks the component), else None."""
         return missing_component(loaded, self.component)
 

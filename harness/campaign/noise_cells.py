@@ -10,7 +10,7 @@ The grid of each depth preset is :data:`PRESETS`; :func:`measure` runs one cell'
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -20,6 +20,9 @@ from harness.claims import trial_changed
 from harness.faults import add_noise
 from harness.models.archmap import COMPONENTS, select
 from harness.option_values import pick_preset
+
+if TYPE_CHECKING:
+    from harness.models.loading import LoadedModel
 
 LOW, HIGH = 0.001, 0.5  # the first and last level of every preset (the bounds' levels)
 FLOOR = 0.1  # levels from here on are compared by the damage-grows relation; below it ratios scatter around 1
@@ -119,7 +122,7 @@ class NoiseCurve:
                 "target": self.cell.component}
 
 
-def measure(loaded: Any, cell: NoiseCell, windows: torch.Tensor, clean: Any, *, preset: str, seed: int,
+def measure(loaded: LoadedModel, cell: NoiseCell, windows: torch.Tensor, clean: Any, *, preset: str, seed: int,
             trials: int | None = None) -> NoiseCurve:
     """Every level x trial of ``cell`` on ``loaded`` (noised in place and restored after each trial).
 

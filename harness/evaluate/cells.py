@@ -27,7 +27,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -38,6 +38,10 @@ from harness.metrics.chance import chance_accuracy
 from harness.metrics.lmeval_options import PerturbSpec
 from harness.recipes import RECIPES, Prepared, Subject, prepare
 from harness.stats import wilson
+
+if TYPE_CHECKING:
+    from harness.models.loading import LoadedModel
+    from harness.session import Session
 
 RECIPE_OF = {"super_weight_zero": "zero_top_super_weight", "noise": "std_noise_linear"}  # --perturb kind -> recipe
 SUPER_WEIGHT_ZERO = "super_weight_zero"  # the --perturb kind the super-weight claims are about
@@ -167,7 +171,7 @@ class EvalCells:
         detection: called on first need: the session's super-weight detection of the model.
     """
 
-    loaded: Any
+    loaded: LoadedModel
     evaluator: lmeval.LMEvaluator
     spec: PerturbSpec
     seed: int
@@ -175,7 +179,7 @@ class EvalCells:
     _clean: dict[str, tuple[Evaluation, Any]] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, esa: Any, loaded: Any) -> EvalCells:
+    def of(cls, esa: Session, loaded: LoadedModel) -> EvalCells:
         """``loaded``'s cells in the pytest session ``esa`` (made once per model; the evaluator is the session's,
         shared with the lm-eval benchmark; the detection is the session's, asked for on first need)."""
         o = esa.options

@@ -32,7 +32,7 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -42,6 +42,10 @@ from harness.finetune.config import FinetuneConfig
 from harness.finetune.run import Finetuned
 from harness.option_values import pick_preset
 from harness.stats import wilson
+
+if TYPE_CHECKING:
+    from harness.models.loading import LoadedModel
+    from harness.session import Session
 
 TRAIN_NOISE = 0.1  # relative sigma of the noise variant's training noise (and of the non-inferiority claim's noise)
 CLIP = 1.0  # clip variant: each matrix stays within its pre-fine-tuning max |w|
@@ -197,7 +201,7 @@ class FinetuneCells:
         device, dtype: where and how fine-tuned models are loaded to be measured.
     """
 
-    loaded: Any
+    loaded: LoadedModel
     windows: torch.Tensor
     detection: Callable[[], Any]
     configs: dict[str, FinetuneConfig]
@@ -215,7 +219,7 @@ class FinetuneCells:
     _after: dict[str, After] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, esa: Any, loaded: Any, eval_windows: torch.Tensor) -> FinetuneCells:
+    def of(cls, esa: Session, loaded: LoadedModel, eval_windows: torch.Tensor) -> FinetuneCells:
         """``loaded``'s cells in the pytest session ``esa`` (made once per model; the detection is the session's,
         ``esa.detection``)."""
         from harness.finetune.options import config_from_options
@@ -233,14 +237,14 @@ class FinetuneCells:
         return esa.cached((loaded.name, "finetune-cells", tuple(windows.shape), o.corpus, o.seed), make)
 
     @staticmethod
-    def refused(esa: Any) -> str | None:
+    def refused(esa: Session) -> str | None:
         """Why the session cannot run these cells (its models are fine-tunes themselves: ``--finetune``), else
         None."""
         if esa.options.finetune.method != "none":
             return "the finetune suite compares the base model with its own fine-tunes: run it without --finetune"
         return None
 
-    def _measure(self, loaded: Any, detection: Any = None) -> Measures:
+    def _measure(self, loaded: LoadedModel, detection: Any = None) -> Measures:
         return measure(loaded, self.windows, seed=self.seed, flip_trials=self.flip_trials,
                        noise_sigmas=self.noise_sigmas, noise_trials=self.noise_trials, detection=detection)
 

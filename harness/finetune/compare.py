@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -29,6 +29,9 @@ from harness.faults import add_noise, flip_bits, uniform_sites
 from harness.finetune.run import linear_weights, training_windows
 from harness.recipes import Subject, prepare
 from harness.stats import jaccard, trial_seed
+
+if TYPE_CHECKING:
+    from harness.models.loading import LoadedModel
 
 
 @dataclass
@@ -70,7 +73,7 @@ class Measures:
         return sum(values) / len(values) if all(map(math.isfinite, values)) else math.inf
 
 
-def training_perplexity(loaded: Any, config: Any) -> float:
+def training_perplexity(loaded: LoadedModel, config: Any) -> float:
     """Perplexity of ``loaded`` on the windows a fine-tuning run with ``config`` trains on
     (:func:`harness.finetune.run.training_windows` of ``config.corpus``); one forward pass over them."""
     from harness.data import load_corpus
@@ -79,7 +82,7 @@ def training_perplexity(loaded: Any, config: Any) -> float:
     return evaluate(loaded.model, training_windows(loaded.tokenizer, load_corpus(config.corpus), config)).perplexity
 
 
-def measure(loaded: Any, windows: torch.Tensor, *, seed: int, flip_trials: int, noise_sigmas: Sequence[float],
+def measure(loaded: LoadedModel, windows: torch.Tensor, *, seed: int, flip_trials: int, noise_sigmas: Sequence[float],
             noise_trials: int, detection: Any = None) -> Measures:
     """Measure ``loaded`` (a ``LoadedModel``) on ``windows``; the model is left bit-identical.
 

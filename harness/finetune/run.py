@@ -22,7 +22,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -30,6 +30,9 @@ from harness.errors import HarnessError
 from harness.finetune.config import FinetuneConfig
 from harness.finetune.lora import base_weight, merge, wrap_lora
 from harness.finetune.train import TrainLog, train
+
+if TYPE_CHECKING:
+    from harness.models.loading import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +81,7 @@ def linear_weights(model: Any) -> list[str]:
     return sorted({ref.param for ref in select(model, components="linear")})
 
 
-def finetune(loaded: Any, windows: torch.Tensor, config: FinetuneConfig, *,
+def finetune(loaded: LoadedModel, windows: torch.Tensor, config: FinetuneConfig, *,
              adapter_dir: Path | None = None) -> TrainLog:
     """Fine-tune ``loaded`` (a ``LoadedModel`` the caller owns: it is changed in place) on ``windows``.
 

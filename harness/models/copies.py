@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import HarnessError
+
+if TYPE_CHECKING:
+    from harness.models.loading import LoadedModel
 
 
 class DtypeCopy:
@@ -31,7 +34,7 @@ class DtypeCopy:
             self._copy = None
 
     @contextmanager
-    def use(self, loaded: Any, dtype: str, what: str = "the test") -> Iterator[Any]:
+    def use(self, loaded: LoadedModel, dtype: str, what: str = "the test") -> Iterator[Any]:
         """``loaded`` (a ``LoadedModel``) when it has ``dtype`` (a word of ``harness.models.device.DTYPES``), else
         its copy in ``dtype``, loaded once; checked unchanged after the body.
 

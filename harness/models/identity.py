@@ -15,7 +15,10 @@ import hashlib
 import json
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from harness.models.loading import LoadedModel
 
 DIGEST_PREFIX = "w1:"  # the digest's scheme; a new scheme gets a new prefix, so that old digests never match
 
@@ -38,7 +41,7 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def weights_source(loaded: Any) -> dict[str, Any]:
+def weights_source(loaded: LoadedModel) -> dict[str, Any]:
     """Where ``loaded``'s weights came from: the registry name and source kind, the hub id and revision, the local
     directory, the GGUF file's SHA-256 and the transformers version that converted it, the loading versions."""
     spec = loaded.spec
@@ -59,7 +62,7 @@ def weights_source(loaded: Any) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def weights_identity(loaded: Any) -> dict[str, Any]:
+def weights_identity(loaded: LoadedModel) -> dict[str, Any]:
     """``{"digest": weights_digest, "dtype": ..., "parameters": count, "source": weights_source}`` of ``loaded``."""
     from harness.models.device import dtype_name
 

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -38,6 +38,10 @@ from harness.pruning.options import (
     QUICK_SPARSITIES,
     SUITE_SCORERS,
 )
+
+if TYPE_CHECKING:
+    from harness.models.loading import LoadedModel
+    from harness.session import Session
 
 PROTECT = "+protect"  # suffix of a scorer name: the same scorer with the model's super weights kept
 
@@ -121,11 +125,11 @@ class ScoreSlot:
         self._scores: Any = None
 
     @classmethod
-    def of(cls, esa: Any, loaded: Any) -> ScoreSlot:
+    def of(cls, esa: Session, loaded: LoadedModel) -> ScoreSlot:
         """The slot of ``loaded`` in the pytest session ``esa`` (one per model, shared by the pruning suites)."""
         return esa.cached((loaded.name, "pruning-scores"), cls)
 
-    def get(self, loaded: Any, scorer: str, windows: torch.Tensor, *, tag: Any = None) -> Any:
+    def get(self, loaded: LoadedModel, scorer: str, windows: torch.Tensor, *, tag: Any = None) -> Any:
         """The ``scorer`` scores of every linear matrix of ``loaded`` on ``windows`` (computed once per slot).
 
         Args:
@@ -207,7 +211,7 @@ class PruningCells:
         tag: what else the scores depend on (the corpus name).
     """
 
-    loaded: Any
+    loaded: LoadedModel
     eval_windows: torch.Tensor
     calib_windows: torch.Tensor
     reference: Any
@@ -219,7 +223,7 @@ class PruningCells:
     _detected: Any = None
 
     @classmethod
-    def of(cls, esa: Any, loaded: Any, eval_windows: torch.Tensor, calib_windows: torch.Tensor,
+    def of(cls, esa: Session, loaded: LoadedModel, eval_windows: torch.Tensor, calib_windows: torch.Tensor,
            clean: Any) -> PruningCells:
         """``loaded``'s cells in the pytest session ``esa`` (made once per model, prune method, window sets and
         corpus), pruning with the session's shared :class:`ScoreSlot` and keeping the session's super weights.
@@ -303,7 +307,7 @@ def count_zero(model: torch.nn.Module, sites: Iterable[Any]) -> int:
     return sum(int(find_tensor(model, s.param)[s.index] == 0) for s in sites)
 
 
-def rounding(loaded: Any, granularity: str) -> float:
+def rounding(loaded: LoadedModel, granularity: str) -> float:
     """Largest share a group's pruned count can be off by when rounded to whole elements (or units)."""
     from harness.models import select
 

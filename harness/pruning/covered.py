@@ -17,11 +17,14 @@ Cost: magnitude scores of those matrices, two prunings (each restored bit-exactl
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from harness.errors import HarnessError
+
+if TYPE_CHECKING:
+    from harness.models.loading import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,7 @@ def _rank_in_row(model: torch.nn.Module, site: Any) -> int:
     return int((row > row[site.index[1]]).sum().item()) + 1
 
 
-def covered_protection(loaded: Any, sites: list[Any], windows: torch.Tensor,
+def covered_protection(loaded: LoadedModel, sites: list[Any], windows: torch.Tensor,
                        reference: Any = None) -> CoveredProtection:
     """Prune the largest weights of every row of the down projections holding ``sites`` (the model's super
     weights, ``FaultSite``s), enough to cover every site, without and with them protected; evaluate both.

@@ -27,7 +27,7 @@ import logging
 import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -37,6 +37,9 @@ from harness.faults.base import Perturbation
 from harness.faults.sites import FaultSite, find_tensor
 from harness.pruning import masks as M
 from harness.pruning.methods import PRUNE_METHODS
+
+if TYPE_CHECKING:
+    from harness.models.loading import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +129,7 @@ class _Saved:
     values: torch.Tensor
 
 
-def _module(model_or_loaded: Any) -> torch.nn.Module:
+def _module(model_or_loaded: LoadedModel) -> torch.nn.Module:
     return model_or_loaded if isinstance(model_or_loaded, torch.nn.Module) else model_or_loaded.model
 
 

@@ -21,13 +21,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from harness.option_values import pick_preset
 from harness.pruning.cells import ScoreSlot
 from harness.pruning.compare import Divergence, divergence
+
+if TYPE_CHECKING:
+    from harness.models.loading import LoadedModel
+    from harness.session import Session
 
 
 @dataclass(frozen=True)
@@ -100,7 +104,7 @@ def grid(preset: str, scorers: tuple[str, ...] | None = None, layers: str | None
     return [(scorer, s) for scorer in scorers or SCORERS for s in selections]
 
 
-def missing_layers(loaded: Any, selection: Selection) -> str:
+def missing_layers(loaded: LoadedModel, selection: Selection) -> str:
     """Why a built-in ``selection`` cannot apply to ``loaded`` (it names layers the model lacks), or ""."""
     from harness.models import num_layers
 
@@ -172,7 +176,7 @@ class SelectiveCells:
         results_dir: where :meth:`write_comparison` writes (None: not written).
     """
 
-    loaded: Any
+    loaded: LoadedModel
     eval_windows: torch.Tensor
     calib_windows: torch.Tensor
     reference: Any
@@ -188,7 +192,7 @@ class SelectiveCells:
     _done: dict[tuple[str, Selection], SelectiveResult] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, esa: Any, loaded: Any, eval_windows: torch.Tensor, calib_windows: torch.Tensor,
+    def of(cls, esa: Session, loaded: LoadedModel, eval_windows: torch.Tensor, calib_windows: torch.Tensor,
            clean: Any) -> SelectiveCells:
         """``loaded``'s cells in the pytest session ``esa`` (made once per model, prune method, window sets and
         corpus), on the preset's prompts of the session's corpus, pruning with the session's shared

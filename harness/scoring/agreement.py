@@ -11,12 +11,15 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from harness.models.archmap import select
 from harness.scoring.base import ref_shape
+
+if TYPE_CHECKING:
+    from harness.models.loading import LoadedModel
 
 
 @dataclass
@@ -50,7 +53,7 @@ def sample_positions(model: torch.nn.Module, n: int, generator: torch.Generator)
     return [torch.randint(0, size, (max(1, round(n * size / total)),), generator=generator) for size in sizes]
 
 
-def scored(loaded: Any, method: str, windows: torch.Tensor, k: int, positions: list[torch.Tensor],
+def scored(loaded: LoadedModel, method: str, windows: torch.Tensor, k: int, positions: list[torch.Tensor],
            **options: Any) -> Scored:
     """Score every linear matrix of ``loaded`` with ``method`` and keep its top ``k`` and sampled |scores|."""
     from harness.scoring import score

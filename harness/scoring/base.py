@@ -20,7 +20,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -30,6 +30,9 @@ from harness.faults.sites import FaultSite, find_tensor
 from harness.models.archmap import ComponentRef, arch_map, select
 from harness.models.device import input_device
 from harness.registry import Registry
+
+if TYPE_CHECKING:
+    from harness.models.loading import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -379,7 +382,7 @@ def scorer(name: str, *, needs_windows: bool = False, signed: bool = False,
 # -- the library call ----------------------------------------------------------------------------
 
 
-def _unwrap(model_or_loaded: Any) -> tuple[nn.Module, Any]:
+def _unwrap(model_or_loaded: LoadedModel) -> tuple[nn.Module, Any]:
     if isinstance(model_or_loaded, nn.Module):
         return model_or_loaded, None
     model = getattr(model_or_loaded, "model", None)
@@ -411,7 +414,7 @@ def _check_windows(windows: Any) -> torch.Tensor:
     return windows
 
 
-def score(model_or_loaded: Any, method: str, *, layers: Any = None, components: Any = None,
+def score(model_or_loaded: LoadedModel, method: str, *, layers: Any = None, components: Any = None,
           windows: torch.Tensor | None = None, generator: torch.Generator | None = None,
           batch_size: int | None = None, **options: Any) -> ScoreSet:
     """Score the weights of the selected components with one method.

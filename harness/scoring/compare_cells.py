@@ -29,13 +29,17 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from harness.claims import Comparison
 from harness.scoring.agreement import Scored, overlap_pvalue, random_jaccard, random_spearman_limit
 from harness.stats import jaccard, spearman
+
+if TYPE_CHECKING:
+    from harness.models.loading import LoadedModel
+    from harness.session import Session
 
 
 @dataclass(frozen=True)
@@ -169,7 +173,7 @@ class CompareCells:
         seed: seeds the common Spearman sample.
     """
 
-    loaded: Any
+    loaded: LoadedModel
     calib_windows: torch.Tensor
     preset: Preset
     seed: int
@@ -177,7 +181,7 @@ class CompareCells:
     _scored: dict[str, Scored] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, esa: Any, loaded: Any, calib_windows: torch.Tensor) -> CompareCells:
+    def of(cls, esa: Session, loaded: LoadedModel, calib_windows: torch.Tensor) -> CompareCells:
         """``loaded``'s scorings in the pytest session ``esa`` (made once per model, preset, seed and windows)."""
         o, p = esa.options, esa.preset(PRESETS)
         key = (loaded.name, "compare-cells", o.preset, o.seed, tuple(calib_windows.shape), o.corpus)

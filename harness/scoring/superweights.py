@@ -44,7 +44,7 @@ import json
 import logging
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -54,6 +54,9 @@ from harness.faults.ablation import Ablation
 from harness.faults.sites import FaultSite, find_tensor
 from harness.models.archmap import ComponentRef, select
 from harness.models.device import input_device
+
+if TYPE_CHECKING:
+    from harness.models.loading import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +258,7 @@ def _scan(model: nn.Module, hooks: _PeakHooks, layers: list[int], inputs: list[t
     return [torch.cat([p[k] for p in parts], dim=1) for k in range(6)]
 
 
-def detect(model_or_loaded: Any, *, prompts: tuple[str, ...] | list[str] = PROMPTS, factor: float = FACTOR,
+def detect(model_or_loaded: LoadedModel, *, prompts: tuple[str, ...] | list[str] = PROMPTS, factor: float = FACTOR,
            rounds: int = ROUNDS, tokenizer: Any = None, input_ids: torch.Tensor | None = None,
            refs: list[ComponentRef] | None = None, name: str | None = None) -> Detection:
     """Detect the super weights of a model (see the module docstring for the recipe).

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -20,6 +20,9 @@ from harness.claims import Comparison
 from harness.option_values import pick_preset
 from harness.recipes import Subject, prepare, super_weight_sites
 from harness.stats import trial_seed
+
+if TYPE_CHECKING:
+    from harness.models.loading import LoadedModel
 
 TOP_K = 16  # weights per scorer recorded by the scorer check
 MIN_EFFECT = 2.0  # zeroing the super weights raises perplexity >= 2x as much as the random control
@@ -166,7 +169,7 @@ class ScoredTop:
         return out
 
 
-def top_scores(loaded: Any, method: str, calib_windows: torch.Tensor, preset: str = "quick",
+def top_scores(loaded: LoadedModel, method: str, calib_windows: torch.Tensor, preset: str = "quick",
                k: int = TOP_K) -> ScoredTop:
     """Score ``loaded`` with scorer ``method`` on the preset's first calibration windows; keep its top ``k``."""
     from harness.scoring import score
@@ -204,7 +207,7 @@ class KnownCheck:
         return Comparison(not self.missing, self.found_fraction, 1.0, {"test": "exact", "missing": self.missing})
 
 
-def known_check(loaded: Any, detection: Any) -> KnownCheck | None:
+def known_check(loaded: LoadedModel, detection: Any) -> KnownCheck | None:
     """Which super weights on record for ``loaded`` the detection misses; None when none is on record."""
     from harness.scoring import known_super_weights
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -21,6 +21,10 @@ from harness.option_values import pick_preset
 from harness.recipes import RECIPES, Subject, prepare
 from harness.scoring.options import FULL_FRACTIONS, FULL_TARGETED, QUICK_FRACTIONS, QUICK_TARGETED
 from harness.stats import trial_seed
+
+if TYPE_CHECKING:
+    from harness.models.loading import LoadedModel
+    from harness.session import Session
 
 RANDOM = "random"  # the control's method name
 ACTIONS = tuple(RECIPES.names(tag="action"))  # zero, noise, exponent_lsb
@@ -125,7 +129,7 @@ class TargetedCells:
         random_trials: the random control's trials per fraction.
     """
 
-    loaded: Any
+    loaded: LoadedModel
     windows: torch.Tensor
     clean: Any
     calib_windows: torch.Tensor
@@ -138,7 +142,8 @@ class TargetedCells:
     _refs: tuple[list[Any], int] | None = None
 
     @classmethod
-    def of(cls, esa: Any, loaded: Any, eval_windows: torch.Tensor, calib_windows: torch.Tensor) -> TargetedCells:
+    def of(cls, esa: Session, loaded: LoadedModel, eval_windows: torch.Tensor,
+           calib_windows: torch.Tensor) -> TargetedCells:
         """``loaded``'s cells in the pytest session ``esa`` (made once per model; the clean baseline is the
         session's, ``esa.clean``)."""
         o = esa.options
