@@ -30,9 +30,10 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-# Depth presets: each analysis declares its sizes per preset (``PRESETS`` of its cells module), the session picks
-# the run's (:meth:`EsaSession.preset`). quick fits CI on two CPU cores; full is for GPU runners.
-PRESETS = ("quick", "full")
+# The depth presets' names: each analysis declares its sizes per preset (``PRESETS`` of its cells module, a dict of
+# its frozen ``Preset``), the session picks the run's (:meth:`Session.preset`, ``harness.option_values.pick_preset``).
+# quick fits CI on two CPU cores; full is for GPU runners.
+PRESET_NAMES = ("quick", "full")
 
 
 @dataclass

@@ -82,12 +82,13 @@ def test_toy_scorer_is_an_option_choice(toy):
 
 def test_toy_scorer_is_in_the_compare_defaults(toy):
     from harness.scoring import options
+    from harness.scoring.compare_cells import methods
 
+    assert options.compare_methods() == tuple(SCORERS.names()) and toy in options.compare_methods()
     for preset in ("quick", "full"):
-        assert options.compare_methods(preset) == tuple(SCORERS.names())
-        assert toy in options.compare_methods(preset)
-    with pytest.raises(HarnessError, match="quick or full"):
-        options.compare_methods("fast")
+        assert methods(preset) == tuple(SCORERS.names())
+    with pytest.raises(UnknownNameError, match="preset"):
+        methods("fast")
 
 
 def test_toy_scorer_is_collected_by_the_compare_suite(toy, pytester: pytest.Pytester):

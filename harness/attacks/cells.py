@@ -28,6 +28,7 @@ from harness.attacks.defenses import make_defense, sensitive_sites
 from harness.attacks.options import ATTACK_DTYPES, defense_names, weight_attacks
 from harness.attacks.result import AttackResult
 from harness.claims import Comparison, greater
+from harness.option_values import pick_preset
 from harness.stats import trial_seed
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ RANDOM_STREAM = "attack.random"  # trial_seed stream of the random baseline's se
 def attack_sizes(options: Any) -> AttackSizes:
     """The preset's sizes (``options.preset``) with ``--flip-budget`` (``options.attack.flip_budget``) and
     ``--trials`` (``options.trials``) applied when given."""
-    sizes = SIZES[options.preset]
+    sizes = pick_preset(SIZES, options.preset)
     return replace(sizes, budget=options.attack.flip_budget or sizes.budget,
                    trials=options.trials or sizes.trials)
 

@@ -30,6 +30,13 @@ def defense_names() -> tuple[str, ...]:
     return tuple(DEFENSES.names())
 
 
+def _attack_sizes() -> dict:
+    """The weight-attack cells' sizes per preset (``harness.attacks.cells.SIZES``), for the help text."""
+    from harness.attacks.cells import SIZES
+
+    return SIZES
+
+
 def input_attack_names() -> tuple[str, ...]:
     """Every registered input attack (``harness.attacks.INPUT_ATTACKS``), in registration order."""
     from harness.attacks import INPUT_ATTACKS
@@ -43,7 +50,8 @@ class AttackOptions:
     registered name."""
 
     flip_budget: int | None = option(
-        "--flip-budget", "most bit flips per weight-attack run (default: the preset's, quick 12, full 64)",
+        "--flip-budget", lambda: "most bit flips per weight-attack run (default: the preset's, "
+                                 f"{', '.join(f'{p} {s.budget}' for p, s in _attack_sizes().items())})",
         parse=positive_int, args=("flip budget",))
     attacks: tuple[str, ...] | None = option(
         "--attacks", lambda: "weight attacks of -k attack, comma list (default: all registered: "

@@ -14,7 +14,7 @@ from typing import Any
 from harness.data.corpus import DEFAULT_CORPUS
 from harness.errors import HarnessError
 from harness.finetune.config import DEFAULT_LR, METHODS, SCHEDULES, FinetuneConfig, check_clip, check_lr, check_noise
-from harness.option_values import choice, option, positive_int
+from harness.option_values import choice, option, pick_preset, positive_int
 
 CHOICES = ("none", *METHODS)
 TOKENS = {"quick": 2048, "full": 8192}  # token budget per preset (smollm2-135m quick: 4 steps of 2 x 256)
@@ -64,7 +64,7 @@ def config_from_options(options: Any, method: str | None = None, **changes: Any)
     if method == "none":
         raise HarnessError("no fine-tuning method: use --finetune lora or --finetune full")
     fields: dict[str, Any] = dict(
-        method=method, tokens=ft.tokens or TOKENS.get(options.preset, TOKENS["quick"]), window=options.window,
+        method=method, tokens=ft.tokens or pick_preset(TOKENS, options.preset), window=options.window,
         lr=ft.lr, schedule=ft.schedule, seed=options.seed, noise=ft.noise, clip=ft.clip, lora_rank=ft.lora_rank,
         corpus=options.corpus or DEFAULT_CORPUS,
     )

@@ -71,10 +71,16 @@ PRESETS = {"quick": Preset(k=100, sample=20_000, calib_windows=2, integrated_ste
 
 
 def methods(preset: str, chosen: tuple[str, ...] | None = None) -> tuple[str, ...]:
-    """The methods compared: ``chosen`` (``--methods``) or the preset's default (every registered scorer)."""
+    """The methods compared: ``chosen`` (``--methods``) or every registered scorer, in either preset.
+
+    Raises:
+        UnknownNameError: a preset other than those of :data:`PRESETS`.
+    """
+    from harness.option_values import pick_preset
     from harness.scoring.options import compare_methods
 
-    return tuple(chosen) if chosen else compare_methods(preset)
+    pick_preset(PRESETS, preset)
+    return tuple(chosen) if chosen else compare_methods()
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.errors import HarnessError
 from harness.option_values import bounded_float, choices, comma_list, option
 
 DEFAULT_METHOD = ("activation",)  # super_weights suite
@@ -24,19 +23,12 @@ QUICK_FRACTIONS = (1e-6, 1e-4)
 FULL_FRACTIONS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)  # 0.0001% .. 1% of the scored weights
 
 
-def compare_methods(preset: str = "quick") -> tuple[str, ...]:
-    """The compare suite's default methods: every registered scorer (``SCORERS``), in both presets.
-
-    The quick preset runs hessian with 2 probes and integrated with 2 steps on 2 calibration windows
-    (~21 s and ~6 s on smollm2-135m, two CPU cores; see suites/test_compare_sensitivity.py).
-
-    Raises:
-        HarnessError: a preset other than ``quick`` or ``full``.
-    """
+def compare_methods() -> tuple[str, ...]:
+    """The compare suite's default methods: every registered scorer (``SCORERS``), in both presets (the presets
+    differ in each method's own sizes, ``harness.scoring.compare_cells.PRESETS``: quick runs hessian with 2 probes
+    and integrated with 2 steps on 2 calibration windows)."""
     from harness.scoring import SCORERS
 
-    if preset not in ("quick", "full"):
-        raise HarnessError(f"unknown preset {preset!r}; use quick or full")
     return tuple(SCORERS.names())
 
 
