@@ -242,7 +242,9 @@ def model_shape(name: str, dtype: str | torch.dtype | None = None, config: Any =
 
 
 def free_bytes(device: str | torch.device) -> int:
-    """Memory free for a new session on ``device``: the CPU's ``MemAvailable``, a GPU's free memory."""
+    """Memory a new session on ``device`` can have: a GPU's free memory; on the CPU the machine's total
+    (``MemTotal``): what other processes hold there comes and goes (a CI job's parallel calls), so a session is
+    refused only when it could never fit."""
     from harness.models.device import resolve_device
 
     dev = resolve_device(device)
@@ -250,9 +252,16 @@ def free_bytes(device: str | torch.device) -> int:
         return int(torch.cuda.mem_get_info(dev.index or 0)[0])
     with open("/proc/meminfo", encoding="ascii") as f:
         for line in f:
-            if line.startswith("MemAvailable:"):
+            if line.startswith("MemTotal:"):
                 return int(line.split()[1]) * 1024
-    raise HarnessError("cannot read the free memory of this machine (/proc/meminfo has no MemAvailable)")
+    raise HarnessError("cannot read the memory of this machine (/proc/meminfo has no MemTotal)")
+
+
+def _free_word(device: str | torch.device) -> str:
+    """How :func:`free_bytes` counts on ``device``: " free" on a GPU, " in all" on the CPU."""
+    from harness.models.device import resolve_device
+
+    return " free" if resolve_device(device).type == "cuda" else " in all"
 
 
 def estimate_peak(shape: ModelShape, cost: SuiteCost, device: str | torch.device, eval_tokens: int) -> float:
@@ -301,7 +310,7 @@ def check_fits(name: str, *, preset: str = "quick", device: str | torch.device =
         raise HarnessError(
             f"{name} ({shape.params / 1e9:.2f}B parameters, {shape.weight_bytes / GB:.1f} GB in "
             f"{str(shape.dtype).removeprefix('torch.')}) needs about {peak / GB:.1f} GB for the {suite} suite "
-            f"({preset}) but {device} has {free / GB:.1f} GB free: place it with --device-map auto "
+            f"({preset}) but {device} has {free / GB:.1f} GB{_free_word(device)}: place it with --device-map auto "
             f"[--max-memory 0=NGiB,cpu=NGiB], or choose a smaller --dtype, fewer suites or fewer --eval-tokens")
 
 
@@ -387,7 +396,7 @@ def format_plan(shape: ModelShape, preset: str, device: str, forward: float | No
     peak, seconds = gb(max(peaks) if peaks else None), dur(sum(timed) if timed else None)
     lines.append(f"{'nightly (every suite above)':<46}{peak:>14}{seconds:>10}")
     if free is not None:
-        lines.append(f"free on {device}: {free / GB:.1f} GB")
+        lines.append(f"memory on {device}: {free / GB:.1f} GB{_free_word(device)}")
     missing = [r.suite for r in rows if r.cost is None]
     if missing:
         lines.append(f"not measured for preset {preset}: {', '.join(missing)}")

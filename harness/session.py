@@ -36,9 +36,10 @@ T = TypeVar("T")
 PRESET_NAMES = ("quick", "full")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Options:
-    """The parsed ``esa`` options (see ``pytest --help``)."""
+    """The parsed ``esa`` options (see ``pytest --help``), complete when made (the device resolved, the precision
+    decided) and never changed."""
 
     models: list[str]
     device: str

@@ -88,5 +88,5 @@ def test_a_session_that_cannot_fit_stops_before_loading(pytester: pytest.Pyteste
                                           "--results-dir", str(pytester.path / "res"))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*tiny-llama * needs about * GB for the smoke suite (quick) but cpu has 0.0 GB "
-                                 "free: place it with --device-map auto*"])
+                                 "in all: place it with --device-map auto*"])
     assert not (pytester.path / "res" / "results.sqlite").exists()  # nothing measured, nothing written
