@@ -5,16 +5,16 @@ dtype (``--attack-dtypes``: fp32, bf16, int8) x defense (``--defenses``: none, c
 ``-k attack``. Unless ``--attack-dtypes`` or ``--defenses`` is given, the quick preset measures bf16 without
 a defense only (``DEFENDED_DTYPES``: bf16 runs about 6x slower than fp32 on a CPU).
 
-Every cell runs the attack with ``--flip-budget`` flips on the live model and puts it back bit-exactly.
-Perplexity is measured after every flip on the first evaluation window(s) (quick: one window of
-``--window`` tokens); gradients and trial losses use the first calibration window (quick: its first 128
-tokens), so the attack does not fit the text it is judged on (sizes per preset: ``SIZES``). Collapse:
-perplexity x10 of the clean model in the same dtype, or non-finite. The progressive and guided attacks are
-deterministic; the random baseline runs ``--trials`` seeds (``trial_seed(--seed, i, "attack.random")``). A
-run that does not collapse within the budget is censored: it counts as +inf flips ("did not collapse within
-the budget"), never as a number. Models per dtype: ``AttackCells.model_in`` (bf16 a second copy, checked
-bit-identical after each test; int8 the session model's decoder linears as per-channel int8 codes). The
-guided attack starts from the session's super weights (``fixtures.superweights``), detected on fp32.
+Every cell runs the attack with ``--flip-budget`` flips on the live model and puts it back bit-exactly. Perplexity
+is measured after every flip on the first evaluation window(s) (quick: one window of ``--window`` tokens); gradients
+and trial losses use the first calibration window (quick: its first 128 tokens), so the attack does not fit the text
+it is judged on (sizes per preset: ``harness.attacks.options.SIZES``). Collapse: perplexity x10 of the clean model
+in the same dtype, or non-finite. The progressive and guided attacks are deterministic; the random baseline runs
+``--trials`` seeds (``trial_seed(--seed, i, "attack.random")``). A run that does not collapse within the budget is
+censored: it counts as +inf flips ("did not collapse within the budget"), never as a number. Models per dtype:
+``AttackCells.model_in`` (bf16 a second copy, checked bit-identical after each test; int8 the session model's
+decoder linears as per-channel int8 codes). The guided attack starts from the session's super weights
+(``fixtures.superweights``), detected on fp32.
 
 Records (suite ``attack``; ``method`` = attack; ``perturbation`` = {kind, attack, dtype, defense,
 budget}): ``flips_to_collapse`` (inf and collapsed=0 when the budget ran out first), ``ppl_ratio`` after

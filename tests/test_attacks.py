@@ -353,7 +353,8 @@ def test_grid_measures_bf16_defended_only_when_asked():
 
 
 def test_attack_sizes_take_the_options_over_the_preset():
-    from harness.attacks.cells import SIZES, attack_sizes
+    from harness.attacks.cells import attack_sizes
+    from harness.attacks.options import SIZES
 
     assert attack_sizes(_session_options()) == SIZES["quick"]
     sizes = attack_sizes(_session_options("full", flip_budget=5))

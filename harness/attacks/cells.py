@@ -25,7 +25,7 @@ import torch
 
 from harness.attacks.base import attack_targets, run_attack
 from harness.attacks.defenses import make_defense, sensitive_sites
-from harness.attacks.options import ATTACK_DTYPES, defense_names, weight_attacks
+from harness.attacks.options import ATTACK_DTYPES, SIZES, AttackSizes, defense_names, weight_attacks
 from harness.attacks.result import AttackResult
 from harness.claims import Comparison, greater
 from harness.option_values import pick_preset
@@ -37,31 +37,6 @@ if TYPE_CHECKING:
     from harness.session import Session
 
 
-@dataclass(frozen=True)
-class AttackSizes:
-    """How much one weight-attack cell measures.
-
-    Attributes:
-        budget: most flips per run (``--flip-budget``).
-        eval_windows: evaluation windows the damage curve is measured on (None: all).
-        attack_tokens: tokens of the first calibration window for gradients and trial losses (None: all).
-        trials: seeds of the random baseline (``--trials``).
-        max_trials: progressive attack: most trials per flip (None: its default).
-        protected: checksum defense: how many sensitive weights it protects.
-    """
-
-    budget: int
-    eval_windows: int | None
-    attack_tokens: int | None
-    trials: int
-    max_trials: int | None
-    protected: int
-
-
-# quick fits CI on two CPU cores, full is for GPU runners
-SIZES = {"quick": AttackSizes(budget=12, eval_windows=1, attack_tokens=128, trials=2, max_trials=6, protected=1024),
-         "full": AttackSizes(budget=64, eval_windows=None, attack_tokens=None, trials=10, max_trials=None,
-                             protected=4096)}
 # the dtypes each preset measures under a defense when neither --attack-dtypes nor --defenses is given (bf16 runs
 # about 6x slower than fp32 on a CPU; quick measures it undefended only)
 DEFENDED_DTYPES = {"quick": ("fp32", "int8"), "full": ATTACK_DTYPES}

@@ -15,6 +15,33 @@ from harness.option_values import choices, option, positive_int
 ATTACK_DTYPES = ("fp32", "bf16", "int8")  # the weight representations the attack suite attacks
 
 
+@dataclass(frozen=True)
+class AttackSizes:
+    """How much one weight-attack cell measures.
+
+    Attributes:
+        budget: most flips per run (``--flip-budget``).
+        eval_windows: evaluation windows the damage curve is measured on (None: all).
+        attack_tokens: tokens of the first calibration window for gradients and trial losses (None: all).
+        trials: seeds of the random baseline (``--trials``).
+        max_trials: progressive attack: most trials per flip (None: its default).
+        protected: checksum defense: how many sensitive weights it protects.
+    """
+
+    budget: int
+    eval_windows: int | None
+    attack_tokens: int | None
+    trials: int
+    max_trials: int | None
+    protected: int
+
+
+# quick fits CI on two CPU cores, full is for GPU runners
+SIZES = {"quick": AttackSizes(budget=12, eval_windows=1, attack_tokens=128, trials=2, max_trials=6, protected=1024),
+         "full": AttackSizes(budget=64, eval_windows=None, attack_tokens=None, trials=10, max_trials=None,
+                             protected=4096)}
+
+
 def weight_attacks() -> tuple[str, ...]:
     """Every registered weight attack of the default grid (``harness.attacks.ATTACKS``, tag ``grid``), in
     registration order."""
@@ -28,13 +55,6 @@ def defense_names() -> tuple[str, ...]:
     from harness.attacks import DEFENSES
 
     return tuple(DEFENSES.names())
-
-
-def _attack_sizes() -> dict:
-    """The weight-attack cells' sizes per preset (``harness.attacks.cells.SIZES``), for the help text."""
-    from harness.attacks.cells import SIZES
-
-    return SIZES
 
 
 def input_attack_names() -> tuple[str, ...]:
@@ -51,7 +71,7 @@ class AttackOptions:
 
     flip_budget: int | None = option(
         "--flip-budget", lambda: "most bit flips per weight-attack run (default: the preset's, "
-                                 f"{', '.join(f'{p} {s.budget}' for p, s in _attack_sizes().items())})",
+                                 f"{', '.join(f'{p} {s.budget}' for p, s in SIZES.items())})",
         parse=positive_int, args=("flip budget",))
     attacks: tuple[str, ...] | None = option(
         "--attacks", lambda: "weight attacks of -k attack, comma list (default: all registered: "
