@@ -37,17 +37,15 @@ Conventions (recorded in every row's ``extra["conventions"]``):
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import difflib
 import logging
 import math
 import os
 import socket
-import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import metadata
@@ -59,6 +57,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.errors import HarnessError, OfflineError, UnknownNameError
+from harness.metrics.lmeval_quiet import no_env_probe, no_kv_cache, quiet_lmeval
 from harness.models.device import input_device
 from harness.option_values import comma_list
 
@@ -71,96 +70,9 @@ OFFLINE_TASKS = (ROLLING_TASK, CLOZE_TASK)
 ALIASES = {"offline": OFFLINE_TASKS}  # --tasks offline
 RENAMED_METRICS = {"perplexity": "lmeval_perplexity"}  # lm-eval name -> store name
 HUB_CHECK_SECONDS = 3.0
-_NOISY_LOGGERS = ("lm_eval", "lm-eval")
-_TQDM_MODULES = ("lm_eval.api.task", "lm_eval.api.model", "lm_eval.models.huggingface")
-_NOISE = (  # expected for an in-memory model; said once in our docs instead of on every call
-    "`pretrained` model kwarg is not of type `str`",
-    "Passed an already-initialized model through `pretrained`",
-)
-
-
 def lm_eval_version() -> str:
     """The installed lm-eval version."""
     return metadata.version("lm_eval")
-
-
-# -- logging -----------------------------------------------------------------------------------
-
-
-class _DropNoise(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not any(text in record.getMessage() for text in _NOISE)
-
-
-def _silent_tqdm(*args: Any, **kwargs: Any):
-    from tqdm import tqdm
-
-    return tqdm(*args, **{**kwargs, "disable": True})  # callers pass disable= themselves
-
-
-@contextlib.contextmanager
-def quiet_lmeval() -> Iterator[None]:
-    """Silence lm-eval's chatter while inside, unless this module's logger is at DEBUG: its INFO
-    logs, the two warnings every in-memory model triggers, and its tqdm progress bars (the
-    ``tqdm`` names of the lm-eval modules that draw them are swapped for a disabled one, since
-    ``TQDM_DISABLE`` is read only when tqdm is imported)."""
-    if log.isEnabledFor(logging.DEBUG):
-        yield
-        return
-    from tqdm import tqdm
-
-    loggers = [logging.getLogger(n) for n in (*_NOISY_LOGGERS, "lm_eval.models.huggingface", "lm_eval.evaluator")]
-    saved = [(lg, lg.level) for lg in loggers]
-    noise = _DropNoise()
-    swapped = []
-    try:
-        for lg in loggers:
-            lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
-            lg.addFilter(noise)
-        for name in _TQDM_MODULES:
-            module = sys.modules.get(name)  # one imported later draws nothing inside this block
-            if module is not None and getattr(module, "tqdm", None) is tqdm:
-                swapped.append(module)
-                module.tqdm = _silent_tqdm
-        yield
-    finally:
-        for lg, level in saved:
-            lg.setLevel(level)
-            lg.removeFilter(noise)
-        for module in swapped:
-            module.tqdm = tqdm
-
-
-@contextlib.contextmanager
-def _no_env_probe() -> Iterator[None]:
-    """Within the block, ``simple_evaluate`` skips the machine probe it ends with: torch's ``collect_env``
-    (``pip list``, ``nvidia-smi``, ``lscpu``... in subprocesses: 3 s a call on 2 idle cores, 9 s loaded) and
-    ``git describe``, for header fields of its results (``pretty_env_info``, ``git_hash``) the adapter never
-    reads. The metrics are untouched."""
-    from lm_eval import evaluator
-
-    saved = evaluator.add_env_info, evaluator.get_git_commit_hash
-    evaluator.add_env_info, evaluator.get_git_commit_hash = (lambda storage: None), (lambda: None)
-    try:
-        yield
-    finally:
-        evaluator.add_env_info, evaluator.get_git_commit_hash = saved
-
-
-@contextlib.contextmanager
-def no_kv_cache(model: torch.nn.Module) -> Iterator[None]:
-    """Within the block the model's forward builds no KV cache (``config.use_cache = False``, restored in
-    ``finally``). lm-eval scores with ``model(inps)``, which would fill a cache nobody reads: copies of every
-    key and value, 18% of a (16, 60)-token forward of smollm2-135m on the CPU. The logits are bit-identical."""
-    config = getattr(model, "config", None)
-    if not getattr(config, "use_cache", False):
-        yield
-        return
-    config.use_cache = False
-    try:
-        yield
-    finally:
-        config.use_cache = True
 
 
 # -- tasks -------------------------------------------------------------------------------------
@@ -465,7 +377,7 @@ class LMEvaluator:
         lm = self.hflm(rolling)
         objs = [t for n in names for t in (loaded[n] if isinstance(loaded[n], list) else [loaded[n]])]
         started = time.perf_counter()
-        with quiet_lmeval(), _no_env_probe(), no_kv_cache(self.model), torch.no_grad():
+        with quiet_lmeval(), no_env_probe(), no_kv_cache(self.model), torch.no_grad():
             out = simple_evaluate(
                 model=lm, tasks=objs, task_manager=task_manager(False), limit=limit, bootstrap_iters=1000,
                 log_samples=True, random_seed=None, numpy_random_seed=None, torch_random_seed=None,
