@@ -27,7 +27,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -81,70 +81,64 @@ class SuiteCost:
 # quick smollm2/tiny ratio (its trials grow from quick to full on top of that: a lower bound for the campaign
 # suites), the memory of its quick run. x_model = (peak - resident after loading - 4 x T x V x 4 bytes) / 538 MB.
 # How each was made is in its source; docs/MEASUREMENTS.md has the runs.
+QUICK_COSTS: dict[str, SuiteCost] = {
+    "ablation": SuiteCost(62.0, 0.0, 0.02, layers=30,
+                         source="smollm2-135m quick, 256 tokens: measured"),
+    "adversarial": SuiteCost(51.1, 2.8, 0.18,
+                         source="smollm2-135m quick, 256 tokens: measured"),
+    "attack": SuiteCost(76.0, 8.0, 2.44,
+                         source="smollm2-135m quick, 256 tokens: measured"),
+    "attribution": SuiteCost(60.5, 20.4, 0.92,
+                         source="smollm2-135m quick, 256 tokens: measured"),
+    "bitflip": SuiteCost(148.7, 0.0, 0.14,
+                         source="smollm2-135m quick, 256 tokens: measured"),
+    "compare_sensitivity": SuiteCost(11.0, 7.0, 5.73,
+                         source="smollm2-135m quick, 256 tokens: measured"),
+    "evaluate": SuiteCost(71.9, 0.0, 2.41,
+                         source="smollm2-135m quick: measured 288 forwards of 256 tokens; lm-eval's documents are"
+                                " a fixed token count, so given here in forwards of 1024 tokens"),
+    "finetune": SuiteCost(78.1, 16.0, 6.24,
+                         source="smollm2-135m quick, 256 tokens: measured"),
+    "pruning": SuiteCost(33.0, 2.0, 1.81,
+                         source="smollm2-135m quick, 256 tokens: measured"),
+    "robustness": SuiteCost(20.0, 0.0, 1.3,
+                         source="smollm2-135m quick, 256 tokens: measured"),
+    "selective_pruning": SuiteCost(10.7, 0.0, 0.51,
+                         source="smollm2-135m quick, 256 tokens: measured"),
+    "smoke": SuiteCost(3.0, 0.0, 0.09,
+                         source="smollm2-135m quick, 256 tokens: measured"),
+    "super_weights": SuiteCost(10.0, 0.0, 0.1,
+                         source="smollm2-135m quick, 256 tokens: measured"),
+    "targeted_perturbation": SuiteCost(27.0, 0.0, 0.24,
+                         source="smollm2-135m quick, 256 tokens: measured"),
+
+}
+
+# Full preset: tiny-llama's full count x the suite's quick smollm2/tiny ratio, (forward, grad, that ratio); the
+# memory (x_model) and the block scaling are the quick run's. evaluate has no preset: the same as quick.
+FULL_PASSES = {
+    "ablation": (442.9, 0.0, 8.9),
+    "adversarial": (4203.7, 60.1, 0.3),
+    "attack": (829.4, 49.5, 0.4),
+    "attribution": (63.3, 20.4, 2.8),
+    "bitflip": (25282.8, 0.0, 8.7),
+    "compare_sensitivity": (50.8, 54.0, 0.8),
+    "finetune": (323.8, 96.0, 1.3),
+    "pruning": (231.3, 4.0, 1.1),
+    "robustness": (704.0, 0.0, 1.0),
+    "selective_pruning": (27.3, 0.0, 1.1),
+    "smoke": (3.0, 0.0, 1.0),
+    "super_weights": (10.0, 0.0, 2.4),
+    "targeted_perturbation": (106.7, 5.1, 1.3),
+}
 COSTS: dict[str, dict[str, SuiteCost]] = {
-    "quick": {
-        "ablation": SuiteCost(62.0, 0.0, 0.02, layers=30,
-                             source="smollm2-135m quick, 256 tokens: measured"),
-        "adversarial": SuiteCost(51.1, 2.8, 0.18,
-                             source="smollm2-135m quick, 256 tokens: measured"),
-        "attack": SuiteCost(76.0, 8.0, 2.44,
-                             source="smollm2-135m quick, 256 tokens: measured"),
-        "attribution": SuiteCost(60.5, 20.4, 0.92,
-                             source="smollm2-135m quick, 256 tokens: measured"),
-        "bitflip": SuiteCost(148.7, 0.0, 0.14,
-                             source="smollm2-135m quick, 256 tokens: measured"),
-        "compare_sensitivity": SuiteCost(11.0, 7.0, 5.73,
-                             source="smollm2-135m quick, 256 tokens: measured"),
-        "evaluate": SuiteCost(71.9, 0.0, 2.41,
-                             source="smollm2-135m quick: measured 288 forwards of 256 tokens; lm-eval's documents are"
-                                    " a fixed token count, so given here in forwards of 1024 tokens"),
-        "finetune": SuiteCost(78.1, 16.0, 6.24,
-                             source="smollm2-135m quick, 256 tokens: measured"),
-        "pruning": SuiteCost(33.0, 2.0, 1.81,
-                             source="smollm2-135m quick, 256 tokens: measured"),
-        "robustness": SuiteCost(20.0, 0.0, 1.3,
-                             source="smollm2-135m quick, 256 tokens: measured"),
-        "selective_pruning": SuiteCost(10.7, 0.0, 0.51,
-                             source="smollm2-135m quick, 256 tokens: measured"),
-        "smoke": SuiteCost(3.0, 0.0, 0.09,
-                             source="smollm2-135m quick, 256 tokens: measured"),
-        "super_weights": SuiteCost(10.0, 0.0, 0.1,
-                             source="smollm2-135m quick, 256 tokens: measured"),
-        "targeted_perturbation": SuiteCost(27.0, 0.0, 0.24,
-                             source="smollm2-135m quick, 256 tokens: measured"),
-    },
+    "quick": QUICK_COSTS,
     "full": {
-        "ablation": SuiteCost(442.9, 0.0, 0.02, layers=30,
-                             source="tiny-llama full x 8.9 (this suite's quick smollm2/tiny ratio); memory as quick"),
-        "adversarial": SuiteCost(4203.7, 60.1, 0.18,
-                             source="tiny-llama full x 0.3 (this suite's quick smollm2/tiny ratio); memory as quick"),
-        "attack": SuiteCost(829.4, 49.5, 2.44,
-                             source="tiny-llama full x 0.4 (this suite's quick smollm2/tiny ratio); memory as quick"),
-        "attribution": SuiteCost(63.3, 20.4, 0.92,
-                             source="tiny-llama full x 2.8 (this suite's quick smollm2/tiny ratio); memory as quick"),
-        "bitflip": SuiteCost(25282.8, 0.0, 0.14,
-                             source="tiny-llama full x 8.7 (this suite's quick smollm2/tiny ratio); memory as quick"),
-        "compare_sensitivity": SuiteCost(50.8, 54.0, 5.73,
-                             source="tiny-llama full x 0.8 (this suite's quick smollm2/tiny ratio); memory as quick"),
-        "evaluate": SuiteCost(71.9, 0.0, 2.41,
-                             source="smollm2-135m quick: measured 288 forwards of 256 tokens; lm-eval's documents are"
-                                    " a fixed token count, so given here in forwards of 1024 tokens; the same at full"
-                                    " (no preset)"),
-        "finetune": SuiteCost(323.8, 96.0, 6.24,
-                             source="tiny-llama full x 1.3 (this suite's quick smollm2/tiny ratio); memory as quick"),
-        "pruning": SuiteCost(231.3, 4.0, 1.81,
-                             source="tiny-llama full x 1.1 (this suite's quick smollm2/tiny ratio); memory as quick"),
-        "robustness": SuiteCost(704.0, 0.0, 1.3,
-                             source="tiny-llama full x 1.0 (this suite's quick smollm2/tiny ratio); memory as quick"),
-        "selective_pruning": SuiteCost(27.3, 0.0, 0.51,
-                             source="tiny-llama full x 1.1 (this suite's quick smollm2/tiny ratio); memory as quick"),
-        "smoke": SuiteCost(3.0, 0.0, 0.09,
-                             source="tiny-llama full x 1.0 (this suite's quick smollm2/tiny ratio); memory as quick"),
-        "super_weights": SuiteCost(10.0, 0.0, 0.1,
-                             source="tiny-llama full x 2.4 (this suite's quick smollm2/tiny ratio); memory as quick"),
-        "targeted_perturbation": SuiteCost(106.7, 5.1, 0.24,
-                             source="tiny-llama full x 1.3 (this suite's quick smollm2/tiny ratio); memory as quick"),
-    },
+        name: replace(QUICK_COSTS[name], forward=forward, grad=grad,
+                      source=f"tiny-llama full x {ratio} (this suite's quick smollm2/tiny ratio); memory as quick")
+        for name, (forward, grad, ratio) in FULL_PASSES.items()
+    } | {"evaluate": replace(QUICK_COSTS["evaluate"],
+                             source=QUICK_COSTS["evaluate"].source + "; the same at full (no preset)")},
 }
 
 
