@@ -81,37 +81,25 @@ class SuiteCost:
 # quick smollm2/tiny ratio (its trials grow from quick to full on top of that: a lower bound for the campaign
 # suites), the memory of its quick run. x_model = (peak - resident after loading - 4 x T x V x 4 bytes) / 538 MB.
 # How each was made is in its source; docs/MEASUREMENTS.md has the runs.
+MEASURED = "smollm2-135m quick, 256 tokens: measured"
 QUICK_COSTS: dict[str, SuiteCost] = {
-    "ablation": SuiteCost(62.0, 0.0, 0.02, layers=30,
-                         source="smollm2-135m quick, 256 tokens: measured"),
-    "adversarial": SuiteCost(51.1, 2.8, 0.18,
-                         source="smollm2-135m quick, 256 tokens: measured"),
-    "attack": SuiteCost(76.0, 8.0, 2.44,
-                         source="smollm2-135m quick, 256 tokens: measured"),
-    "attribution": SuiteCost(60.5, 20.4, 0.92,
-                         source="smollm2-135m quick, 256 tokens: measured"),
-    "bitflip": SuiteCost(148.7, 0.0, 0.14,
-                         source="smollm2-135m quick, 256 tokens: measured"),
-    "compare_sensitivity": SuiteCost(11.0, 7.0, 5.73,
-                         source="smollm2-135m quick, 256 tokens: measured"),
+    "ablation": SuiteCost(62.0, 0.0, 0.02, layers=30, source=MEASURED),
+    "adversarial": SuiteCost(51.1, 2.8, 0.18, source=MEASURED),
+    "attack": SuiteCost(76.0, 8.0, 2.44, source=MEASURED),
+    "attribution": SuiteCost(60.5, 20.4, 0.92, source=MEASURED),
+    "bitflip": SuiteCost(148.7, 0.0, 0.14, source=MEASURED),
+    "compare_sensitivity": SuiteCost(10.0, 7.0, 2.84, source=MEASURED),
+    "detection": SuiteCost(15.7, 0.0, 0.03, source=MEASURED),
     "evaluate": SuiteCost(71.9, 0.0, 2.41,
                          source="smollm2-135m quick: measured 288 forwards of 256 tokens; lm-eval's documents are"
                                 " a fixed token count, so given here in forwards of 1024 tokens"),
-    "finetune": SuiteCost(78.1, 16.0, 6.24,
-                         source="smollm2-135m quick, 256 tokens: measured"),
-    "pruning": SuiteCost(33.0, 2.0, 1.81,
-                         source="smollm2-135m quick, 256 tokens: measured"),
-    "robustness": SuiteCost(20.0, 0.0, 1.3,
-                         source="smollm2-135m quick, 256 tokens: measured"),
-    "selective_pruning": SuiteCost(10.7, 0.0, 0.51,
-                         source="smollm2-135m quick, 256 tokens: measured"),
-    "smoke": SuiteCost(3.0, 0.0, 0.09,
-                         source="smollm2-135m quick, 256 tokens: measured"),
-    "super_weights": SuiteCost(10.0, 0.0, 0.1,
-                         source="smollm2-135m quick, 256 tokens: measured"),
-    "targeted_perturbation": SuiteCost(27.0, 0.0, 0.24,
-                         source="smollm2-135m quick, 256 tokens: measured"),
-
+    "finetune": SuiteCost(77.1, 16.0, 5.50, source=MEASURED),
+    "pruning": SuiteCost(33.0, 2.0, 1.81, source=MEASURED),
+    "robustness": SuiteCost(20.0, 0.0, 1.3, source=MEASURED),
+    "selective_pruning": SuiteCost(10.7, 0.0, 0.51, source=MEASURED),
+    "smoke": SuiteCost(3.0, 0.0, 0.09, source=MEASURED),
+    "super_weights": SuiteCost(10.0, 0.0, 0.1, source=MEASURED),
+    "targeted_perturbation": SuiteCost(27.0, 0.0, 0.24, source=MEASURED),
 }
 
 # Full preset: tiny-llama's full count x the suite's quick smollm2/tiny ratio, (forward, grad, that ratio); the
@@ -123,6 +111,7 @@ FULL_PASSES = {
     "attribution": (63.3, 20.4, 2.8),
     "bitflip": (25282.8, 0.0, 8.7),
     "compare_sensitivity": (50.8, 54.0, 0.8),
+    "detection": (2972.9, 0.0, 2.2),
     "finetune": (323.8, 96.0, 1.3),
     "pruning": (231.3, 4.0, 1.1),
     "robustness": (704.0, 0.0, 1.0),

@@ -116,17 +116,7 @@ class Noise(Perturbation):
                 "targets": [r.to_dict() for r in self.regions] if len(self.regions) <= 16 else len(self.regions)}
 
 
-def add_noise(
-    model: nn.Module,
-    targets: Target | Sequence[Target] | None = None,
-    level: float = 0.0,
-    *,
-    kind: str = "gaussian",
-    scale: str = "absolute",
-    generator: torch.Generator,
-) -> Noise:
-    """Weight noise as a context manager (see ``Noise``)."""
-    return Noise(model, targets, level, kind=kind, scale=scale, generator=generator)
+add_noise = Noise  # weight noise as a context manager: ``with add_noise(model, targets, level, generator=g):``
 
 
 @PERTURBATIONS.register("site_noise")

@@ -22,7 +22,8 @@ random-ranking references), and the relations a pair that should agree is held t
 Memory beyond the model: one method's full scores at a time (:func:`harness.scoring.agreement.scored`
 keeps only its top-``k`` keys and its ``sample`` floats and drops the ScoreSet before the next method
 is scored), so the peak is the heaviest scorer's own (``hessian``, :mod:`harness.scoring.hessian`).
-Measured (peak RSS, smollm2-135m, quick preset, seed 0, one thread): 8.52 GB before, 6.13 GB after.
+Measured (peak RSS, smollm2-135m, quick preset, seed 0, one thread): 8.52 GB in issue 36, 6.13 GB with
+checkpointed scorers, 2.66 GB with the Hessian's segmented double backward.
 """
 
 from __future__ import annotations
@@ -187,8 +188,10 @@ class CompareCells:
     _scored: dict[str, Scored] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, esa: Session, loaded: LoadedModel, calib_windows: torch.Tensor) -> CompareCells:
-        """``loaded``'s scorings in the pytest session ``esa`` (made once per model, preset, seed and windows)."""
+    def of(cls, esa: Session, loaded: LoadedModel) -> CompareCells:
+        """``loaded``'s scorings in the pytest session ``esa`` (made once per model, preset, seed and windows), on
+        the session's calibration windows."""
+        calib_windows = esa.windows(loaded, "calib")
         o, p = esa.options, esa.preset(PRESETS)
         key = (loaded.name, "compare-cells", o.preset, o.seed, tuple(calib_windows.shape), o.corpus)
         return esa.cached(key, lambda: cls(loaded, calib_windows[: p.calib_windows], p, o.seed))

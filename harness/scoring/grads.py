@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from harness.errors import HarnessError
 from harness.metrics.perplexity import next_token_nll
 from harness.models.archmap import ComponentRef, arch_map
 from harness.scoring.base import Cost, ref_rows, ref_shape
@@ -31,6 +32,13 @@ from harness.scoring.base import Cost, ref_rows, ref_shape
 def batch_nll(model: nn.Module, batch: torch.Tensor, denominator: int) -> torch.Tensor:
     """Sum of next-token NLL over ``batch`` (B, T) divided by ``denominator`` (a 0-d float32 tensor)."""
     return next_token_nll(model(input_ids=batch, use_cache=False).logits, batch, reduction="sum") / denominator
+
+
+def at_least_one(method: str, **counts: int) -> None:
+    """Raise a one-line error naming the first of ``counts`` (a scorer's options) below 1."""
+    for name, value in counts.items():
+        if value < 1:
+            raise HarnessError(f"{method} needs {name} >= 1, got {value}")
 
 
 def predicted_tokens(windows: torch.Tensor) -> int:
@@ -81,12 +89,12 @@ def checkpointed(model: nn.Module) -> Iterator[None]:
                     return _inner(*args, **kwargs)
                 return checkpoint(_inner, *args, use_reentrant=False, **kwargs)
 
-            stack.enter_context(_forward_swapped(block, forward))
+            stack.enter_context(forward_swapped(block, forward))
         yield
 
 
 @contextmanager
-def _forward_swapped(module: nn.Module, forward: Callable[..., Any]) -> Iterator[None]:
+def forward_swapped(module: nn.Module, forward: Callable[..., Any]) -> Iterator[None]:
     """``module.forward`` is ``forward`` inside the block; the instance attribute is put back (or removed) after."""
     had, old = "forward" in vars(module), vars(module).get("forward")
     module.forward = forward

@@ -17,11 +17,18 @@ from __future__ import annotations
 
 import torch
 
-from harness.errors import HarnessError
 from harness.faults.ablation import Ablation
 from harness.models.archmap import ComponentRef
 from harness.scoring.base import Context, Cost, ScoreSet, ref_weight, scorer
-from harness.scoring.grads import GradSums, batch_nll, checkpointed, grad_on, predicted_tokens, unique_params
+from harness.scoring.grads import (
+    GradSums,
+    at_least_one,
+    batch_nll,
+    checkpointed,
+    grad_on,
+    predicted_tokens,
+    unique_params,
+)
 from harness.scoring.hessian import MAX_BLOCK, blocks
 
 STEPS = 8
@@ -38,10 +45,7 @@ def integrated(ctx: Context, *, steps: int = STEPS, max_block: int = MAX_BLOCK) 
 
     Cost: per block, ``steps`` × (one forward and one backward pass over the calibration windows).
     """
-    if steps < 1:
-        raise HarnessError(f"integrated needs steps >= 1, got {steps}")
-    if max_block < 1:
-        raise HarnessError(f"integrated needs max_block >= 1, got {max_block}")
+    at_least_one("integrated", steps=steps, max_block=max_block)
     denominator = predicted_tokens(ctx.windows)
     attributions: dict[ComponentRef, torch.Tensor] = {}
     cost = Cost()
