@@ -158,6 +158,7 @@ class Flag:
     args: tuple[Any, ...] = ()
     metavar: str | None = None
     default_factory: Callable[[], Any] | None = None
+    action: str | None = None  # argparse's action (``append`` for a repeatable flag); None: a value or a switch
 
     @property
     def dest(self) -> str:
@@ -167,7 +168,7 @@ class Flag:
 
 def option(name: str, help: Help, *, parse: Callable[..., Any] | None = None, args: tuple[Any, ...] = (),
            default: Any = None, default_factory: Callable[[], Any] | None = None,
-           metavar: str | None = None) -> Any:
+           metavar: str | None = None, action: str | None = None) -> Any:
     """A field of an option set that is also the command-line option ``name``.
 
     Args:
@@ -178,8 +179,9 @@ def option(name: str, help: Help, *, parse: Callable[..., Any] | None = None, ar
             (``store_true``).
         default: the value when the option is not given (None: the analysis's preset decides).
         default_factory: a function giving the default instead, called when the options are added.
+        action: argparse's action, e.g. ``append`` for a flag given several times.
     """
-    flag = Flag(name, help, parse, args, metavar, default_factory)
+    flag = Flag(name, help, parse, args, metavar, default_factory, action)
     if default_factory is not None:
         return field(default_factory=default_factory, metadata={"flag": flag})
     return field(default=default, metadata={"flag": flag})
@@ -195,6 +197,8 @@ def add_option_set(group: Any, cls: type) -> None:
         default = flag.default_factory() if flag.default_factory is not None else f.default
         text = flag.help() if callable(flag.help) else flag.help
         kwargs: dict[str, Any] = dict(dest=flag.dest, default=default, help=text)
+        if flag.action is not None:
+            kwargs["action"] = flag.action
         if flag.parse is not None:
             kwargs["type"] = as_option_type(flag.parse, *flag.args)
         elif default is False:

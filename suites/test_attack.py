@@ -20,23 +20,19 @@ Records (suite ``attack``; ``method`` = attack; ``perturbation`` = {kind, attack
 budget}): ``flips_to_collapse`` (inf and collapsed=0 when the budget ran out first), ``ppl_ratio`` after
 each measured flip (``extra.flips``), ``seconds``, ``flips_ratio_to_random`` (attack cells: the attack's
 flips / the random baseline's median, censored values counted as budget+1 in this record only),
-``flips_vs_undefended`` (defended cells), and the claims below.
+``flips_vs_undefended`` (defended cells), and the claims below. Which claims a cell checks is the cell's
+(``AttackMeasurement.claims``): a random cell none; an undefended search its flips bound and, on int8, beating
+random; a defended attack on floating-point weights the defense's gain.
 """
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
 from fixtures.session import options_of
-from harness.attacks.cells import AttackCells, defended_gain, fewer_flips, flips_or_inf, grid, run_extra
+from harness.attacks.cells import SEARCHES, AttackCells, GuidedStart, grid
 from harness.attacks.options import ATTACK_DTYPES, defense_names
-from harness.attacks.result import AttackResult
 from harness.claims import ClaimSet
-from harness.models.device import DTYPES
-
-SEARCHES = ("progressive", "guided")  # the attacks compared with random flips
 
 CLAIMS = ClaimSet("attack")
 # On int8 weights a flip moves a weight by at most 255 steps of its channel's scale, so random flips
@@ -44,7 +40,7 @@ CLAIMS = ClaimSet("attack")
 # random exponent-MSB flip collapses it, so a random run can collapse at its first flip at any seed
 # (history in attack.toml: random runs at 4 and 5 flips vs progressive 1, guided 2): no seed-proof
 # margin at the preset's trial count, so there the claim is not made; the attacks' flips are bounds.
-BEATS_RANDOM = {a: CLAIMS.relation(
+BEATS_RANDOM = {("beats_random", a): CLAIMS.relation(
     f"{a}_beats_random_int8",
     f"Undefended on int8 weights, the {a} attack collapses the model in fewer flips than every seeded "
     "random-flip run (a run that does not collapse within the budget counts as +inf flips)",
@@ -56,16 +52,17 @@ BEATS_RANDOM = {a: CLAIMS.relation(
 # flipped int8 code stays inside the matrix's code range, which clamping cannot repair. Recorded, not claimed: random
 # flips under a defense (they almost never hit the ~1e3 weights checksum protects) and the searches' own runs under
 # it (another greedy path, e.g. gemma3-270m, int8, clamp: progressive 2 flips vs 3 undefended).
-DEFENSE_GAIN = {d: CLAIMS.relation(
+DEFENSE_GAIN = {("defense_gain", d): CLAIMS.relation(
     f"{d}_defends_search_flips",
     f"Under the {d} defense the flips with which an undefended search collapsed the model (fp32, bf16), replayed "
     "in order, need strictly more flips to collapse it, or never do",
     statistic="flips_to_collapse", margin="strict; a tie fails; undecided when the undefended run never collapsed")
     for d in defense_names() if d != "none"}
-FLIPS = {(a, dt): CLAIMS.bound(f"{a}_{dt}_flips", f"The undefended {a} attack on {dt} weights collapses the model "
-                               "within its measured number of flips (a run that never collapses fails)",
-                               side="max", statistic="flips_to_collapse")
+FLIPS = {("flips", a, dt): CLAIMS.bound(f"{a}_{dt}_flips", f"The undefended {a} attack on {dt} weights collapses "
+                                        "the model within its measured number of flips (a run that never collapses "
+                                        "fails)", side="max", statistic="flips_to_collapse")
          for a in SEARCHES for dt in ATTACK_DTYPES}
+CLAIM_OF = {**BEATS_RANDOM, **DEFENSE_GAIN, **FLIPS}  # by ClaimCheck.key
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -82,12 +79,11 @@ def cells(esa, lm) -> AttackCells:
 
 
 @pytest.fixture
-def guided(esa, lm, cells):
-    """(sites, source, detection) the guided attack starts from: the session's super-weight detection on
-    the fp32 model (``esa.detection``), made before any int8 swap; the largest down-projection
-    weights (source ``magnitude``) where none is detected (tiny random models, gemma3-270m)."""
-    detection = esa.detection(lm)
-    return *cells.guided(detection), detection
+def guided(esa, lm, cells) -> GuidedStart:
+    """Where the guided attack starts: the session's super-weight detection on the fp32 model (``esa.detection``),
+    made before any int8 swap; the largest down-projection weights (source ``magnitude``) where none is detected
+    (tiny random models, gemma3-270m)."""
+    return cells.guided(esa.detection(lm))
 
 
 @pytest.fixture
@@ -98,52 +94,15 @@ def attacked(cells, guided, attack_dtype):
         yield model
 
 
-def _record(recorder, result: AttackResult, seed: int, perturbation: dict) -> None:
-    common = {"method": result.method, "seed": seed, "perturbation": perturbation}
-    extra = run_extra(result)
-    recorder.record("flips_to_collapse", flips_or_inf(result), collapsed=not extra["censored"], extra=extra, **common)
-    for flips, ratio in enumerate(result.ratios[1:], 1):
-        if not math.isnan(ratio):  # NaN: not measured (the random baseline measures only what it needs)
-            recorder.record("ppl_ratio", ratio, clean_value=result.curve[0],
-                            extra={"flips": flips, "site": result.flips[flips - 1].to_dict()}, **common)
-    recorder.record("seconds", result.seconds, extra=extra, **common)
-
-
 def test_attack(cells, guided, attacked, eval_windows, calib_windows, recorder, attack_name, attack_dtype,
                 defense_name):
-    cell = cells.cell(attacked, attack_dtype, defense_name, eval_windows, calib_windows, guided[0])
-    m = cells.measure(cell, attack_name)
-    perturbation = {"kind": "bitflip_attack", "attack": attack_name, "dtype": attack_dtype,
-                    "defense": defense_name, "budget": cell.budget,
-                    **({"super_weights": guided[1]} if attack_name == "guided" else {})}
-    columns = {"method": attack_name, "perturbation": perturbation}
-    for seed, result in m.runs:
-        _record(recorder, result, seed, perturbation)
-    if attack_name != "random":
-        ratio, median = m.ratio_to_random()
-        recorder.record("flips_ratio_to_random", ratio, **columns,
-                        extra={"random_median": median, "seeds": m.seeds, "censored_as": cell.budget + 1})
-    if defense_name != "none":
-        if attack_name == "random":
-            recorder.record("flips_vs_undefended", m.median_flips, **columns,
-                            extra={"undefended": m.undefended_flips, "defended": m.flips, "seeds": m.seeds})
-            return
-        same, plain = flips_or_inf(m.replayed), m.undefended_flips[0]
-        recorder.record("flips_vs_undefended", m.flips[0], **columns,
-                        extra={"undefended": plain, "replayed_under_defense": same})
-        if attack_dtype in DTYPES:  # fp32, bf16: floating-point weights
-            recorder.claim(DEFENSE_GAIN[defense_name], defended_gain(same, plain), **columns,
-                           extra={"undefended_flips": [s.to_dict() for s in m.undefended[0].flips]})
-        return
-    if attack_name not in SEARCHES:
-        return
-    claims = [FLIPS[(attack_name, attack_dtype)]] + ([BEATS_RANDOM[attack_name]] if attack_dtype == "int8" else [])
-    if attack_name == "guided" and not guided[2]:
-        for claim in claims:  # e.g. gemma3-270m: its strongest candidate is a mild outlier
-            recorder.not_applicable(claim, f"{guided[2].none_reason()}: the guided attack started from the "
-                                           f"{guided[1]} sites instead", **columns)
-        return
-    if attack_dtype == "int8":
-        recorder.claim(BEATS_RANDOM[attack_name], fewer_flips(m.flips[0], m.random_flips),
-                       extra={"seeds": m.seeds}, **columns)
-    recorder.claim(FLIPS[(attack_name, attack_dtype)], m.flips[0], **columns)
+    """One cell: its runs and comparisons recorded, then the claims that apply to it."""
+    cell = cells.cell(attacked, attack_dtype, defense_name, eval_windows, calib_windows, guided)
+    measured = cells.measure(cell, attack_name)
+    columns = {"method": attack_name, "perturbation": measured.perturbation}
+    recorder.rows(measured.rows(), method=attack_name)
+    for check in measured.claims():
+        if check.not_applicable:  # e.g. the guided attack on gemma3-270m: its strongest candidate is a mild outlier
+            recorder.not_applicable(CLAIM_OF[check.key], check.not_applicable, **columns)
+        else:
+            recorder.claim(CLAIM_OF[check.key], check.evidence, extra=check.extra, **columns)

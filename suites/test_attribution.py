@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.attribution.cells import PERTURBATIONS, SHIFT_FACTOR, TOP_K, AttributionCells
+from harness.attribution.cells import PERTURBATIONS, SHIFT_FACTOR, AttributionCells
 from harness.claims import ClaimSet
 
 CLAIMS = ClaimSet("attribution")
@@ -50,35 +50,22 @@ AGREEMENT = CLAIMS.bound(
     side="min", statistic="attr_method_spearman", pretrained_only=True, seeded=False,
     margin="measured mean Spearman over the prompts less 5% (deterministic methods: no seed scatter)",
 )
-CLEAN = {"kind": "none"}
 
 
 @pytest.fixture
-def cells(esa, lm, calib_windows) -> AttributionCells:
-    return AttributionCells.of(esa, lm, calib_windows)
-
-
-def _record_attribution(recorder, attr, prompt_id: str, condition: str, **columns) -> None:
-    extra = {"condition": condition, "prompt": prompt_id, **attr.to_dict()}
-    recorder.record("target_logprob", attr.target_logprob, method=attr.method, extra=extra, seconds=attr.seconds,
-                    **columns)
+def cells(esa, lm) -> AttributionCells:
+    return AttributionCells.of(esa, lm)
 
 
 def test_attribution_clean(cells, recorder):
-    for pid, clean in cells.clean().items():
-        _record_attribution(recorder, clean.attribution, pid, "clean", perturbation=CLEAN)
+    recorder.rows(cells.clean_rows())
 
 
 @pytest.mark.parametrize("perturbation", PERTURBATIONS)
 def test_attribution_perturbed(cells, recorder, super_weights, perturbation):
     if why := cells.unavailable(perturbation, super_weights):
         pytest.skip(why)
-    measured = cells.perturbed(perturbation, super_weights)
-    for pid, (attr, change) in measured.rows.items():
-        _record_attribution(recorder, attr, pid, perturbation, perturbation=measured.description)
-        for metric, value in change.to_dict().items():
-            recorder.record(metric, value, method="feature_ablation", perturbation=measured.description,
-                            extra={"prompt": pid, "top_k": TOP_K})
+    recorder.rows(cells.perturbed(perturbation, super_weights).rows())
 
 
 def test_attribution_zero_super_weights_vs_random(cells, recorder, super_weights):
@@ -86,21 +73,16 @@ def test_attribution_zero_super_weights_vs_random(cells, recorder, super_weights
         recorder.not_applicable(ZERO_VS_RANDOM, super_weights.none_reason())
         return
     pairs = cells.super_vs_random(super_weights)
-    recorder.claim(ZERO_VS_RANDOM, pairs.comparison(),
-                   extra={"prompts": pairs.prompts, "attr_shift": pairs.shift, "attr_shift_random": pairs.shift_random})
+    recorder.claim(ZERO_VS_RANDOM, pairs.comparison(), extra=pairs.extra())
 
 
 def test_attribution_deterministic(cells, recorder):
     repeat = cells.repeat()
-    recorder.record("attr_repeat_max_abs_diff", repeat.worst, extra={"per_run": repeat.diffs})
+    recorder.rows(repeat.rows())
     recorder.claim(DETERMINISTIC, repeat.comparison())
 
 
 def test_attribution_method_agreement(cells, recorder):
     agreement = cells.method_agreement()
-    for row in agreement.rows:
-        _record_attribution(recorder, row.ig, row.prompt, "clean", perturbation=CLEAN)
-        recorder.record("attr_method_spearman", row.rho, method="feature_ablation|integrated_gradients",
-                        extra={"prompt": row.prompt, "ig_steps": cells.preset.ig_steps, "ig_seconds": row.ig.seconds,
-                               "ablation_seconds": row.ablation.seconds})
+    recorder.rows(agreement.rows())
     recorder.claim(AGREEMENT, agreement.mean)

@@ -61,9 +61,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture
-def cells(esa, lm, calib_windows) -> CompareCells:
+def cells(esa, lm) -> CompareCells:
     """This model's scorings, shared by the session (the agreement test reuses the cost tests' scorings)."""
-    return CompareCells.of(esa, lm, calib_windows)
+    return CompareCells.of(esa, lm)
 
 
 def test_method_cost(cells, recorder, method):

@@ -88,27 +88,21 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture
-def cells(esa, lm, eval_windows) -> FinetuneCells:
+def cells(esa, lm) -> FinetuneCells:
     """This model's cells, shared by the session (the comparison reuses the variants' measures)."""
-    return FinetuneCells.of(esa, lm, eval_windows)
-
-
-def _record(recorder, rows, method: str) -> None:
-    for row in rows:
-        recorder.record(row.metric, row.value, method=method, clean_value=row.clean_value,
-                        perturbation=row.perturbation, extra=row.extra)
+    return FinetuneCells.of(esa, lm)
 
 
 def test_before(cells, recorder):
     base = cells.base()
-    _record(recorder, measure_rows(base), "base")
+    recorder.rows(measure_rows(base), method="base")
     assert math.isfinite(base.perplexity), f"the base model's held-out perplexity is {base.perplexity}"
 
 
 def test_finetune_trains(cells, recorder, variant):
     """Training lowers the perplexity of the windows it trained on (the fine-tune alone, no measures)."""
     pert = cells.description(variant)
-    _record(recorder, cells.train_rows(variant), variant)
+    recorder.rows(cells.train_rows(variant), method=variant)
     assert cells.trained(variant), f"training diverged or stopped: losses {cells.finetuned(variant).log.losses}"
     ppl = cells.training_perplexity(variant)
     config = cells.configs[variant]
@@ -121,7 +115,7 @@ def test_finetune_trains(cells, recorder, variant):
 def test_finetune(cells, recorder, variant):
     """The fine-tuned model's measures against the base model's: super weights kept, noise, flips."""
     base, after = cells.base(), cells.after(variant)
-    _record(recorder, after.rows(base), variant)
+    recorder.rows(after.rows(base), method=variant)
     if base.none_reason:
         recorder.not_applicable(TOP_KEPT, f"{base.none_reason} in the base model", method=variant)
     else:
@@ -131,6 +125,6 @@ def test_finetune(cells, recorder, variant):
 def test_fault_aware_vs_plain(cells, recorder):
     """Noise-aware against plain fine-tuning at the same budget (the collapse rate and sigma=0.2 recorded only)."""
     both = cells.noise_aware_vs_plain()
-    _record(recorder, both.rows(), "plain-noise")
+    recorder.rows(both.rows(), method="plain-noise")
     recorder.claim(NOISE_AWARE, paired_greater(*both.ratios(TRAIN_NOISE), factor=1 / NON_INFERIORITY),
                    method="plain-noise", perturbation={"kind": "noise", "scale": "relative", "level": TRAIN_NOISE})

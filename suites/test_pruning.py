@@ -61,9 +61,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture
-def cells(esa, lm, eval_windows, calib_windows, clean) -> PruningCells:
+def cells(esa, lm) -> PruningCells:
     """This model's measured cells, shared by the session (the claim tests reuse the grid's cells)."""
-    return PruningCells.of(esa, lm, eval_windows, calib_windows, clean)
+    return PruningCells.of(esa, lm)
 
 
 def test_pruning_cell(lm, clean, cells, recorder, cell):

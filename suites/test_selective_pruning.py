@@ -57,9 +57,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture
-def cells(esa, lm, eval_windows, calib_windows, clean) -> SelectiveCells:
+def cells(esa, lm) -> SelectiveCells:
     """This model's measured selective cells, shared by the session."""
-    return SelectiveCells.of(esa, lm, eval_windows, calib_windows, clean)
+    return SelectiveCells.of(esa, lm)
 
 
 def test_selective_pruning(lm, clean, cells, recorder, scorer, selection):

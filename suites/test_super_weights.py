@@ -34,7 +34,15 @@ from fixtures.session import options_of
 from harness.claims import ClaimSet, paired_greater
 from harness.recipes import OTHERS
 from harness.scoring.options import DEFAULT_METHOD
-from harness.super_weights.cells import MIN_EFFECT, SuperWeightCells, detection_rows, known_check, top_scores
+from harness.super_weights.cells import (
+    DETECTOR,
+    MIN_EFFECT,
+    SuperWeightCells,
+    detection_rows,
+    known_check,
+    known_columns,
+    top_scores,
+)
 
 CLAIMS = ClaimSet("super_weights")
 ZERO_VS_RANDOM = CLAIMS.relation(
@@ -69,26 +77,16 @@ def cells(esa, lm, eval_windows, clean, super_weights) -> SuperWeightCells:
     return SuperWeightCells(lm.model, eval_windows, clean, super_weights, esa.options.seed, esa.options.preset)
 
 
-def _record(recorder, clean, ablated) -> None:
-    recorder.record("ppl_ratio", ablated.ratio, clean_value=clean.result.perplexity, **ablated.columns())
-    recorder.record("kl", ablated.result.kl, **ablated.columns())
-
-
 def test_find_super_weights(lm, calib_windows, esa, recorder, method, super_weights):
-    if method == "activation":  # the shared detection itself
+    if method == DETECTOR:  # the shared detection itself
         from harness.scoring.artifacts import read_detection
 
         assert read_detection(esa.options.results_dir, lm.name) == super_weights, "super_weights.json differs"
         assert all(float(lm.model.get_parameter(s.param)[s.row, s.col]) == s.value for s in super_weights.sites)
-        for value, extra in detection_rows(super_weights):
-            recorder.record("super_weight_score", value, method=method, extra=extra,
-                            perturbation={"kind": "score", **super_weights.describe()})
+        recorder.rows(detection_rows(super_weights), method=method)
         return
     found = top_scores(lm, method, calib_windows, esa.options.preset)
-    for value, extra in found.rows():
-        recorder.record("super_weight_score", value, method=method, perturbation={"kind": "score"}, extra=extra)
-    recorder.record("seconds", found.seconds, method=method, perturbation={"kind": "score", "k": found.k},
-                    extra={"found": len(found.top), "forward": found.forward, "backward": found.backward})
+    recorder.rows(found.rows(), method=method)
     assert found.best_first(), "top_k is not best first"
 
 
@@ -96,55 +94,51 @@ def test_zero_super_weights(clean, cells, recorder, super_weights):
     assert math.isfinite(clean.result.perplexity)
     if super_weights or super_weights.candidate is not None:  # the strongest candidate where none is detected
         zero = cells.measure("zero_super_weights")
-        _record(recorder, clean, zero)
+        recorder.rows(zero.rows())
     if not super_weights:
         for claim in (ZERO_VS_RANDOM, ZERO, ZERO_TOP):
             recorder.not_applicable(claim, super_weights.none_reason())
         return
     top, randoms = cells.measure("zero_top_super_weight"), cells.random_control()
-    for ablated in (top, *randoms):
-        _record(recorder, clean, ablated)
+    recorder.rows([row for ablated in (top, *randoms) for row in ablated.rows()])
     evidence = paired_greater([zero.ratio] * len(randoms), [r.ratio for r in randoms], factor=MIN_EFFECT)
-    recorder.claim(ZERO_VS_RANDOM, evidence, method=zero.method, perturbation=zero.perturbation)
-    recorder.claim(ZERO, zero.ratio, method=zero.method, perturbation=zero.perturbation)
-    recorder.claim(ZERO_TOP, top.ratio, method=top.method, perturbation=top.perturbation)
+    recorder.claim(ZERO_VS_RANDOM, evidence, **zero.claim_columns())
+    recorder.claim(ZERO, zero.ratio, **zero.claim_columns())
+    recorder.claim(ZERO_TOP, top.ratio, **top.claim_columns())
 
 
-def _control(clean, cells, recorder, super_weights, recipe: str, claim) -> None:
+def _control(cells, recorder, super_weights, recipe: str, claim) -> None:
     if not super_weights:
         recorder.not_applicable(claim, super_weights.none_reason())
         return
     measured = cells.measure(recipe)
-    _record(recorder, clean, measured)
-    recorder.claim(claim, measured.ratio, method=measured.method, perturbation=measured.perturbation)
+    recorder.rows(measured.rows())
+    recorder.claim(claim, measured.ratio, **measured.claim_columns())
 
 
-def test_zero_largest_others(clean, cells, recorder, super_weights):
-    _control(clean, cells, recorder, super_weights, "zero_largest_others", OTHERS_MAX)
+def test_zero_largest_others(cells, recorder, super_weights):
+    _control(cells, recorder, super_weights, "zero_largest_others", OTHERS_MAX)
 
 
-def test_row_mean_control(clean, cells, recorder, super_weights):
-    _control(clean, cells, recorder, super_weights, "row_mean_super_weights", ROW_MEAN)
+def test_row_mean_control(cells, recorder, super_weights):
+    _control(cells, recorder, super_weights, "row_mean_super_weights", ROW_MEAN)
 
 
-def test_restore_exact(clean, cells, recorder, super_weights):
+def test_restore_exact(clean, cells, recorder):
     check = cells.restore_check()  # the candidate where none is detected
     assert check.changed, "zeroing the super weights changed nothing"
     assert check.restored, "the super weights were not restored bit-exactly"
     assert check.perplexity == clean.result.perplexity, "perplexity after restore differs from the clean model's"
-    recorder.record("perplexity", check.perplexity, clean_value=clean.result.perplexity, method="super_weights",
-                    perturbation={"kind": "restored", "target": "super_weights", "count": check.sites,
-                                  "detection": super_weights.id})
+    recorder.rows(check.rows())
 
 
 def test_known_super_weights(lm, recorder, super_weights):
     known = known_check(lm, super_weights)
-    columns = {"method": "activation", "perturbation": {"kind": "score", "detection": super_weights.id}}
     if known is None:
         for claim in (DETECTED, KNOWN_FOUND):
             recorder.not_applicable(claim, f"no super weight on record for {lm.name} (harness.scoring.known): none is "
-                                    "expected", **columns)
+                                    "expected", **known_columns(super_weights))
         return
-    recorder.record("known_found_fraction", known.found_fraction, extra=known.extra(), **columns)
-    recorder.claim(DETECTED, known.detected(), extra=known.extra(), **columns)
-    recorder.claim(KNOWN_FOUND, known.all_found(), extra=known.extra(), **columns)
+    recorder.rows(known.rows())
+    recorder.claim(DETECTED, known.detected(), extra=known.extra(), **known.columns())
+    recorder.claim(KNOWN_FOUND, known.all_found(), extra=known.extra(), **known.columns())

@@ -69,9 +69,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture
-def cells(esa, lm, eval_windows, calib_windows) -> TargetedCells:
+def cells(esa, lm) -> TargetedCells:
     """This model's measured cells, shared by the session (the claim test reuses the grid's curves)."""
-    return TargetedCells.of(esa, lm, eval_windows, calib_windows)
+    return TargetedCells.of(esa, lm)
 
 
 def test_targeted(cells, recorder, cell):

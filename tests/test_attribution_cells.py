@@ -11,10 +11,13 @@ import pytest
 import torch
 
 from harness.attribution.cells import (
+    AGREEMENT_METHOD,
+    CLEAN,
     PERTURBATIONS,
     PRESETS,
     SHIFT_FACTOR,
     TINY_PROMPT_CHARS,
+    TOP_K,
     Agreement,
     AgreementRow,
     AttributionCells,
@@ -26,6 +29,7 @@ from harness.errors import HarnessError, UnknownNameError
 from harness.fingerprint import fingerprint
 from harness.models import load_model
 from harness.scoring.superweights import detect
+from tests.fake_session import FakeSession
 
 
 @pytest.fixture(scope="module")
@@ -33,23 +37,10 @@ def llama():
     return load_model("tiny-llama")
 
 
-class FakeSession:
-    """What ``AttributionCells.of`` reads of the pytest session."""
-
-    def __init__(self, preset: str = "quick") -> None:
-        self.options = SimpleNamespace(preset=preset, corpus="offline", seed=3)
-        self.store: dict[tuple, object] = {}
-
-    def cached(self, key: tuple, make):
-        if key not in self.store:
-            self.store[key] = make()
-        return self.store[key]
-
-
 @pytest.fixture(scope="module")
 def cells(llama):
     calib = torch.randint(0, llama.model.config.vocab_size, (3, 16), generator=torch.Generator().manual_seed(0))
-    return AttributionCells.of(FakeSession(), llama, calib)
+    return AttributionCells.of(FakeSession(windows=calib, corpus="offline", seed=3), llama)
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +59,10 @@ def test_presets():
 
 
 def test_of_memoizes_under_the_model_name(llama):
-    esa, calib = FakeSession(), torch.zeros(4, 8, dtype=torch.long)
-    first = AttributionCells.of(esa, llama, calib)
-    assert AttributionCells.of(esa, llama, calib) is first
-    assert [k[0] for k in esa.store] == [llama.name]
+    esa = FakeSession(windows=torch.zeros(4, 8, dtype=torch.long), corpus="offline", seed=3)
+    first = AttributionCells.of(esa, llama)
+    assert AttributionCells.of(esa, llama) is first
+    assert [k[0] for k in esa.memo] == [llama.name]
     assert first.calib_windows.shape[0] == PRESETS["quick"].calib_windows
     assert first.seed == 3 and first.preset == preset_for("quick", True)
 
@@ -90,7 +81,7 @@ def test_perturbed_restores_the_model_and_describes_it(cells, detection, llama, 
     assert fingerprint(llama.model) == before
     assert cells.perturbed(name, detection) is measured
     assert measured.description["kind"] == name
-    assert list(measured.rows) == list(cells.clean())
+    assert list(measured.by_prompt) == list(cells.clean())
     if name == "zero_super_weights":  # a random-weight model: the candidate stands in
         assert measured.description["source"] == "candidate below the detector's factor"
         assert measured.description["detection"] == detection.id
@@ -115,7 +106,7 @@ def test_repeat_and_agreement_on_the_model(cells):
     repeat = cells.repeat()
     assert len(repeat.diffs) == len(cells.clean()) + 1 and repeat.comparison().holds
     agreement = cells.method_agreement()
-    assert [r.prompt for r in agreement.rows] == list(cells.clean())
+    assert [r.prompt for r in agreement.per_prompt] == list(cells.clean())
 
 
 def test_statistics():
@@ -126,5 +117,32 @@ def test_statistics():
     worse = Repeat([0.0, 1e-9]).comparison()
     assert not worse.holds and worse.other == 1e-9
     row = SimpleNamespace(rho=0.5)
-    assert Agreement([row, AgreementRow("p", None, None, 0.7)]).mean == pytest.approx(0.6)
-    assert math.isnan(Agreement([row, SimpleNamespace(rho=math.nan)]).mean)
+    assert Agreement([row, AgreementRow("p", None, None, 0.7)], 4).mean == pytest.approx(0.6)
+    assert math.isnan(Agreement([row, SimpleNamespace(rho=math.nan)], 4).mean)
+
+
+def test_rows_carry_the_records_columns(cells, detection):
+    [(pid, clean)] = cells.clean().items()
+    [row] = cells.clean_rows()
+    assert (row.metric, row.value, row.perturbation) == ("target_logprob", clean.attribution.target_logprob, CLEAN)
+    assert row.columns == {"method": "feature_ablation", "seconds": clean.attribution.seconds}
+    assert (row.extra["condition"], row.extra["prompt"]) == ("clean", pid)
+    measured = cells.perturbed("exp_msb_flip", detection)
+    logprob, *measures = measured.rows()
+    assert logprob.extra["condition"] == "exp_msb_flip" and logprob.perturbation == measured.description
+    assert [m.metric for m in measures] == list(measured.by_prompt[pid][1].to_dict())
+    assert all(m.extra == {"prompt": pid, "top_k": TOP_K} and m.columns == {"method": "feature_ablation"}
+               for m in measures)
+    agreement = cells.method_agreement()
+    ig, rho = agreement.rows()
+    assert (ig.metric, ig.perturbation, ig.columns["method"]) == ("target_logprob", CLEAN, "integrated_gradients")
+    assert (rho.metric, rho.perturbation, rho.columns) == ("attr_method_spearman", None, {"method": AGREEMENT_METHOD})
+    assert rho.extra["ig_steps"] == cells.preset.ig_steps == agreement.ig_steps
+
+
+def test_statistics_rows_and_extra():
+    pairs = SuperVsRandom(["a"], [1.0], [0.4], [0.1], [0.0])
+    assert pairs.extra() == {"prompts": ["a"], "attr_shift": [0.1], "attr_shift_random": [0.0]}
+    [row] = Repeat([0.0, 2.0]).rows()
+    assert (row.metric, row.value, row.perturbation, row.extra) == ("attr_repeat_max_abs_diff", 2.0, None,
+                                                                    {"per_run": [0.0, 2.0]})

@@ -4,12 +4,11 @@ base model and its fine-tunes on a tiny model."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import torch
 
 from harness.campaign import clean_baseline, run_trial
 from harness.data import load_corpus, token_windows
@@ -19,42 +18,19 @@ from harness.finetune import cells as F
 from harness.finetune.compare import Measures, SuperWeightShift, measure
 from harness.finetune.options import FinetuneOptions
 from harness.fingerprint import changed, fingerprint
-from harness.models import has_random_weights, load_model
-from harness.option_values import pick_preset
+from harness.models import load_model
+from tests.fake_session import FakeSession
 
 WINDOW = 32
 
 
-@dataclass
-class FakeSession:
-    """The part of ``fixtures.session.EsaSession`` that ``FinetuneCells.of`` and ``refused`` use."""
+def _session(results_dir: Path, windows: torch.Tensor | None = None, **options: Any) -> FakeSession:
+    """The session ``FinetuneCells.of`` sees: windows of WINDOW tokens, a budget of two windows, the real detection."""
+    from harness.scoring.superweights import detect
 
-    results_dir: Path
-    finetune: FinetuneOptions = field(default_factory=lambda: FinetuneOptions(tokens=2 * WINDOW))
-    memo: dict[tuple, Any] = field(default_factory=dict)
-    detections: int = 0
-
-    @property
-    def options(self) -> SimpleNamespace:
-        return SimpleNamespace(preset="quick", seed=0, window=WINDOW, corpus=None, results_dir=self.results_dir,
-                               device="cpu", dtype="fp32", trials=None, finetune=self.finetune)
-
-    def cached(self, key: tuple, make):
-        if key not in self.memo:
-            self.memo[key] = make()
-        return self.memo[key]
-
-    def preset(self, presets):
-        return pick_preset(presets, "quick")
-
-    def trials(self, model: str, preset_count: int) -> int:
-        return 1 if has_random_weights(model) else preset_count
-
-    def detection(self, loaded):
-        from harness.scoring.superweights import detect
-
-        self.detections += 1
-        return detect(loaded)
+    finetune = options.pop("finetune", FinetuneOptions(tokens=2 * WINDOW))
+    return FakeSession(results_dir, windows=windows, detection=detect, window=WINDOW, corpus=None, finetune=finetune,
+                       **options)
 
 
 @pytest.fixture(scope="module")
@@ -105,10 +81,10 @@ def test_after_rows_and_the_noise_aware_comparison():
 
 
 def test_cells_measure_the_base_and_its_finetunes_once(tiny, windows, tmp_path):
-    esa = FakeSession(tmp_path)
+    esa = _session(tmp_path, windows)
     assert F.FinetuneCells.refused(esa) is None
-    cells = F.FinetuneCells.of(esa, tiny, windows)
-    assert F.FinetuneCells.of(esa, tiny, windows) is cells and cells.windows.shape[0] == 2
+    cells = F.FinetuneCells.of(esa, tiny)
+    assert F.FinetuneCells.of(esa, tiny) is cells and cells.windows.shape[0] == 2
     assert cells.flip_trials == cells.noise_trials == 1  # a random-weight model
     before = fingerprint(tiny.model)
     base = cells.base()
@@ -123,7 +99,7 @@ def test_cells_measure_the_base_and_its_finetunes_once(tiny, windows, tmp_path):
     after = cells.after("plain")
     assert cells.after("plain") is after and after.measures.perplexity != base.perplexity
     assert after.shift.drift and len(cells.noise_aware_vs_plain().ratios(0.1)[0]) == 1
-    assert F.FinetuneCells.refused(FakeSession(tmp_path, FinetuneOptions(method="full")))
+    assert F.FinetuneCells.refused(_session(tmp_path, finetune=FinetuneOptions(method="full")))
 
 
 def test_zeroing_is_the_super_weights_or_the_candidate(tiny, windows):

@@ -4,10 +4,7 @@ measuring on a tiny model and the named statistics."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
 import torch
@@ -17,43 +14,12 @@ from harness.errors import HarnessError
 from harness.fingerprint import changed, fingerprint
 from harness.metrics import evaluate, make_reference
 from harness.models import load_model, num_layers
-from harness.option_values import pick_preset
 from harness.pruning import cells as P
 from harness.pruning import selective_cells as S
 from harness.pruning.options import PruningOptions
 from harness.scoring import compare_cells as C
 from harness.scoring.agreement import Scored
-
-
-@dataclass
-class FakeSession:
-    """The part of ``fixtures.session.EsaSession`` the cells' ``of`` methods use."""
-
-    results_dir: Path
-    preset_name: str = "quick"
-    pruning: PruningOptions = field(default_factory=PruningOptions)
-    memo: dict[tuple, Any] = field(default_factory=dict)
-    detections: int = 0
-
-    @property
-    def options(self) -> SimpleNamespace:
-        return SimpleNamespace(preset=self.preset_name, seed=0, corpus="builtin", results_dir=self.results_dir,
-                               pruning=self.pruning)
-
-    def cached(self, key: tuple, make):
-        if key not in self.memo:
-            self.memo[key] = make()
-        return self.memo[key]
-
-    def preset(self, presets):
-        return pick_preset(presets, self.preset_name)
-
-    def corpus(self):
-        return self.cached(("corpus", "builtin"), load_corpus)
-
-    def detection(self, loaded):
-        self.detections += 1
-        return SimpleNamespace(fault_sites=lambda: [], none_reason=lambda: "no super weight on random weights")
+from tests.fake_session import FakeSession
 
 
 @pytest.fixture(scope="module")
@@ -86,17 +52,17 @@ def test_pruning_preset_grid_is_the_presets_grid_with_the_options_given():
 
 
 def test_pruning_cells_of_is_memoized_and_shares_the_score_slot(tiny, windows, clean, tmp_path):
-    esa = FakeSession(tmp_path, pruning=PruningOptions(method="mean"))
-    cells = P.PruningCells.of(esa, tiny, windows, windows, clean)
-    assert P.PruningCells.of(esa, tiny, windows, windows, clean) is cells
+    esa = FakeSession(tmp_path, windows=windows, pruning=PruningOptions(method="mean"))
+    cells = P.PruningCells.of(esa, tiny)
+    assert P.PruningCells.of(esa, tiny) is cells
     assert cells.method == "mean" and cells.scores is P.ScoreSlot.of(esa, tiny)
     assert all(key[0] == tiny.name for key in esa.memo)
     assert esa.detections == 0  # the detection is asked for on first need only
 
 
 def test_a_pruning_cell_is_measured_once_restores_the_model_and_counts_super_weights(tiny, windows, clean, tmp_path):
-    esa = FakeSession(tmp_path)
-    cells = P.PruningCells.of(esa, tiny, windows, windows, clean)
+    esa = FakeSession(tmp_path, windows=windows)
+    cells = P.PruningCells.of(esa, tiny)
     before = fingerprint(tiny.model)
     cell = P.PruneCell("magnitude+protect", 0.5, "row")
     measured = cells.measure(cell)
@@ -110,7 +76,7 @@ def test_a_pruning_cell_is_measured_once_restores_the_model_and_counts_super_wei
 
 
 def test_saved_pruned_model_reloads_with_the_same_perplexity(tiny, windows, clean, tmp_path):
-    cells = P.PruningCells.of(FakeSession(tmp_path), tiny, windows, windows, clean)
+    cells = P.PruningCells.of(FakeSession(tmp_path, windows=windows), tiny)
     before = fingerprint(tiny.model)
     saved = cells.save_and_reload(P.PruneCell("magnitude", 0.5, "row"), tmp_path / "pruned")
     assert not changed(before, fingerprint(tiny.model))
@@ -147,9 +113,9 @@ def test_excess_perplexity_and_identical_share():
 
 
 def test_a_selective_cell_is_measured_once_and_written_beside_the_clean_generations(tiny, windows, clean, tmp_path):
-    esa = FakeSession(tmp_path)
-    cells = S.SelectiveCells.of(esa, tiny, windows, windows, clean)
-    assert S.SelectiveCells.of(esa, tiny, windows, windows, clean) is cells
+    esa = FakeSession(tmp_path, windows=windows)
+    cells = S.SelectiveCells.of(esa, tiny)
+    assert S.SelectiveCells.of(esa, tiny) is cells
     assert ("corpus", "builtin") in esa.memo and len(cells.prompts) == S.PRESETS["quick"].prompts
     cells.prompts, cells.new_tokens = cells.prompts[:1], 4  # keep the generation short
     before = fingerprint(tiny.model)
@@ -197,9 +163,9 @@ def test_agreement_statistics_and_the_relations_they_decide():
 
 
 def test_compare_cells_score_each_method_once_and_compare_every_pair(tiny, windows, tmp_path):
-    esa = FakeSession(tmp_path)
-    cells = C.CompareCells.of(esa, tiny, windows)
-    assert C.CompareCells.of(esa, tiny, windows) is cells and cells.calib_windows.shape[0] == 2
+    esa = FakeSession(tmp_path, windows=windows)
+    cells = C.CompareCells.of(esa, tiny)
+    assert C.CompareCells.of(esa, tiny) is cells and cells.calib_windows.shape[0] == 2
     found = cells.agreements(("wanda", "magnitude"))
     assert cells.scored("magnitude") is cells.scored("magnitude")
     [pair] = found

@@ -194,8 +194,11 @@ def test_every_metric_a_suite_records_is_registered_with_its_direction():
     from harness.attribution.measures import AttributionChange
     from harness.metrics import METRICS
 
-    suites = Path(__file__).resolve().parent.parent / "suites"
+    root = Path(__file__).resolve().parent.parent
+    suites = root / "suites"
     names = {m for f in suites.glob("test_*.py") for m in re.findall(r'recorder\.record\(\s*"(\w+)"', f.read_text())}
+    # the rows the analyses' cells make for ``recorder.rows`` (harness.records.row.Row)
+    names |= {m for f in (root / "harness").rglob("*.py") for m in re.findall(r'\bRow\(\s*"(\w+)"', f.read_text())}
     names |= {f.name for f in dataclasses.fields(AttributionChange)}  # recorded from change.to_dict()
     assert len(names) > 30
     assert sorted(n for n in names if n not in METRICS) == []

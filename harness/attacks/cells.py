@@ -3,13 +3,19 @@
 The grid is data: :func:`grid` gives the (attack, dtype, defense) cells of a preset and :data:`SIZES`
 the preset's budget, windows and trial counts (:func:`attack_sizes` applies ``--flip-budget`` and
 ``--trials``). :class:`AttackCells` holds what one model's cells share for the session (the runs, the
-guided attack's starting sites, a second copy of the model in another dtype) and measures a cell
-(:meth:`AttackCells.measure`: the attack, the random baseline over its seeds and, under a defense, the
-same runs without it). :class:`AttackCell` runs :func:`harness.attacks.run_attack` on its model and
-memoizes each run, so that the random baseline is run once per cell and shared by the attack cells
+guided attack's starting sites, :class:`GuidedStart`, a second copy of the model in another dtype) and
+measures a cell (:meth:`AttackCells.measure`: the attack, the random baseline over its seeds and, under a
+defense, the same runs without it). :class:`AttackCell` runs :func:`harness.attacks.run_attack` on its model
+and memoizes each run, so that the random baseline is run once per cell and shared by the attack cells
 comparing with it. :func:`flips_or_inf` reads a run's flips to collapse with a run that never
-collapsed as +inf (censored: "did not collapse within the budget"), never as a number. The suite's
-statistics: :func:`fewer_flips`, :func:`defended_gain` and :meth:`AttackMeasurement.ratio_to_random`.
+collapsed as +inf (censored: "did not collapse within the budget"), never as a number.
+
+An :class:`AttackMeasurement` gives the cell's records (:meth:`~AttackMeasurement.rows`) and names the claims
+that apply to it (:meth:`~AttackMeasurement.claims`, :class:`ClaimCheck`), by its kind: a ``random`` cell (the
+baseline, under any defense) is recorded only; an ``undefended`` search (:data:`SEARCHES`) checks its flips
+bound and, on int8 weights, that it beats every random run; a ``defended`` attack on floating-point weights
+checks the defense's gain on the undefended run's flips replayed. The statistics: :func:`fewer_flips`,
+:func:`defended_gain` and :meth:`AttackMeasurement.ratio_to_random`.
 """
 
 from __future__ import annotations
@@ -25,10 +31,11 @@ import torch
 
 from harness.attacks.base import attack_targets, run_attack
 from harness.attacks.defenses import make_defense, sensitive_sites
-from harness.attacks.options import ATTACK_DTYPES, SIZES, AttackSizes, defense_names, weight_attacks
-from harness.attacks.result import AttackResult
+from harness.attacks.options import ATTACK_DTYPES, SIZES, AttackSizes, defense_names, floating_point, weight_attacks
+from harness.attacks.result import AttackResult, flips_or_inf
 from harness.claims import Comparison, greater
 from harness.option_values import pick_preset
+from harness.records.row import Row
 from harness.stats import trial_seed
 
 if TYPE_CHECKING:
@@ -40,8 +47,9 @@ if TYPE_CHECKING:
 # the dtypes each preset measures under a defense when neither --attack-dtypes nor --defenses is given (bf16 runs
 # about 6x slower than fp32 on a CPU; quick measures it undefended only)
 DEFENDED_DTYPES = {"quick": ("fp32", "int8"), "full": ATTACK_DTYPES}
-DETAILS = ("trials", "undone_trials", "iterations", "bits", "neighbours", "source")  # AttackResult.extra recorded
+RANDOM = "random"  # the random-flip baseline every attack is compared with
 RANDOM_STREAM = "attack.random"  # trial_seed stream of the random baseline's seeds
+SEARCHES = ("progressive", "guided")  # the attacks whose own flips are claimed (a bound, and beating random on int8)
 
 
 def attack_sizes(options: Any) -> AttackSizes:
@@ -65,18 +73,29 @@ def grid(preset: str, attacks: Sequence[str] | None = None, dtypes: Sequence[str
             for attack in attacks or weight_attacks()]
 
 
-def flips_or_inf(result: AttackResult) -> float:
-    """Flips to collapse; +inf when the budget ran out first (censored)."""
-    n = result.flips_to_collapse
-    return math.inf if n is None else float(n)
+@dataclass(frozen=True)
+class GuidedStart:
+    """Where the guided attack starts.
 
+    Attributes:
+        sites: FaultSites, strongest first.
+        source: ``activation`` (the detected super weights) or ``magnitude`` (where none was detected: the largest
+            down-projection weights).
+        detection: the super-weight ``Detection`` the sites come from (falsy when it holds no site).
+    """
 
-def run_extra(result: AttackResult) -> dict[str, Any]:
-    """What a run's records carry beside its flips to collapse: flips, forwards, repaired flips, censored, the clean
-    perplexity and the method's details kept from ``result.extra`` (:data:`DETAILS`)."""
-    details = {k: v for k, v in result.extra.items() if k in DETAILS}
-    return {"flips": len(result.flips), "forwards": result.forwards, "repaired": result.repaired,
-            "censored": result.flips_to_collapse is None, "clean_perplexity": result.curve[0], **details}
+    sites: list[Any]
+    source: str
+    detection: Any
+
+    @property
+    def detected(self) -> bool:
+        """The sites are detected super weights (not the magnitude stand-ins)."""
+        return bool(self.detection)
+
+    def stand_in_reason(self) -> str:
+        """Why a claim about the guided attack does not apply when it started from stand-in sites."""
+        return f"{self.detection.none_reason()}: the guided attack started from the {self.source} sites instead"
 
 
 @dataclass
@@ -90,7 +109,7 @@ class AttackCell:
         defense: ``none``, ``checksum`` or ``clamp``.
         eval_windows: windows the damage curve is measured on (count, length).
         attack_windows: windows for gradients and trial losses (count, length).
-        super_weights: FaultSites the guided attack starts from.
+        guided: where the guided attack starts (its ``sites``).
         budget: most flips per run.
         max_trials: progressive attack: most trials per flip (None: its default).
         protected: checksum defense: how many sensitive weights it protects.
@@ -103,7 +122,7 @@ class AttackCell:
     defense: str
     eval_windows: torch.Tensor
     attack_windows: torch.Tensor
-    super_weights: list[Any]
+    guided: GuidedStart
     budget: int
     max_trials: int | None = None
     protected: int = 1024
@@ -131,10 +150,10 @@ class AttackCell:
     def run(self, attack_name: str, seed: int | None = None) -> AttackResult:
         """One attack run (``seed``: the random baseline's), memoized per (model, attack, dtype, defense, seed)."""
         options: dict[str, Any] = {}
-        if attack_name == "random":
+        if attack_name == RANDOM:
             options.update(generator=torch.Generator().manual_seed(seed), curve=False)
         elif attack_name == "guided":
-            options["super_weights"] = self.super_weights
+            options["super_weights"] = self.guided.sites
         elif attack_name == "progressive" and self.max_trials is not None:
             options["max_trials"] = self.max_trials
         key = (self.name, "run", attack_name, self.dtype, self.defense, self.budget, seed)
@@ -151,17 +170,37 @@ class AttackCell:
             budget=self.budget, defense=self.make_defense(), clean_perplexity=self.clean_perplexity(), sites=sites))
 
 
-def guided_sites(model: torch.nn.Module, detected: list[Any], count: int = 4) -> tuple[list[Any], str]:
-    """(sites, source) the guided attack starts from: the detected super weights (source ``activation``),
+def guided_start(model: torch.nn.Module, detection: Any, count: int = 4) -> GuidedStart:
+    """Where the guided attack starts on ``model``: the super weights of ``detection`` (source ``activation``),
     or where none was detected (random-weight models) the ``count`` largest-magnitude down-projection
     weights (source ``magnitude``), the usual super-weight candidates."""
     from harness.faults import top_magnitude_sites
     from harness.models.archmap import select
 
-    if detected:
-        return list(detected), "activation"
+    if detected := detection.fault_sites():
+        return GuidedStart(list(detected), "activation", detection)
     refs = select(model, components="mlp_down")
-    return [s.with_bits(()) for s in top_magnitude_sites(model, refs, count)], "magnitude"
+    return GuidedStart([s.with_bits(()) for s in top_magnitude_sites(model, refs, count)], "magnitude", detection)
+
+
+@dataclass(frozen=True)
+class ClaimCheck:
+    """One claim a cell checks, named by ``key`` (the suite declares the claim of each key).
+
+    Attributes:
+        key: ``("flips", attack, dtype)``: an undefended search's flips to collapse (a bound);
+            ``("beats_random", attack)``: it needs fewer flips than every random run (int8 weights);
+            ``("defense_gain", defense)``: the undefended search's flips, replayed under the defense, need more
+            (floating-point weights).
+        evidence: the bound's number or the relation's ``Comparison`` (None where the claim does not apply).
+        extra: the claim row's ``extra`` (None: none).
+        not_applicable: why the claim does not apply to this model ("": it applies).
+    """
+
+    key: tuple[str, ...]
+    evidence: float | Comparison | None = None
+    extra: dict[str, Any] | None = None
+    not_applicable: str = ""
 
 
 @dataclass(frozen=True)
@@ -176,6 +215,9 @@ class AttackMeasurement:
         runs: (seed, run) of the attack: one per seed for ``random``, else one (the session's seed).
         undefended: under a defense, the same runs without it (empty in an undefended cell).
         replayed: under a defense, a search's undefended run's flips replayed in order with the defense.
+        dtype: the attacked weights' dtype (:data:`~harness.attacks.options.ATTACK_DTYPES`).
+        defense: the defense's name (``none`` without one).
+        guided: where the guided attack started (None for another attack).
     """
 
     attack: str
@@ -185,6 +227,9 @@ class AttackMeasurement:
     runs: list[tuple[int, AttackResult]]
     undefended: list[AttackResult] = field(default_factory=list)
     replayed: AttackResult | None = None
+    dtype: str = "fp32"
+    defense: str = "none"
+    guided: GuidedStart | None = None
 
     @property
     def flips(self) -> list[float]:
@@ -207,6 +252,66 @@ class AttackMeasurement:
         median = statistics.median(min(f, censored) for f in self.random_flips)
         return min(self.flips[0], censored) / median, median
 
+    @property
+    def kind(self) -> str:
+        """``random`` (the baseline, under any defense), ``undefended`` or ``defended`` (another attack)."""
+        return RANDOM if self.attack == RANDOM else "undefended" if self.defense == "none" else "defended"
+
+    @property
+    def perturbation(self) -> dict[str, Any]:
+        """The records' ``perturbation``: {kind, attack, dtype, defense, budget} and, for the guided attack, the
+        source of its sites (``super_weights``)."""
+        return {"kind": "bitflip_attack", "attack": self.attack, "dtype": self.dtype, "defense": self.defense,
+                "budget": self.budget, **({"super_weights": self.guided.source} if self.guided is not None else {})}
+
+    def rows(self) -> list[Row]:
+        """The cell's records: each run's (:meth:`AttackResult.rows`); an attack's ``flips_ratio_to_random`` (not the
+        baseline's own); under a defense ``flips_vs_undefended`` (the random baseline's: its median)."""
+        p = self.perturbation
+        rows = [row for seed, result in self.runs for row in result.rows(p, seed)]
+        if self.kind != RANDOM:
+            ratio, median = self.ratio_to_random()
+            rows.append(Row("flips_ratio_to_random", ratio, p,
+                            {"random_median": median, "seeds": self.seeds, "censored_as": self.budget + 1}))
+        if self.defense != "none":
+            rows.append(self._vs_undefended(p))
+        return rows
+
+    def _vs_undefended(self, p: dict[str, Any]) -> Row:
+        if self.kind == RANDOM:
+            return Row("flips_vs_undefended", self.median_flips, p,
+                       {"undefended": self.undefended_flips, "defended": self.flips, "seeds": self.seeds})
+        return Row("flips_vs_undefended", self.flips[0], p,
+                   {"undefended": self.undefended_flips[0], "replayed_under_defense": flips_or_inf(self.replayed)})
+
+    def claims(self) -> list[ClaimCheck]:
+        """The claims that apply to this cell, by :attr:`kind`: none in a ``random`` cell (recorded only). An
+        ``undefended`` search (:data:`SEARCHES`): on int8 weights fewer flips than every random run, and its flips
+        bound; both not applicable to the guided attack where it started from stand-in sites. A ``defended`` attack
+        on floating-point weights: the defense's gain on the undefended run's flips replayed (not on int8: a
+        flipped code stays inside the matrix's code range, which clamping cannot repair)."""
+        if self.kind == "undefended":
+            return self._search_claims()
+        return self._defense_claims() if self.kind == "defended" else []
+
+    def _search_claims(self) -> list[ClaimCheck]:
+        if self.attack not in SEARCHES:
+            return []
+        flips = ("flips", self.attack, self.dtype)
+        beats = [] if floating_point(self.dtype) else [("beats_random", self.attack)]
+        if self.guided is not None and not self.guided.detected:  # e.g. gemma3-270m: its strongest candidate is mild
+            return [ClaimCheck(key, not_applicable=self.guided.stand_in_reason()) for key in (flips, *beats)]
+        return [*(ClaimCheck(key, fewer_flips(self.flips[0], self.random_flips), {"seeds": self.seeds})
+                  for key in beats),
+                ClaimCheck(flips, self.flips[0])]
+
+    def _defense_claims(self) -> list[ClaimCheck]:
+        if not floating_point(self.dtype):
+            return []
+        gain = defended_gain(flips_or_inf(self.replayed), self.undefended_flips[0])
+        return [ClaimCheck(("defense_gain", self.defense), gain,
+                           {"undefended_flips": [s.to_dict() for s in self.undefended[0].flips]})]
+
 
 class AttackCells:
     """What the weight-attack cells of one model share for the session, and the measuring of a cell.
@@ -221,14 +326,13 @@ class AttackCells:
         self.loaded = loaded
         self.sizes = attack_sizes(options)
         self.seed: int = options.seed
-        self.device = options.device
         self._memo: dict[tuple, Any] = {}  # the runs of every cell (AttackCell.memo)
         if copies is None:
             from harness.models.copies import DtypeCopy
 
             copies = DtypeCopy(options.device)
         self.copies = copies  # the model in another float dtype
-        self._guided: dict[str, tuple[list[Any], str]] = {}  # guided_sites by detection id
+        self._guided: dict[str, GuidedStart] = {}  # by detection id
 
     @classmethod
     def of(cls, session: Session, loaded: LoadedModel) -> AttackCells:
@@ -239,10 +343,10 @@ class AttackCells:
         """The random baseline's seeds (``trial_seed(seed, i, stream="attack.random")``)."""
         return [trial_seed(self.seed, i, stream=RANDOM_STREAM) for i in range(self.sizes.trials)]
 
-    def guided(self, detection: Any) -> tuple[list[Any], str]:
-        """:func:`guided_sites` of a super-weight ``Detection`` on the session model (once per detection)."""
+    def guided(self, detection: Any) -> GuidedStart:
+        """:func:`guided_start` of a super-weight ``Detection`` on the session model (once per detection)."""
         if detection.id not in self._guided:
-            self._guided[detection.id] = guided_sites(self.loaded.model, detection.fault_sites())
+            self._guided[detection.id] = guided_start(self.loaded.model, detection)
         return self._guided[detection.id]
 
     @contextmanager
@@ -265,30 +369,31 @@ class AttackCells:
             yield other.model
 
     def cell(self, model: torch.nn.Module, dtype: str, defense: str, eval_windows: torch.Tensor,
-             calib_windows: torch.Tensor, super_weights: list[Any]) -> AttackCell:
+             calib_windows: torch.Tensor, guided: GuidedStart) -> AttackCell:
         """The cell of ``model`` (from :meth:`model_in`) in ``dtype`` under ``defense``: the damage measured on the
         first ``sizes.eval_windows`` evaluation windows, gradients and trial losses on the first
         ``sizes.attack_tokens`` tokens of the first calibration window."""
         s = self.sizes
         ev = eval_windows if s.eval_windows is None else eval_windows[: s.eval_windows]
         at = calib_windows[:1] if s.attack_tokens is None else calib_windows[:1, : s.attack_tokens]
-        return AttackCell(self.loaded.name, model, dtype, defense, ev, at, super_weights, s.budget,
+        return AttackCell(self.loaded.name, model, dtype, defense, ev, at, guided, s.budget,
                           max_trials=s.max_trials, protected=s.protected, memo=self._memo)
 
     def measure(self, cell: AttackCell, attack: str) -> AttackMeasurement:
         """Run ``attack`` and the random baseline in ``cell`` and, under a defense, the same runs without it (each
         run once per session: the runs are memoized)."""
         seeds = self.seeds()
-        baseline = [cell.run("random", seed) for seed in seeds]
-        runs = list(zip(seeds, baseline, strict=True)) if attack == "random" else [(self.seed, cell.run(attack))]
+        baseline = [cell.run(RANDOM, seed) for seed in seeds]
+        runs = list(zip(seeds, baseline, strict=True)) if attack == RANDOM else [(self.seed, cell.run(attack))]
         undefended, replayed = [], None
         if cell.defense != "none":
             plain = replace(cell, defense="none")
-            undefended = [plain.run(attack, seed if attack == "random" else None) for seed, _ in runs]
-            if attack != "random":
+            undefended = [plain.run(attack, seed if attack == RANDOM else None) for seed, _ in runs]
+            if attack != RANDOM:
                 replayed = cell.replay(undefended[0])
         return AttackMeasurement(attack, cell.budget, seeds, [flips_or_inf(r) for r in baseline], runs,
-                                 undefended, replayed)
+                                 undefended, replayed, cell.dtype, cell.defense,
+                                 cell.guided if attack == "guided" else None)
 
 
 def fewer_flips(attack: float, random: list[float]) -> Comparison:

@@ -40,15 +40,13 @@ log = logging.getLogger(__name__)
 BIT_MODES = ("exp_msb", "shrink")
 
 
-def detect_super_weights(source: Any, windows: torch.Tensor | None = None, count: int = 4,
-                         max_rounds: int | None = None, *, model: Any = None) -> tuple[list[FaultSite], str]:
+def detect_super_weights(source: Any, count: int = 4, max_rounds: int | None = None, *,
+                         model: Any = None) -> tuple[list[FaultSite], str]:
     """Up to ``count`` super weights, strongest first, and where they come from.
 
     Args:
         source: a ``Detection`` (the shared one; preferred), or a model / ``LoadedModel`` to scan
             with the detector's defaults.
-        windows: ignored (kept for old callers: the detector scans its own prompts, so that every
-            suite means the same weights).
         count: most sites returned.
         max_rounds: detector rounds when scanning (default: the detector's).
         model: the model for the magnitude fallback when ``source`` is a ``Detection``.

@@ -4,6 +4,7 @@ The choices are the registries' names, read when the option is parsed: ``ATTACKS
 ``DEFENSES`` and ``INPUT_ATTACKS`` (:mod:`harness.attacks`). A new attack registered with its
 decorator is a valid choice and part of the default grid with no change here. The functions
 :func:`weight_attacks`, :func:`defense_names` and :func:`input_attack_names` give the defaults.
+:data:`ATTACK_DTYPES` are the weight representations attacked, :func:`floating_point` says which are floating point.
 """
 
 from __future__ import annotations
@@ -12,7 +13,14 @@ from dataclasses import dataclass
 
 from harness.option_values import choices, option, positive_int
 
-ATTACK_DTYPES = ("fp32", "bf16", "int8")  # the weight representations the attack suite attacks
+FLOAT_DTYPES = ("fp32", "bf16")  # attacked as floating-point weights
+ATTACK_DTYPES = (*FLOAT_DTYPES, "int8")  # the weight representations the attack suite attacks (int8: integer codes)
+
+
+def floating_point(dtype: str) -> bool:
+    """Whether weights attacked in ``dtype`` (one of :data:`ATTACK_DTYPES`) are floating point (``fp32``, ``bf16``),
+    not integer codes (``int8``: a flip moves a weight by at most 255 steps of its channel's scale)."""
+    return dtype in FLOAT_DTYPES
 
 
 @dataclass(frozen=True)

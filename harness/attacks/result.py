@@ -3,7 +3,8 @@
 An :class:`AttackResult` is replayable: ``with result.replay(model): ...`` applies its flips (or the
 first ``n``) through the injector (:func:`harness.faults.flip_bits`) and restores them on exit. A
 replay reproduces the attacked model without the defense's repairs; ``curve`` was measured with the
-defense active.
+defense active. :meth:`AttackResult.rows` are a run's records (:class:`~harness.records.row.Row`), its flips to
+collapse read by :func:`flips_or_inf` (a run that never collapsed: +inf, censored, never a number).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from torch import nn
 from harness.errors import HarnessError
 from harness.faults import BitFlip, FaultSite, flip_bits
 from harness.metrics import is_collapse
+from harness.records.row import Row
+
+DETAILS = ("trials", "undone_trials", "iterations", "bits", "neighbours", "source")  # AttackResult.extra recorded
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,26 @@ class AttackResult:
         """Flips until the first measured collapse, or None when the budget ran out first."""
         return next((n for n, r in enumerate(self.ratios) if self._collapse(r)), None)
 
+    def run_extra(self) -> dict[str, Any]:
+        """What the run's records carry beside its flips to collapse: flips, forwards, repaired flips, censored, the
+        clean perplexity and the method's details kept from :attr:`extra` (:data:`DETAILS`)."""
+        details = {k: v for k, v in self.extra.items() if k in DETAILS}
+        return {"flips": len(self.flips), "forwards": self.forwards, "repaired": self.repaired,
+                "censored": self.flips_to_collapse is None, "clean_perplexity": self.curve[0], **details}
+
+    def rows(self, perturbation: dict[str, Any], seed: int) -> list[Row]:
+        """The run's records (method = :attr:`method`, ``seed``): ``flips_to_collapse`` (+inf and collapsed=0 when
+        censored), ``ppl_ratio`` after each measured flip (``extra.flips``, ``extra.site``) and ``seconds``."""
+        extra = self.run_extra()
+        run = {"method": self.method, "seed": seed}
+        return [Row("flips_to_collapse", flips_or_inf(self), perturbation, extra,
+                    columns={**run, "collapsed": not extra["censored"]}),
+                *(Row("ppl_ratio", ratio, perturbation, {"flips": flips, "site": self.flips[flips - 1].to_dict()},
+                      clean_value=self.curve[0], columns=run)
+                  for flips, ratio in enumerate(self.ratios[1:], 1)
+                  if not math.isnan(ratio)),  # NaN: not measured (the random baseline measures only what it needs)
+                Row("seconds", self.seconds, perturbation, extra, columns=run)]
+
     def replay(self, model: nn.Module, n: int | None = None) -> BitFlip:
         """The first ``n`` flips (all by default) as one restorable perturbation: ``with result.replay(m):``.
 
@@ -107,3 +131,9 @@ class AttackResult:
         except KeyError as e:
             raise HarnessError(f"an attack result needs method, flips, curve, threshold and budget; "
                                f"missing {e.args[0]!r}") from None
+
+
+def flips_or_inf(result: AttackResult) -> float:
+    """Flips to collapse; +inf when the budget ran out first (censored)."""
+    n = result.flips_to_collapse
+    return math.inf if n is None else float(n)

@@ -26,7 +26,9 @@ tokenizer makes every character a feature), 2 target tokens and 4 IG steps.
 
 :class:`AttributionCells` memoizes one model's attributions for the session; its statistics:
 :meth:`~AttributionCells.super_vs_random`, :meth:`~AttributionCells.repeat` and
-:meth:`~AttributionCells.method_agreement`.
+:meth:`~AttributionCells.method_agreement`. Each result carries its records as :class:`~harness.records.row.Row`
+(``rows()``; :meth:`~AttributionCells.clean_rows` for the clean attributions), committed by the suite with
+``recorder.rows``.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from harness.claims import Comparison, paired_greater
 from harness.errors import HarnessError
 from harness.option_values import pick_preset
 from harness.recipes import Subject, prepare
+from harness.records.row import Row
 from harness.stats import spearman
 
 if TYPE_CHECKING:
@@ -59,6 +62,8 @@ TINY_PROMPT_CHARS = 24
 WANDA_SPARSITY = 0.5
 # the record's "source" of zero_super_weights, by the recipe's target (harness.recipes.super_weight_sites)
 SOURCES = {"super_weights": "detected", "candidate": "candidate below the detector's factor"}
+CLEAN = {"kind": "none"}  # the records' perturbation of a clean attribution
+AGREEMENT_METHOD = "feature_ablation|integrated_gradients"  # the method of the agreement's records
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,14 @@ def preset_for(name: str, random_weights: bool) -> Preset:
     return replace(p, prompts=1, prompt_chars=TINY_PROMPT_CHARS, target_tokens=2, ig_steps=4) if random_weights else p
 
 
+def attribution_row(attr: TokenAttribution, prompt: str, condition: str, perturbation: dict[str, Any]) -> Row:
+    """The ``target_logprob`` record of one attribution, the attribution itself in ``extra`` (``condition``:
+    ``clean`` or the perturbation's name) for the report's heatmaps."""
+    return Row("target_logprob", attr.target_logprob, perturbation,
+               {"condition": condition, "prompt": prompt, **attr.to_dict()},
+               columns={"method": attr.method, "seconds": attr.seconds})
+
+
 @dataclass(frozen=True)
 class CleanAttribution:
     """One prompt's fixed target and its clean feature-ablation attribution."""
@@ -106,12 +119,21 @@ class Perturbed:
     Attributes:
         name: the perturbation (one of :data:`PERTURBATIONS`).
         description: the records' ``perturbation`` column (``kind`` and what was perturbed).
-        rows: per prompt id, (perturbed attribution, measures).
+        by_prompt: per prompt id, (perturbed attribution, measures).
     """
 
     name: str
     description: dict[str, Any]
-    rows: dict[str, tuple[TokenAttribution, AttributionChange]]
+    by_prompt: dict[str, tuple[TokenAttribution, AttributionChange]]
+
+    def rows(self) -> list[Row]:
+        """Per prompt, the perturbed attribution's ``target_logprob`` and each measure (top :data:`TOP_K`)."""
+        out = []
+        for pid, (attr, change) in self.by_prompt.items():
+            out.append(attribution_row(attr, pid, self.name, self.description))
+            out.extend(Row(metric, value, self.description, {"prompt": pid, "top_k": TOP_K},
+                           columns={"method": "feature_ablation"}) for metric, value in change.to_dict().items())
+        return out
 
 
 @dataclass(frozen=True)
@@ -127,6 +149,10 @@ class SuperVsRandom:
     def comparison(self) -> Comparison:
         """Every prompt: ``attr_rel_change`` >= :data:`SHIFT_FACTOR` x the random control's."""
         return paired_greater(self.rel_change, self.rel_change_random, factor=SHIFT_FACTOR)
+
+    def extra(self) -> dict[str, Any]:
+        """The claim's ``extra``: the prompts and both rank shifts."""
+        return {"prompts": self.prompts, "attr_shift": self.shift, "attr_shift_random": self.shift_random}
 
 
 @dataclass(frozen=True)
@@ -144,6 +170,10 @@ class Repeat:
         """The relation "0 >= largest difference": holds exactly when every repeat is bit-identical."""
         return Comparison(self.worst == 0.0, 0.0, self.worst, {"test": "exact", "max_abs_diff": self.worst})
 
+    def rows(self) -> list[Row]:
+        """The largest difference (``extra``: each repeat's); no perturbation column."""
+        return [Row("attr_repeat_max_abs_diff", self.worst, None, {"per_run": self.diffs})]
+
 
 @dataclass(frozen=True)
 class AgreementRow:
@@ -157,15 +187,31 @@ class AgreementRow:
 
 @dataclass(frozen=True)
 class Agreement:
-    """Per prompt, how alike feature ablation and integrated gradients rank the prompt tokens on the clean model."""
+    """Per prompt, how alike feature ablation and integrated gradients rank the prompt tokens on the clean model.
 
-    rows: list[AgreementRow]
+    Attributes:
+        per_prompt: each prompt's attributions and Spearman correlation.
+        ig_steps: the integrated-gradients steps.
+    """
+
+    per_prompt: list[AgreementRow]
+    ig_steps: int
 
     @property
     def mean(self) -> float:
         """Mean Spearman over the prompts (the claim's statistic); NaN when one is not finite."""
-        rhos = [r.rho for r in self.rows]
+        rhos = [r.rho for r in self.per_prompt]
         return statistics.fmean(rhos) if all(math.isfinite(r) for r in rhos) else math.nan
+
+    def rows(self) -> list[Row]:
+        """Per prompt, the clean integrated-gradients attribution's ``target_logprob`` and ``attr_method_spearman``."""
+        out = []
+        for r in self.per_prompt:
+            out.append(attribution_row(r.ig, r.prompt, "clean", CLEAN))
+            out.append(Row("attr_method_spearman", r.rho, None,
+                           {"prompt": r.prompt, "ig_steps": self.ig_steps, "ig_seconds": r.ig.seconds,
+                            "ablation_seconds": r.ablation.seconds}, columns={"method": AGREEMENT_METHOD}))
+        return out
 
 
 @dataclass
@@ -189,8 +235,10 @@ class AttributionCells:
     _wanda: Any = None
 
     @classmethod
-    def of(cls, esa: Session, loaded: LoadedModel, calib_windows: torch.Tensor) -> AttributionCells:
-        """``loaded``'s cells in the pytest session ``esa`` (made once per model)."""
+    def of(cls, esa: Session, loaded: LoadedModel) -> AttributionCells:
+        """``loaded``'s cells in the pytest session ``esa`` (made once per model), on the session's calibration
+        windows."""
+        calib_windows = esa.windows(loaded, "calib")
         o = esa.options
         p = preset_for(o.preset, loaded.spec.random_weights)
         return esa.cached((loaded.name, "attribution-cells", o.preset, o.corpus, o.seed),
@@ -220,6 +268,10 @@ class AttributionCells:
         if self._ig is None:
             self._ig = {pid: self.integrated_gradients(c.target) for pid, c in self.clean().items()}
         return self._ig
+
+    def clean_rows(self) -> list[Row]:
+        """Per prompt, the clean feature-ablation attribution's ``target_logprob``."""
+        return [attribution_row(c.attribution, pid, "clean", CLEAN) for pid, c in self.clean().items()]
 
     def unavailable(self, name: str, detection: Any) -> str | None:
         """Why perturbation ``name`` cannot be built (a skip reason): the detector scanned no block; else None."""
@@ -273,7 +325,8 @@ class AttributionCells:
 
     def super_vs_random(self, detection: Any) -> SuperVsRandom:
         """The claim's pairs: zeroing the super weights versus the random control, per prompt."""
-        sw, rand = self.perturbed("zero_super_weights", detection).rows, self.perturbed("zero_random", detection).rows
+        sw = self.perturbed("zero_super_weights", detection).by_prompt
+        rand = self.perturbed("zero_random", detection).by_prompt
         ids = list(sw)
         return SuperVsRandom(ids, [sw[i][1].attr_rel_change for i in ids], [rand[i][1].attr_rel_change for i in ids],
                              [sw[i][1].attr_shift for i in ids], [rand[i][1].attr_shift for i in ids])
@@ -292,4 +345,4 @@ class AttributionCells:
         """Per prompt, Spearman of the clean feature-ablation and integrated-gradients attributions."""
         ig = self.clean_ig()
         return Agreement([AgreementRow(pid, c.attribution, ig[pid], spearman(c.attribution.seq_attr, ig[pid].seq_attr))
-                          for pid, c in self.clean().items()])
+                          for pid, c in self.clean().items()], self.preset.ig_steps)

@@ -28,6 +28,7 @@ from harness.option_values import pick_preset
 
 if TYPE_CHECKING:
     from harness.models.loading import LoadedModel
+    from harness.session import Session
 
 CAMPAIGN_BITS = tuple(BIT_CLASSES.names(tag="campaign"))
 # A mantissa-LSB flip moves a weight by one unit in the last place and may be rounded away in every output:
@@ -173,7 +174,7 @@ class BitflipCells:
         self._pools: dict[tuple, tuple[list[FaultSite] | None, str]] = {}
 
     @classmethod
-    def of(cls, session: Any, loaded: LoadedModel) -> BitflipCells:
+    def of(cls, session: Session, loaded: LoadedModel) -> BitflipCells:
         """``loaded``'s cells kept by the pytest ``session`` (forgotten with the model when the session drops it)."""
         o = session.options
 

@@ -41,6 +41,7 @@ from harness.finetune.compare import Measures, SuperWeightShift, measure, super_
 from harness.finetune.config import FinetuneConfig
 from harness.finetune.run import Finetuned
 from harness.option_values import pick_preset
+from harness.records.row import Row
 from harness.stats import wilson
 
 if TYPE_CHECKING:
@@ -99,17 +100,6 @@ PRESETS = {"quick": Preset(("plain", "noise"), eval_windows=2, flip_trials=5, no
 def grid(preset: str) -> list[Variant]:
     """The variants of preset ``preset``."""
     return [VARIANTS[name] for name in pick_preset(PRESETS, preset).variants]
-
-
-@dataclass(frozen=True)
-class Row:
-    """One record a suite makes: metric, value and the columns that describe it (the method is the caller's)."""
-
-    metric: str
-    value: float
-    perturbation: dict[str, Any]
-    extra: dict[str, Any] | None = None
-    clean_value: float | None = None
 
 
 def measure_rows(m: Measures, clean: float | None = None) -> list[Row]:
@@ -219,13 +209,13 @@ class FinetuneCells:
     _after: dict[str, After] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, esa: Session, loaded: LoadedModel, eval_windows: torch.Tensor) -> FinetuneCells:
-        """``loaded``'s cells in the pytest session ``esa`` (made once per model; the detection is the session's,
-        ``esa.detection``)."""
+    def of(cls, esa: Session, loaded: LoadedModel) -> FinetuneCells:
+        """``loaded``'s cells in the pytest session ``esa`` (made once per model, on the session's evaluation
+        windows; the detection is the session's, ``esa.detection``)."""
         from harness.finetune.options import config_from_options
 
         o, p = esa.options, esa.preset(PRESETS)
-        windows = eval_windows[: p.eval_windows]
+        windows = esa.windows(loaded, "eval")[: p.eval_windows]
 
         def make() -> FinetuneCells:
             configs = {v: config_from_options(o, method="full", noise=VARIANTS[v].noise, clip=VARIANTS[v].clip)

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from harness import heap
 from harness.option_values import pick_preset
 from harness.pruning.options import (
     FULL_GRANULARITIES,
@@ -145,6 +146,7 @@ class ScoreSlot:
         key = (scorer, tuple(windows.shape), tag)
         if key != self._key:
             self._key, self._scores = None, None  # free the old scores before computing the new ones
+            heap.trim()
             self._scores = score(loaded, scorer, windows=windows)
             self._key = key
         return self._scores
@@ -223,14 +225,12 @@ class PruningCells:
     _detected: Any = None
 
     @classmethod
-    def of(cls, esa: Session, loaded: LoadedModel, eval_windows: torch.Tensor, calib_windows: torch.Tensor,
-           clean: Any) -> PruningCells:
+    def of(cls, esa: Session, loaded: LoadedModel) -> PruningCells:
         """``loaded``'s cells in the pytest session ``esa`` (made once per model, prune method, window sets and
-        corpus), pruning with the session's shared :class:`ScoreSlot` and keeping the session's super weights.
-
-        Args:
-            clean: the clean baseline on ``eval_windows`` (its ``reference`` is kept).
-        """
+        corpus), on the session's windows, pruning with the session's shared :class:`ScoreSlot` and keeping the
+        session's super weights and its clean baseline's ``reference``."""
+        eval_windows, calib_windows = esa.windows(loaded, "eval"), esa.windows(loaded, "calib")
+        clean = esa.clean(loaded.name, loaded.model, eval_windows)
         o = esa.options
         method = o.pruning.method or "zero"
         key = (loaded.name, "pruning-cells", method, tuple(eval_windows.shape), tuple(calib_windows.shape), o.corpus)
@@ -291,10 +291,12 @@ class PruningCells:
         with prune(lm, scores, cell.sparsity, granularity=cell.granularity, method=self.method) as report:
             before = evaluate(lm.model, self.eval_windows).perplexity
             path = save_model(lm, path, report=report, metadata={"source_model": lm.name})
+        heap.trim()  # the saving's transient copies, before a second model is loaded
         hf = AutoModelForCausalLM.from_pretrained(path, dtype=lm.dtype).eval()
         via_hf = evaluate(hf, self.eval_windows).perplexity
         del hf
         gc.collect()
+        heap.trim()
         zoo = load_model(str(path), dtype=lm.dtype)
         via_zoo = evaluate(zoo.model, self.eval_windows).perplexity
         return Reloaded(before, via_hf, via_zoo, sorted(p.name for p in path.iterdir()), self.perturbation(cell))

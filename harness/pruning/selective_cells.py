@@ -192,15 +192,12 @@ class SelectiveCells:
     _done: dict[tuple[str, Selection], SelectiveResult] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, esa: Session, loaded: LoadedModel, eval_windows: torch.Tensor, calib_windows: torch.Tensor,
-           clean: Any) -> SelectiveCells:
+    def of(cls, esa: Session, loaded: LoadedModel) -> SelectiveCells:
         """``loaded``'s cells in the pytest session ``esa`` (made once per model, prune method, window sets and
-        corpus), on the preset's prompts of the session's corpus, pruning with the session's shared
-        :class:`~harness.pruning.cells.ScoreSlot`.
-
-        Args:
-            clean: the clean baseline on ``eval_windows`` (its ``reference`` is kept).
-        """
+        corpus), on the session's windows and the preset's prompts of the session's corpus, pruning with the
+        session's shared :class:`~harness.pruning.cells.ScoreSlot`; the clean baseline's ``reference`` is kept."""
+        eval_windows, calib_windows = esa.windows(loaded, "eval"), esa.windows(loaded, "calib")
+        clean = esa.clean(loaded.name, loaded.model, eval_windows)
         from harness.data import generation_prompts
         from harness.scoring.artifacts import model_dir_name
 

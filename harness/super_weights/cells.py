@@ -5,7 +5,9 @@ An ablation is a recipe of :mod:`harness.recipes` (``zero_super_weights``, ``zer
 control ``zero_random``, ``zero_largest_others``, ``row_mean_super_weights``); :class:`SuperWeightCells` measures
 one and returns an :class:`Ablated` whose ``method`` is the recipe's target (``super_weights``, ``candidate`` where
 nothing is detected, ``top_super_weight``, ``random``, ``largest_others``). The per-preset sizes are
-:data:`PRESETS`; :func:`top_scores` and :func:`known_check` are the scorer and known-coordinates checks.
+:data:`PRESETS`; :func:`top_scores` and :func:`known_check` are the scorer and known-coordinates checks. Every
+result carries its records as :class:`~harness.records.row.Row` (``rows()``; :func:`detection_rows` for the
+detection itself), which the suite commits with ``recorder.rows``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from harness.claims import Comparison
 from harness.option_values import pick_preset
 from harness.recipes import Subject, prepare, super_weight_sites
+from harness.records.row import Row
 from harness.stats import trial_seed
 
 if TYPE_CHECKING:
@@ -26,6 +29,7 @@ if TYPE_CHECKING:
 
 TOP_K = 16  # weights per scorer recorded by the scorer check
 MIN_EFFECT = 2.0  # zeroing the super weights raises perplexity >= 2x as much as the random control
+DETECTOR = "activation"  # the scorer whose method the detection's records carry
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,7 @@ class Ablated:
         perturbation: the recipe's description.
         result: the evaluation under the ablation (``harness.metrics.EvalResult``).
         ratio: its perplexity over the clean model's.
+        clean_perplexity: the clean model's perplexity (the ratio's ``clean_value``).
         extra: the record's extra (the candidate's site; the random control's draw and seed).
     """
 
@@ -60,11 +65,18 @@ class Ablated:
     perturbation: dict[str, Any]
     result: Any
     ratio: float
+    clean_perplexity: float
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def columns(self) -> dict[str, Any]:
-        """The record's ``method``, ``perturbation`` and ``extra`` columns."""
-        return {"method": self.method, "perturbation": self.perturbation, "extra": self.extra}
+    def claim_columns(self) -> dict[str, Any]:
+        """The ``method`` and ``perturbation`` columns of a claim judged on this ablation."""
+        return {"method": self.method, "perturbation": self.perturbation}
+
+    def rows(self) -> list[Row]:
+        """The ablation's records: ``ppl_ratio`` (against the clean perplexity) and ``kl``."""
+        columns = {"method": self.method}
+        return [Row("ppl_ratio", self.ratio, self.perturbation, self.extra, self.clean_perplexity, columns),
+                Row("kl", self.result.kl, self.perturbation, self.extra, columns=columns)]
 
 
 @dataclass(frozen=True)
@@ -75,6 +87,14 @@ class RestoreCheck:
     changed: bool  # the model differed inside
     restored: bool  # the fingerprint after equals the one before
     perplexity: float  # after restore
+    clean_perplexity: float
+    detection: str  # the detection's id
+
+    def rows(self) -> list[Row]:
+        """The perplexity after restore, against the clean model's."""
+        return [Row("perplexity", self.perplexity, {"kind": "restored", "target": "super_weights", "count": self.sites,
+                                                    "detection": self.detection},
+                    clean_value=self.clean_perplexity, columns={"method": "super_weights"})]
 
 
 @dataclass
@@ -108,7 +128,8 @@ class SuperWeightCells:
         method = prepared.description["target"]
         if method == "candidate":  # the negative control: which weight stood in
             extra = {"site": self.detection.candidate.to_dict(), **(extra or {})}
-        return Ablated(method, prepared.description, result, result.ratio_to(self.clean.result), extra or {})
+        return Ablated(method, prepared.description, result, result.ratio_to(self.clean.result),
+                       self.clean.result.perplexity, extra or {})
 
     def random_control(self) -> list[Ablated]:
         """The random control, one seeded draw after another (``extra``: ``draw``, ``draw_seed``)."""
@@ -133,14 +154,18 @@ class SuperWeightCells:
             inside = changed(before, fingerprint(self.model))
         restored = not changed(before, fingerprint(self.model))
         after = evaluate(self.model, self.eval_windows, self.clean.reference)
-        return RestoreCheck(len(sites), bool(inside), restored, after.perplexity)
+        return RestoreCheck(len(sites), bool(inside), restored, after.perplexity, self.clean.result.perplexity,
+                            self.detection.id)
 
 
-def detection_rows(detection: Any) -> list[tuple[float, dict[str, Any]]]:
-    """(|output spike|, the record's extra) of each detected super weight, strongest first."""
-    return [(abs(s.output_spike), {"module": s.param, "layer": s.layer, "component": "mlp_down", "row": s.row,
-                                   "col": s.col, "weight_value": s.value, "rank": rank, "round": s.round,
-                                   "strength": s.strength, "input_spike": s.input_spike})
+def detection_rows(detection: Any) -> list[Row]:
+    """``super_weight_score`` (|output spike|) of each detected super weight, strongest first (method: the
+    caller's, the detector)."""
+    perturbation = {"kind": "score", **detection.describe()}
+    return [Row("super_weight_score", abs(s.output_spike), perturbation,
+                {"module": s.param, "layer": s.layer, "component": "mlp_down", "row": s.row, "col": s.col,
+                 "weight_value": s.value, "rank": rank, "round": s.round, "strength": s.strength,
+                 "input_spike": s.input_spike})
             for rank, s in enumerate(detection.sites)]
 
 
@@ -159,13 +184,17 @@ class ScoredTop:
         key = [abs(s.score) if self.signed else s.score for s in self.top]
         return key == sorted(key, reverse=True)
 
-    def rows(self) -> list[tuple[float, dict[str, Any]]]:
-        """(score, the record's extra) of each top weight, best first."""
+    def rows(self) -> list[Row]:
+        """``super_weight_score`` of each top weight, best first, then the scoring's ``seconds`` (method: the
+        caller's, the scorer)."""
         out = []
         for rank, s in enumerate(self.top):
             row, col = s.site.index[0], s.site.index[1] if len(s.site.index) > 1 else None
-            out.append((s.score, {"module": s.site.param, "layer": s.layer, "component": s.component, "row": row,
-                                  "col": col, "weight_value": s.value, "rank": rank}))
+            out.append(Row("super_weight_score", s.score, {"kind": "score"},
+                           {"module": s.site.param, "layer": s.layer, "component": s.component, "row": row, "col": col,
+                            "weight_value": s.value, "rank": rank}))
+        out.append(Row("seconds", self.seconds, {"kind": "score", "k": self.k},
+                       {"found": len(self.top), "forward": self.forward, "backward": self.backward}))
         return out
 
 
@@ -196,6 +225,16 @@ class KnownCheck:
     def extra(self) -> dict[str, Any]:
         return {"known": self.known, "missing": self.missing, "source": self.source}
 
+    def columns(self) -> dict[str, Any]:
+        """The records' and claims' ``method`` and ``perturbation`` (:func:`known_columns`)."""
+        return known_columns(self.detection)
+
+    def rows(self) -> list[Row]:
+        """The fraction of the super weights on record that the detection found."""
+        columns = self.columns()
+        return [Row("known_found_fraction", self.found_fraction, columns["perturbation"], self.extra(),
+                    columns={"method": columns["method"]})]
+
     def detected(self) -> Comparison:
         """At least one super weight detected (the reason names the strongest candidate when none is)."""
         n = len(self.detection.sites)
@@ -205,6 +244,11 @@ class KnownCheck:
     def all_found(self) -> Comparison:
         """Every super weight on record is among the detected sites."""
         return Comparison(not self.missing, self.found_fraction, 1.0, {"test": "exact", "missing": self.missing})
+
+
+def known_columns(detection: Any) -> dict[str, Any]:
+    """The ``method`` and ``perturbation`` columns of the known-coordinates records and claims."""
+    return {"method": DETECTOR, "perturbation": {"kind": "score", "detection": detection.id}}
 
 
 def known_check(loaded: LoadedModel, detection: Any) -> KnownCheck | None:

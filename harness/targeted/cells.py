@@ -142,10 +142,10 @@ class TargetedCells:
     _refs: tuple[list[Any], int] | None = None
 
     @classmethod
-    def of(cls, esa: Session, loaded: LoadedModel, eval_windows: torch.Tensor,
-           calib_windows: torch.Tensor) -> TargetedCells:
-        """``loaded``'s cells in the pytest session ``esa`` (made once per model; the clean baseline is the
-        session's, ``esa.clean``)."""
+    def of(cls, esa: Session, loaded: LoadedModel) -> TargetedCells:
+        """``loaded``'s cells in the pytest session ``esa`` (made once per model, on the session's windows; the
+        clean baseline is the session's, ``esa.clean``)."""
+        eval_windows, calib_windows = esa.windows(loaded, "eval"), esa.windows(loaded, "calib")
         o = esa.options
         p = preset(o.preset, o.scoring.targeted_methods, o.scoring.fractions)
         windows = eval_windows[: p.eval_windows]
