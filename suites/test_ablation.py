@@ -34,8 +34,6 @@ Claims (the map does not depend on ``--seed``):
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
 from fixtures.session import options_of
@@ -73,18 +71,11 @@ def test_ablation_sensitivity(lm, eval_windows, esa, recorder, timer, cell):
         pytest.skip(reason)
     with timer() as t:
         layers = measure(lm, cell, eval_windows, esa.clean, preset=esa.options.preset)
-    for a in layers.layers:
-        where = {"layer": a.layer, "component": cell.component, "mode": cell.mode}
-        columns = dict(method=cell.mode, collapsed=a.collapsed, clean_value=layers.clean_perplexity,
-                       perturbation={"kind": "ablation", **where}, extra=where)
-        recorder.record("ppl_ratio", a.ratio, **columns)
-        recorder.record("perplexity", a.perplexity, **columns)
+    recorder.rows(layers.rows())
     ratios, worst = layers.ratios, layers.worst
     recorder.record("seconds", t.seconds, method=cell.mode, perturbation=cell.perturbation,
                     extra={"layers": len(ratios)})
-    columns = dict(method=cell.mode, perturbation=cell.perturbation,
-                   extra={"worst_layer": worst, "mildest_layer": layers.mildest, "layers": len(ratios),
-                          "finite": all(math.isfinite(r) for r in ratios)})
+    columns = layers.summary()
     recorder.record("worst_layer", worst, **columns)
     recorder.claim(WORST[cell.mode, cell.component], ratios[worst], **columns)
     recorder.claim(MILDEST[cell.mode, cell.component], min(ratios), **columns)

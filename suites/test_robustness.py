@@ -65,12 +65,7 @@ def test_noise_robustness(lm, eval_windows, esa, recorder, timer, cell):
     o = esa.options
     with timer() as t:
         curve = measure(lm, cell, eval_windows, esa.clean, preset=o.preset, seed=o.seed, trials=o.trials)
-    for trial in curve.trials:
-        columns = dict(method=cell.kind, collapsed=trial.collapsed, perturbation=curve.trial_perturbation(trial),
-                       extra={"trial": trial.trial, "trial_seed": trial.trial_seed, "component": cell.component})
-        recorder.record("ppl_ratio", trial.ratio, clean_value=curve.clean_perplexity, **columns)
-        recorder.record("perplexity", trial.perplexity, clean_value=curve.clean_perplexity, **columns)
-        recorder.record("kl", trial.kl, **columns)
+    recorder.rows(curve.rows())
     key, pert, trials = (cell.kind, cell.component), cell.perturbation, {"trials": curve.n_trials}
     recorder.record("seconds", t.seconds, method=cell.kind, perturbation=pert,
                     extra={**trials, "levels": len(curve.levels)})

@@ -9,6 +9,7 @@ the whole block. The grid of each depth preset is :data:`PRESETS`; :func:`measur
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,7 @@ from harness.campaign.engine import Campaign
 from harness.faults import ablate_layer
 from harness.models.archmap import COMPONENTS, num_layers
 from harness.option_values import pick_preset
+from harness.records.row import Row
 
 if TYPE_CHECKING:
     from harness.models.loading import LoadedModel
@@ -102,6 +104,24 @@ class LayerMap:
         """The most benign layer (the first of equals)."""
         ratios = self.ratios
         return min(range(len(ratios)), key=lambda i: ratios[i])
+
+    def rows(self) -> list[Row]:
+        """Per layer its ``ppl_ratio`` and ``perplexity`` (against the clean perplexity), then the ``worst_layer``."""
+        out = []
+        for a in self.layers:
+            where = {"layer": a.layer, "component": self.cell.component, "mode": self.cell.mode}
+            columns = {"method": self.cell.mode, "collapsed": a.collapsed}
+            pert = {"kind": "ablation", **where}
+            out += [Row("ppl_ratio", a.ratio, pert, where, self.clean_perplexity, columns),
+                    Row("perplexity", a.perplexity, pert, where, self.clean_perplexity, columns)]
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """The columns of the map's ``worst_layer`` row and of its claims (method, perturbation, extra)."""
+        ratios = self.ratios
+        return {"method": self.cell.mode, "perturbation": self.cell.perturbation,
+                "extra": {"worst_layer": self.worst, "mildest_layer": self.mildest, "layers": len(ratios),
+                          "finite": all(math.isfinite(r) for r in ratios)}}
 
 
 def measure(loaded: LoadedModel, cell: AblationCell, windows: torch.Tensor, clean: Any, *, preset: str) -> LayerMap:

@@ -20,6 +20,7 @@ from harness.claims import trial_changed
 from harness.faults import add_noise
 from harness.models.archmap import COMPONENTS, select
 from harness.option_values import pick_preset
+from harness.records.row import Row
 
 if TYPE_CHECKING:
     from harness.models.loading import LoadedModel
@@ -120,6 +121,17 @@ class NoiseCurve:
     def trial_perturbation(self, trial: NoiseTrial) -> dict[str, Any]:
         return {"kind": "noise", "noise": self.cell.kind, "scale": SCALE, "level": trial.level,
                 "target": self.cell.component}
+
+    def rows(self) -> list[Row]:
+        """Per trial its ``ppl_ratio`` and ``perplexity`` (against the clean perplexity) and ``kl``."""
+        out = []
+        for t in self.trials:
+            pert, columns = self.trial_perturbation(t), {"method": self.cell.kind, "collapsed": t.collapsed}
+            extra = {"trial": t.trial, "trial_seed": t.trial_seed, "component": self.cell.component}
+            out += [Row("ppl_ratio", t.ratio, pert, extra, self.clean_perplexity, columns),
+                    Row("perplexity", t.perplexity, pert, extra, self.clean_perplexity, columns),
+                    Row("kl", t.kl, pert, extra, columns=columns)]
+        return out
 
 
 def measure(loaded: LoadedModel, cell: NoiseCell, windows: torch.Tensor, clean: Any, *, preset: str, seed: int,
