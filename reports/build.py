@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.records.store import interruption
-from reports import figures, health, html, latest, markdown, store_index, tables, trend
+from reports import detection, figures, health, html, latest, markdown, store_index, tables, trend
 from reports.comparable import Comparables
 from reports.load import RunData, load_run, pget
 from reports.regression import Baseline, comparable_baseline, env_differences, load_baseline
@@ -65,6 +65,7 @@ def _highlights(r: Report) -> list[str]:
             out.append(f"Highest collapse rate in {c.suite} ({c.model}, {c.series}, x={tables.fmt(c.x)}): "
                        f"{c.collapsed}/{c.trials} = {c.collapse_rate:.0%} (95% CI {c.collapse_low:.0%}–"
                        f"{c.collapse_high:.0%}).")
+    out += detection.findings(recs)
     for c in r.claims[r.claims["outcome"] == "failed"].itertuples():
         out.append(f"Claim failed: {c.claim} ({c.suite}, {c.model}): {tables.fmt(c.value)} {c.op} "
                    f"{tables.fmt(c.bound)} does not hold.")
@@ -121,6 +122,7 @@ def _write(r: Report, out: Path) -> None:
              "adversarial_cells": tables.adversarial_cells(r.data.records)}
     if r.comparison is not None:
         named["regression"] = r.comparison
+    named.update({t.name: t.table for t in detection.panel(r.data.records)})
     named.update({f"summary_{suite}": df for suite, df in r.summaries.items()})
     for name, df in named.items():
         if name == "claims" or not df.empty:

@@ -5,7 +5,7 @@
 
 - a model x claim matrix coloured by outcome, the value in the cell and the statement, bound and
   reason on hover;
-- a model x headline table (clean perplexity, super weights, bit flips, attacks, pruning, lm-eval;
+- a model x headline table (clean perplexity, super weights, bit flips, attacks, pruning, fault detection, lm-eval;
   headlines of suite modules such as ``reports.finetune`` when they define ``HEADLINES``); a blank
   cell is a measurement that is not in the stores;
 - figures with one series per model: collapse rate per bit class (grouped bars, Wilson 95%), noise
@@ -37,7 +37,7 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure as MplFigure
 
 from harness.errors import HarnessError
-from reports import health, tables
+from reports import detection, health, tables
 from reports.figures import BIT_CLASS_ORDER, COMPONENT_ORDER, DPI, grouped_bars, suite_modules
 from reports.html import table
 from reports.load import SUPER_WEIGHTS_FILE, open_store, parse_records, pget
@@ -278,6 +278,8 @@ HEADLINES = [
     Headline("flips to collapse: progressive", _flips_to_collapse("progressive"), "fp32, no defense"),
     Headline("flips to collapse: random", _flips_to_collapse("random"), "fp32, no defense, median of seeds"),
     Headline("Wanda / magnitude at 50%", _pruning_ratio, "perplexity ratio; < 1: Wanda better"),
+    Headline("harmful flips caught by the audit", detection.audit_coverage,
+             "detection suite: test-vector audit, harmful single-bit flips pooled over bit classes (Wilson 95%)"),
     Headline("lm-eval acc clean", _lmeval_acc(True), "mean over tasks"),
     Headline("lm-eval acc perturbed", _lmeval_acc(False), "mean over tasks and perturbations"),
 ]

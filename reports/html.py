@@ -3,8 +3,9 @@ data URIs, sparklines as inline SVG).
 
 Attention first: the page opens with what needs attention (an unhealthy model, failed, regressed and
 unverified claims), then the model under test (its health claims and the identity of its weights), then one
-folded section per suite (``<details>``) holding its claims beside its figures, then the claims over time (a
-sparkline per claim, what changed since the previous run).
+folded section per suite (``<details>``) holding its claims beside its figures (the detection suite's opens with
+its coverage panel, ``reports.detection``), then the claims over time (a sparkline per claim, what changed since
+the previous run).
 
 The page sets ``data-images``, ``data-broken-images`` and ``data-loaded`` on ``<body>`` once loaded,
 so a headless browser can tell whether every figure decoded.
@@ -19,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.claims import HEALTH_SUITE
-from reports import tables
+from reports import detection, tables
 from reports.comparable import describe, run_config
 from reports.figures import slug
 from reports.health import health_claims
@@ -78,6 +79,7 @@ details.suite>summary{font-size:16px;padding:8px 0}details{margin:4px 0}summary{
 .suite-body{display:flex;flex-wrap:wrap;gap:18px;align-items:flex-start}.suite-body>div{flex:1 1 560px;min-width:0;
 overflow-x:auto}.muted{color:#57606a}ul.compact{margin:4px 0;padding-left:20px}ul.compact li{margin:2px 0}
 svg.spark{vertical-align:middle}code{font-size:12px}.suite-body td:first-child{white-space:nowrap}
+#detection-panel td{white-space:nowrap;overflow-wrap:normal}
 """
 
 JS = """
@@ -295,6 +297,16 @@ def _suite_extras(r: Report, suite: str) -> list[str]:
     return out
 
 
+def _suite_lead(r: Report, suite: str) -> list[str]:
+    """Panels that open a suite's section, before its claims: the detection suite's coverage panel."""
+    panel = detection.panel(r.data.records) if suite == detection.SUITE else []
+    if not panel:
+        return []
+    body = "".join(f"<h3>{esc(t.title)}</h3><p class='muted'>{esc(t.note)}</p>"
+                   + table(t.table, bad=lambda x, bad=t.bad_rows: x.name in bad) for t in panel)
+    return [f"<div id='detection-panel'>{body}</div>"]
+
+
 def _suites(r: Report, report_dir: Path) -> list[str]:
     c = r.claims
     regressed = r.regressed()
@@ -312,7 +324,8 @@ def _suites(r: Report, report_dir: Path) -> list[str]:
         is_open = " open" if counts.get("failed") or n_reg else ""
         head = (f"<details class='suite' id='suite-{esc(suite)}'{is_open}><summary>{esc(suite)}{badges(counts)}"
                 + (f"<span class='badge b-regressed'>{n_reg} regressed</span>" if n_reg else "") + "</summary>")
-        left = [_source(r, suite) + "<h3>Claims</h3>" + claims_table(mine, suite=False), *_suite_extras(r, suite)]
+        left = [_source(r, suite), *_suite_lead(r, suite), "<h3>Claims</h3>" + claims_table(mine, suite=False),
+                *_suite_extras(r, suite)]
         summary = r.summaries.get(suite)
         if summary is not None and not summary.empty:
             left.append(f"<details><summary>Measurements ({int(summary['records'].sum())} records)</summary>"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from reports import detection
 from reports.health import health_claims
 from reports.tables import fmt
 from reports.views import Report, claims_view, collapse_view, present, regression_view
@@ -94,6 +95,17 @@ def _model(r: Report) -> list[str]:
     return out
 
 
+def _detection(r: Report) -> list[str]:
+    """The detection panel (``reports.detection``): nothing when the run has no detection records."""
+    panel = detection.panel(r.data.records)
+    if not panel:
+        return []
+    out = ["## Fault detection", ""]
+    for t in panel:
+        out += [f"### {t.title}", "", t.note, "", to_markdown(t.table)]
+    return out
+
+
 def analysis_report(r: Report) -> str:
     """The whole analysis in Markdown: summary, the model's health and weights, failed and regressed claims,
     tables, figures and per-suite summaries."""
@@ -104,6 +116,7 @@ def analysis_report(r: Report) -> str:
         out += ["## Most sensitive layers (ablation)", "", to_markdown(r.sensitive_layers)]
     if not r.collapse.empty:
         out += ["## Collapse rates (Wilson 95% interval)", "", to_markdown(collapse_view(r.collapse), 40)]
+    out += _detection(r)
     out += ["## All claims", "", to_markdown(claims_view(r.claims))]
     if not r.changes.empty:
         out += ["## Changed since the previous run", "", to_markdown(r.changes, 60)]

@@ -162,6 +162,26 @@ def _no_bounds(mp: pytest.MonkeyPatch) -> None:
     _flips(mp)
 
 
+def _detectors_fire(mp: pytest.MonkeyPatch, fires: bool) -> None:
+    """Every registered detector's check answers ``fires`` whatever the model holds."""
+    from harness.detection import DETECTORS
+
+    for _, factory in DETECTORS.items():
+        mp.setattr(factory, "fired", lambda self, model, *, batch=1: fires)
+
+
+@sabotage("detector_never_fires")
+def _never_fires(mp: pytest.MonkeyPatch) -> None:
+    """A detector that is blind: every check says the model is clean."""
+    _detectors_fire(mp, False)
+
+
+@sabotage("detector_always_fires")
+def _always_fires(mp: pytest.MonkeyPatch) -> None:
+    """A detector that cries wolf: every check says the model was changed."""
+    _detectors_fire(mp, True)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     name = os.environ.get("ESA_SABOTAGE", "")
     if name not in SABOTAGES:

@@ -56,6 +56,15 @@ CASES = {
     # a new user's model on day one: no bound has a number for it, so relations alone must catch the sabotage
     "no_bounds": (["suites/test_bitflip.py", "-k", "uniform-exp_msb-native or exp_msb_damages"],
                   {"fp32_uniform_exp_msb_has_effect", "exp_msb_damages_more_than_mantissa_lsb"}, False),
+    # detectors that never fire / always fire: the detection claims over one flip per cell (exp-MSB collapses at
+    # trial 0, so every claim applies; not strict: --trials 1 is not the configuration the bounds were derived
+    # under) and the clean model's checks
+    "detector_never_fires": (["suites/test_detection.py", "-k", "test_detection_claim", "--trials", "1"],
+                             {"checksum_detects_every_flip", "audit_detects_every_collapse",
+                              "range_covers_exp_msb_share"}, False),
+    "detector_always_fires": (["suites/test_detection.py", "-k", "test_detection_clean_model"],
+                              {"audit_silent_on_clean_model", "checksum_silent_on_clean_model",
+                               "range_silent_on_clean_model"}, True),
 }
 
 
