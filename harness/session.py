@@ -123,6 +123,29 @@ class Options(CoreOptions):
     scoring: ScoringOptions = field(default_factory=ScoringOptions)
 
 
+def grid_id(value: Any) -> str:
+    """A parameter's test id: its ``id``, a tuple's parts joined with ``-``, else its text."""
+    if hasattr(value, "id"):
+        return str(value.id)
+    if isinstance(value, tuple):
+        return "-".join(grid_id(v) for v in value)
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """One parametrized argument (or tuple of arguments) of a suite: the plugin parametrizes every test of the suite
+    that takes ``argnames`` with ``values(options)`` (the run's :class:`Options`), ids by :func:`grid_id`. A suite
+    lists its grids in a module-level ``GRIDS``; it has no ``pytest_generate_tests`` of its own."""
+
+    argnames: str | tuple[str, ...]
+    values: Callable[[Options], Any]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.argnames,) if isinstance(self.argnames, str) else self.argnames
+
+
 # Each analysis's option set, by the ``Options`` field that holds it: the plugin adds their options and reads
 # them back typed.
 OPTION_SETS: dict[str, type] = {"lmeval": LmEvalOptions, "pruning": PruningOptions, "scoring": ScoringOptions,

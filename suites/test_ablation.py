@@ -36,10 +36,10 @@ from __future__ import annotations
 
 import pytest
 
-from fixtures.session import options_of
 from harness.campaign.ablation_cells import MODES, grid, measure
 from harness.claims import ClaimSet, greater
 from harness.models.archmap import COMPONENTS
+from harness.session import Grid
 
 SUITE = "ablation"
 LAYER_CONTRAST = 2.0
@@ -61,9 +61,7 @@ for _m in MODES:
                                        side="max", statistic="ppl_ratio", seeded=False)
 
 
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "cell" in metafunc.fixturenames:
-        metafunc.parametrize("cell", grid(options_of(metafunc.config).preset), ids=lambda cell: cell.id)
+GRIDS = (Grid("cell", lambda o: grid(o.preset)),)
 
 
 def test_ablation_sensitivity(lm, eval_windows, esa, recorder, timer, cell):

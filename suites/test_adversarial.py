@@ -20,12 +20,10 @@ lower the target as much as HotFlip does, e.g. smollm2-135m at --seed 1, prompt 
 
 from __future__ import annotations
 
-import pytest
-
-from fixtures.session import options_of
 from harness.attacks.input_cells import SUFFIX_ATTACKS, InputAttackCell
 from harness.attacks.options import input_attack_names
 from harness.claims import ClaimSet, greater
+from harness.session import Grid
 
 MIN_GAIN = 1.0  # nats: the least a suffix search must lower the target's log-probability below its start
 
@@ -51,10 +49,7 @@ LOWERS = {a: CLAIMS.relation(
     for a in input_attack_names() if a not in SUFFIX_ATTACKS}
 
 
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "input_attack" in metafunc.fixturenames:
-        names = list(options_of(metafunc.config).attack.input_attacks or input_attack_names())
-        metafunc.parametrize("input_attack", names, ids=names)
+GRIDS = (Grid("input_attack", lambda o: list(o.attack.input_attacks or input_attack_names())),)
 
 
 def test_input_attack(esa, lm, recorder, input_attack):

@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import pytest
 
-from fixtures.session import options_of
 from harness.attacks.cells import SEARCHES, AttackCells, GuidedStart, grid
 from harness.attacks.options import ATTACK_DTYPES, defense_names
 from harness.claims import ClaimSet
+from harness.session import Grid
 
 CLAIMS = ClaimSet("attack")
 # On int8 weights a flip moves a weight by at most 255 steps of its channel's scale, so random flips
@@ -65,12 +65,8 @@ FLIPS = {("flips", a, dt): CLAIMS.bound(f"{a}_{dt}_flips", f"The undefended {a} 
 CLAIM_OF = {**BEATS_RANDOM, **DEFENSE_GAIN, **FLIPS}  # by ClaimCheck.key
 
 
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "attack_name" in metafunc.fixturenames:
-        o = options_of(metafunc.config)
-        chosen = grid(o.preset, o.attack.attacks, o.attack.dtypes, o.attack.defenses)
-        metafunc.parametrize(("attack_name", "attack_dtype", "defense_name"), chosen,
-                             ids=["-".join(c) for c in chosen])
+GRIDS = (Grid(("attack_name", "attack_dtype", "defense_name"),
+              lambda o: grid(o.preset, o.attack.attacks, o.attack.dtypes, o.attack.defenses)),)
 
 
 @pytest.fixture

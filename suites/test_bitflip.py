@@ -43,10 +43,10 @@ from __future__ import annotations
 
 import pytest
 
-from fixtures.session import options_of
 from harness.campaign.bitflip import TARGETS
 from harness.campaign.bitflip_cells import ACTING_BITS, CAMPAIGN_BITS, BitflipCell, BitflipCells, grid
 from harness.claims import ClaimSet, has_effect, paired_majority
+from harness.session import Grid
 
 CLAIMS = ClaimSet("bitflip")
 EXP_VS_LSB = CLAIMS.relation(
@@ -68,9 +68,7 @@ EFFECT = {(d, t, b, n): CLAIMS.effect(f"{d}_{t}_{b}" + (f"_{n}flips" if n > 1 el
           for d in ("fp32", "fp16", "bf16") for t in TARGETS for b in ACTING_BITS for n in (1, 8)}
 
 
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "cell" in metafunc.fixturenames:
-        metafunc.parametrize("cell", grid(options_of(metafunc.config).preset), ids=lambda cell: cell.id)
+GRIDS = (Grid("cell", lambda o: grid(o.preset)),)
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ import pytest
 from fixtures.session import options_of
 from harness.claims import ClaimSet
 from harness.scoring.compare_cells import CompareCells, methods, ranks_agree, top_k_overlap
+from harness.session import Grid
 
 P_RANDOM = 1e-3  # a random ranking reaches the claimed agreement with at most this probability
 
@@ -54,10 +55,7 @@ def _methods(config: pytest.Config) -> tuple[str, ...]:
     return methods(o.preset, o.scoring.methods)
 
 
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "method" in metafunc.fixturenames:
-        chosen = _methods(metafunc.config)
-        metafunc.parametrize("method", chosen, ids=list(chosen))
+GRIDS = (Grid("method", lambda o: methods(o.preset, o.scoring.methods)),)
 
 
 @pytest.fixture

@@ -34,11 +34,11 @@ from __future__ import annotations
 
 import pytest
 
-from fixtures.session import options_of
 from harness.claims import ClaimSet
 from harness.detection import DETECTORS
 from harness.detection.cells import PATTERNS, DetectionCells, dtypes, grid, skip_reason
 from harness.detection.outcomes import Sample
+from harness.session import Grid
 
 CLAIMS = ClaimSet("detection")
 DTYPES = ("fp32", "fp16", "bf16")
@@ -69,14 +69,8 @@ RECOVERY = CLAIMS.relation("recovery_restores_bit_exactly", "Restoring only the 
                            "equal to the clean model's")
 
 
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    preset = options_of(metafunc.config).preset
-    if "cell" in metafunc.fixturenames:
-        metafunc.parametrize("cell", grid(preset), ids=lambda cell: cell.id)
-    if "dtype" in metafunc.fixturenames:
-        metafunc.parametrize("dtype", dtypes(preset))
-    if "detector" in metafunc.fixturenames:
-        metafunc.parametrize("detector", DETECTORS.names())
+GRIDS = (Grid("cell", lambda o: grid(o.preset)), Grid("dtype", lambda o: dtypes(o.preset)),
+         Grid("detector", lambda o: DETECTORS.names()))
 
 
 @pytest.fixture

@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import pytest
 
-from fixtures.session import options_of
 from harness.claims import ClaimSet
 from harness.evaluate.cells import EvalCells, grid, unavailable
 from harness.metrics import lmeval
+from harness.session import Grid
 
 CLAIMS = ClaimSet("evaluate")
 SW_FACTOR = 2.0
@@ -53,10 +53,7 @@ SW_ZERO_PPL_RATIO = CLAIMS.bound("super_weight_zero_word_ppl_ratio", "Zeroing th
                                  seeded=False, null=1.0)
 
 
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "task" in metafunc.fixturenames:
-        tasks = grid(options_of(metafunc.config).lmeval.tasks)
-        metafunc.parametrize("task", tasks, ids=tasks)
+GRIDS = (Grid("task", lambda o: grid(o.lmeval.tasks)),)
 
 
 @pytest.fixture

@@ -53,9 +53,9 @@ import math
 
 import pytest
 
-from fixtures.session import options_of
 from harness.claims import ClaimSet, greater, paired_greater
 from harness.finetune.cells import NON_INFERIORITY, TRAIN_EFFECT, TRAIN_NOISE, FinetuneCells, grid, measure_rows
+from harness.session import Grid
 
 CLAIMS = ClaimSet("finetune")
 LOWER_PPL = CLAIMS.relation(
@@ -81,10 +81,7 @@ def _base_model_only(esa):
         pytest.skip(reason)
 
 
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "variant" in metafunc.fixturenames:
-        variants = [v.name for v in grid(options_of(metafunc.config).preset)]
-        metafunc.parametrize("variant", variants, ids=variants)
+GRIDS = (Grid("variant", lambda o: [v.name for v in grid(o.preset)]),)
 
 
 @pytest.fixture

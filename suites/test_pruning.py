@@ -19,9 +19,9 @@ import math
 
 import pytest
 
-from fixtures.session import options_of
 from harness.claims import ClaimSet, greater, has_effect, trial_changed
 from harness.pruning.cells import PruneCell, PruningCells, preset_grid, rounding
+from harness.session import Grid
 
 CLAIMS = ClaimSet("pruning")
 WANDA_FACTOR = 2.0  # Sun et al. (Wanda, LLaMA-7B, 50% unstructured): magnitude 17.29 vs Wanda 7.26, x2.4
@@ -53,11 +53,8 @@ WANDA_PPL_RATIO = {
 EFFECT = CLAIMS.effect("pruned_cell", "Pruning the cell's weights at its sparsity")
 
 
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "cell" in metafunc.fixturenames:
-        o = options_of(metafunc.config)
-        cells = preset_grid(o.preset, o.pruning.scorers, o.pruning.sparsities, o.pruning.granularities)
-        metafunc.parametrize("cell", cells, ids=[c.id for c in cells])
+GRIDS = (Grid("cell", lambda o: preset_grid(o.preset, o.pruning.scorers, o.pruning.sparsities,
+                                               o.pruning.granularities)),)
 
 
 @pytest.fixture

@@ -33,10 +33,10 @@ from __future__ import annotations
 
 import pytest
 
-from fixtures.session import options_of
 from harness.campaign.noise_cells import FLOOR, GROUPS, HIGH, KINDS, LOW, grid, measure
 from harness.claims import ClaimSet, has_effect, paired_greater
 from harness.models.archmap import COMPONENTS
+from harness.session import Grid
 
 CLAIMS = ClaimSet("robustness")
 GROWS, LOW_BOUND, HIGH_BOUND, EFFECT = {}, {}, {}, {}
@@ -54,9 +54,7 @@ for _kind in KINDS:
             side="min", statistic="ppl_ratio", null=1.0)
 
 
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "cell" in metafunc.fixturenames:
-        metafunc.parametrize("cell", grid(options_of(metafunc.config).preset), ids=lambda cell: cell.id)
+GRIDS = (Grid("cell", lambda o: grid(o.preset)),)
 
 
 def test_noise_robustness(lm, eval_windows, esa, recorder, timer, cell):

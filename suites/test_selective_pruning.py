@@ -22,7 +22,6 @@ import math
 
 import pytest
 
-from fixtures.session import options_of
 from harness.claims import ClaimSet, greater
 from harness.pruning.selective_cells import (
     SCORERS,
@@ -33,6 +32,7 @@ from harness.pruning.selective_cells import (
     grid,
     missing_layers,
 )
+from harness.session import Grid
 
 CLAIMS = ClaimSet("selective_pruning")
 WANDA_FACTOR = 2.0
@@ -48,12 +48,9 @@ PPL_RATIO = {(scorer, s.id): CLAIMS.bound(f"{claim_tag(scorer, s.id)}_ppl_ratio"
              for scorer in SCORERS for s in SELECTIONS}
 
 
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "selection" in metafunc.fixturenames:
-        o = options_of(metafunc.config)
-        p = o.pruning
-        cells = grid(o.preset, p.scorers, p.layers, p.component, p.percentile, p.threshold)
-        metafunc.parametrize(("scorer", "selection"), cells, ids=[f"{s}-{sel.id}" for s, sel in cells])
+GRIDS = (Grid(("scorer", "selection"), lambda o: grid(o.preset, o.pruning.scorers, o.pruning.layers,
+                                                    o.pruning.component, o.pruning.percentile,
+                                                    o.pruning.threshold)),)
 
 
 @pytest.fixture

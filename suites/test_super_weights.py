@@ -30,10 +30,10 @@ import math
 
 import pytest
 
-from fixtures.session import options_of
 from harness.claims import ClaimSet, paired_greater
 from harness.recipes import OTHERS
 from harness.scoring.options import DEFAULT_METHOD
+from harness.session import Grid
 from harness.super_weights.cells import (
     DETECTOR,
     MIN_EFFECT,
@@ -66,15 +66,12 @@ KNOWN_FOUND = CLAIMS.relation(
     statistic="known_found_fraction", seeded=False, margin="every recorded (layer, row, col) is among the sites")
 
 
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "method" in metafunc.fixturenames:
-        methods = options_of(metafunc.config).scoring.method or DEFAULT_METHOD
-        metafunc.parametrize("method", methods, ids=list(methods))
+GRIDS = (Grid("method", lambda o: o.scoring.method or DEFAULT_METHOD),)
 
 
 @pytest.fixture
-def cells(esa, lm, eval_windows, clean, super_weights) -> SuperWeightCells:
-    return SuperWeightCells(lm.model, eval_windows, clean, super_weights, esa.options.seed, esa.options.preset)
+def cells(esa, lm) -> SuperWeightCells:
+    return SuperWeightCells.of(esa, lm)
 
 
 def test_find_super_weights(lm, calib_windows, esa, recorder, method, super_weights):

@@ -40,8 +40,8 @@ from __future__ import annotations
 
 import pytest
 
-from fixtures.session import options_of
 from harness.claims import Claim, ClaimSet, greater
+from harness.session import Grid
 from harness.targeted.cells import ACTIONS, MIN_EFFECT, PRESETS, TargetedCells, grid, preset
 
 CLAIMS = ClaimSet("targeted_perturbation")
@@ -59,13 +59,8 @@ BEATS_RANDOM = [beats_random(m, a) for m in dict.fromkeys(m for p in PRESETS.val
                 for a in ACTIONS]  # every preset method's claims, declared at import
 
 
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "cell" in metafunc.fixturenames:
-        o = options_of(metafunc.config)
-        cells = grid(preset(o.preset, o.scoring.targeted_methods).methods)
-        metafunc.parametrize("cell", cells, ids=[c.id for c in cells])
-    elif "action" in metafunc.fixturenames:
-        metafunc.parametrize("action", ACTIONS, ids=list(ACTIONS))
+GRIDS = (Grid("cell", lambda o: grid(preset(o.preset, o.scoring.targeted_methods).methods)),
+         Grid("action", lambda o: ACTIONS))
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from harness.stats import trial_seed
 
 if TYPE_CHECKING:
     from harness.models.loading import LoadedModel
+    from harness.session import Session
 
 TOP_K = 16  # weights per scorer recorded by the scorer check
 MIN_EFFECT = 2.0  # zeroing the super weights raises perplexity >= 2x as much as the random control
@@ -116,6 +117,14 @@ class SuperWeightCells:
     detection: Any
     seed: int
     preset: str = "quick"
+
+    @classmethod
+    def of(cls, esa: Session, loaded: LoadedModel) -> SuperWeightCells:
+        """``loaded``'s ablations in the session ``esa``: on its evaluation windows, against its clean baseline, with
+        the session's one detection."""
+        windows = esa.windows(loaded, "eval")
+        return cls(loaded.model, windows, esa.clean(loaded.name, loaded.model, windows), esa.detection(loaded),
+                   esa.options.seed, esa.options.preset)
 
     def measure(self, recipe: str, *, generator: torch.Generator | None = None, extra: dict[str, Any] | None = None,
                 **params: Any) -> Ablated:
