@@ -35,8 +35,9 @@ LONGEST := suites/test_pruning.py suites/test_evaluate.py suites/test_attack.py 
 ONREAL  := $(filter-out suites/test_finetune.py suites/test_attribution.py,$(wildcard suites/test_*.py))
 SUITES  := $(LONGEST) $(filter-out $(LONGEST),$(sort $(ONREAL)))
 # make test's real-model suites that run in the other branch, after its unit tests, tiny families and benchmarks
-# (that branch ended ~150 s before the real-model one: 817 s against 971 s in a fresh clone on 2026-12-07)
-REAL_REST := suites/test_detection.py
+# (in a fresh clone on 2026-12-07 that branch ended first: 817 s against 971 s; with detection moved, 791 s against
+# 904 s; so super_weights and smoke, ~60 s and ~27 s, moved too)
+REAL_REST := suites/test_detection.py suites/test_super_weights.py suites/test_smoke.py
 # the unit tests longest first (one thread, s: mutation tests 211, scaleout 48, reports 40, lmeval 33, resume 32,
 # reliability 28, gpu-check 27, hub-offline 16, regression 16), a short file third: xdist gives each worker two
 # files at the start, and the one queued behind the mutation tests waits for them
