@@ -16,7 +16,7 @@ T·V logits (a few float32 copies) at a time, the same gradient bits as keeping 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Any
 
 import torch
@@ -72,7 +72,18 @@ def grad_on(model: nn.Module, params: Sequence[nn.Parameter]) -> Iterator[None]:
 
 
 @contextmanager
-def checkpointed(model: nn.Module) -> Iterator[None]:
+def blocks_wrapped(model: nn.Module, wrap: Callable[[nn.Module, Callable[..., Any]], Callable[..., Any]]
+                   ) -> Iterator[None]:
+    """Inside the block, every decoder block's ``forward`` is ``wrap(block, its forward)``: swapped on the instance
+    and put back (or removed) in ``finally``, even on error. What :func:`checkpointed` and the Hessian's
+    ``segmented`` blocks share."""
+    with ExitStack() as stack:
+        for block in model.get_submodule(arch_map(model).blocks):
+            stack.enter_context(_forward_swapped(block, wrap(block, block.forward)))
+        yield
+
+
+def checkpointed(model: nn.Module) -> AbstractContextManager[None]:
     """Inside the block, every decoder block keeps only its input for the backward pass and recomputes its
     activations when the backward reaches it (non-reentrant ``torch.utils.checkpoint``).
 
@@ -81,20 +92,20 @@ def checkpointed(model: nn.Module) -> Iterator[None]:
     activations exist at a time during the backward). Costs one more forward pass. Without grad mode a block
     runs as usual. The blocks' ``forward`` is swapped on the instance and put back in ``finally``.
     """
-    with ExitStack() as stack:
-        for block in model.get_submodule(arch_map(model).blocks):
+    return blocks_wrapped(model, _checkpointing)
 
-            def forward(*args: Any, _inner: Callable[..., Any] = block.forward, **kwargs: Any) -> Any:
-                if not torch.is_grad_enabled():
-                    return _inner(*args, **kwargs)
-                return checkpoint(_inner, *args, use_reentrant=False, **kwargs)
 
-            stack.enter_context(forward_swapped(block, forward))
-        yield
+def _checkpointing(block: nn.Module, inner: Callable[..., Any]) -> Callable[..., Any]:
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        if not torch.is_grad_enabled():
+            return inner(*args, **kwargs)
+        return checkpoint(inner, *args, use_reentrant=False, **kwargs)
+
+    return forward
 
 
 @contextmanager
-def forward_swapped(module: nn.Module, forward: Callable[..., Any]) -> Iterator[None]:
+def _forward_swapped(module: nn.Module, forward: Callable[..., Any]) -> Iterator[None]:
     """``module.forward`` is ``forward`` inside the block; the instance attribute is put back (or removed) after."""
     had, old = "forward" in vars(module), vars(module).get("forward")
     module.forward = forward

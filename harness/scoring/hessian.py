@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import torch
@@ -34,9 +34,9 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from harness import heap
-from harness.models.archmap import ComponentRef, arch_map
+from harness.models.archmap import ComponentRef
 from harness.scoring.base import Context, Cost, ScoreSet, ref_rows, scorer
-from harness.scoring.grads import at_least_one, batch_nll, forward_swapped, grad_on, predicted_tokens, unique_params
+from harness.scoring.grads import at_least_one, batch_nll, blocks_wrapped, grad_on, predicted_tokens, unique_params
 
 PROBES = 16
 MAX_BLOCK = 2**28  # weights differentiated together: 1 GiB per fp32 buffer (z, sum)
@@ -227,8 +227,7 @@ def _needs_grad(value: Any) -> bool:
     return False
 
 
-@contextmanager
-def segmented(model: nn.Module) -> Iterator[None]:
+def segmented(model: nn.Module) -> AbstractContextManager[None]:
     """Inside the block, every decoder block is one autograd node that keeps only its input, and whose
     backward is differentiable block by block (:class:`_Block`, :class:`_BlockVJP`).
 
@@ -236,36 +235,36 @@ def segmented(model: nn.Module) -> Iterator[None]:
     instead of every block's recomputed activations and backward intermediates; the double backward
     recomputes one block's graph at a time. The Hessian-vector product is the same quantity, summed in
     another order (equal to rounding). A block whose other inputs need gradients (none of the zoo's
-    families) runs as usual. The blocks' ``forward`` is swapped on the instance and put back in ``finally``.
+    families) runs as usual. The blocks' ``forward`` is swapped on the instance and put back in ``finally``
+    (:func:`~harness.scoring.grads.blocks_wrapped`).
     """
-    with ExitStack() as stack:
-        for block in model.get_submodule(arch_map(model).blocks):
+    return blocks_wrapped(model, _segmenting)
 
-            def forward(*args: Any, _inner: Callable[..., Any] = block.forward, _block: nn.Module = block,
-                        **kwargs: Any) -> Any:
-                positional = bool(args)
-                hidden = args[0] if positional else kwargs.pop("hidden_states")
-                rest = args[1:]
-                params = tuple(p for p in _block.parameters() if p.requires_grad)
 
-                def call(h: torch.Tensor) -> Any:
-                    return _inner(h, *rest, **kwargs) if positional else _inner(*rest, hidden_states=h, **kwargs)
+def _segmenting(block: nn.Module, inner: Callable[..., Any]) -> Callable[..., Any]:
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        positional = bool(args)
+        hidden = args[0] if positional else kwargs.pop("hidden_states")
+        rest = args[1:]
+        params = tuple(p for p in block.parameters() if p.requires_grad)
 
-                if (not torch.is_grad_enabled() or not (params or hidden.requires_grad)
-                        or _needs_grad(rest) or _needs_grad(kwargs)):
-                    return call(hidden)
-                extra: list[tuple[Any, ...] | None] = [None]  # the block's other outputs, if it returns a tuple
+        def call(h: torch.Tensor) -> Any:
+            return inner(h, *rest, **kwargs) if positional else inner(*rest, hidden_states=h, **kwargs)
 
-                def first(h: torch.Tensor) -> torch.Tensor:
-                    out = call(h)
-                    extra[0] = out[1:] if isinstance(out, tuple) else None
-                    return out[0] if isinstance(out, tuple) else out
+        if (not torch.is_grad_enabled() or not (params or hidden.requires_grad)
+                or _needs_grad(rest) or _needs_grad(kwargs)):
+            return call(hidden)
+        extra: list[tuple[Any, ...] | None] = [None]  # the block's other outputs, if it returns a tuple
 
-                out = _Block.apply(first, hidden, *params)
-                return out if extra[0] is None else (out, *extra[0])
+        def first(h: torch.Tensor) -> torch.Tensor:
+            out = call(h)
+            extra[0] = out[1:] if isinstance(out, tuple) else None
+            return out[0] if isinstance(out, tuple) else out
 
-            stack.enter_context(forward_swapped(block, forward))
-        yield
+        out = _Block.apply(first, hidden, *params)
+        return out if extra[0] is None else (out, *extra[0])
+
+    return forward
 
 
 @scorer("hessian", needs_windows=True, signed=True)
