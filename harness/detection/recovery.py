@@ -21,7 +21,6 @@ measure: :func:`weights_dir` and :func:`measure_recovery` return why, never a nu
 from __future__ import annotations
 
 import gc
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -40,9 +39,6 @@ if TYPE_CHECKING:
     from harness.claims import Comparison
     from harness.detection.detectors import TensorChecksums
     from harness.models.loading import LoadedModel
-
-INDEX_FILE = "model.safetensors.index.json"
-
 
 def weights_dir(loaded: LoadedModel) -> Path | str:
     """The directory holding ``loaded``'s weights as safetensors files, or why there is none (a string).
@@ -74,15 +70,15 @@ def weights_dir(loaded: LoadedModel) -> Path | str:
     return path
 
 
-def weight_files(directory: Path) -> dict[str, Path]:
-    """Every tensor key of the safetensors files in ``directory`` and the file holding it (headers only)."""
+def tensor_files(directory: Path) -> dict[str, Path]:
+    """Every tensor key of the model directory's safetensors files (:func:`harness.models.integrity.weight_files`:
+    the shards its index names, or ``model.safetensors``) and the file holding it; headers only."""
     from safetensors import safe_open
 
-    index = directory / INDEX_FILE
-    if index.is_file():
-        return {k: directory / f for k, f in json.loads(index.read_text())["weight_map"].items()}
+    from harness.models.integrity import weight_files
+
     out: dict[str, Path] = {}
-    for path in sorted(directory.glob("*.safetensors")):
+    for path in weight_files(directory):
         with safe_open(path, framework="pt") as f:
             out.update(dict.fromkeys(f.keys(), path))
     return out
@@ -100,7 +96,7 @@ def restore(model: nn.Module, names: Sequence[str], directory: Path) -> int:
 
     live = dict(model.named_parameters())
     live.update(model.named_buffers())
-    files = weight_files(directory)
+    files = tensor_files(directory)
     prefix = f"{getattr(model, 'base_model_prefix', '')}."
     by_file: dict[Path, list[tuple[str, str]]] = {}
     for name in names:
