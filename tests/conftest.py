@@ -28,3 +28,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model():
+    """tiny-llama's random model, built in memory, in eval mode without gradients (a module's shared model)."""
+    from harness.models import build_tiny
+
+    return build_tiny("llama").eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def nothing(model):
+    """The real super-weight detection of ``model``: on random weights no super weight, a candidate."""
+    from harness.models import byte_tokenizer
+    from harness.scoring.superweights import detect
+
+    d = detect(model, tokenizer=byte_tokenizer(), name="tiny")
+    assert not d and d.candidate is not None
+    return d

@@ -12,22 +12,7 @@ import torch
 from harness.errors import HarnessError, UnknownNameError
 from harness.faults import FaultSite, uniform_sites
 from harness.fingerprint import changed, fingerprint
-from harness.models import build_tiny, byte_tokenizer
 from harness.recipes import RECIPES, Subject, prepare, random_control_sites, super_weight_sites
-from harness.scoring.superweights import detect
-
-
-@pytest.fixture(scope="module")
-def model():
-    return build_tiny("llama").eval().requires_grad_(False)
-
-
-@pytest.fixture(scope="module")
-def nothing(model):
-    """The tiny random model's real detection: no super weight, a candidate."""
-    d = detect(model, tokenizer=byte_tokenizer(), name="tiny")
-    assert not d and d.candidate is not None
-    return d
 
 
 @pytest.fixture(scope="module")

@@ -10,14 +10,7 @@ import torch
 
 from harness.campaign import clean_baseline
 from harness.faults import FaultSite
-from harness.models import build_tiny, byte_tokenizer
-from harness.scoring.superweights import detect
 from harness.super_weights.cells import DETECTOR, KnownCheck, ScoredTop, SuperWeightCells, detection_rows
-
-
-@pytest.fixture(scope="module")
-def model():
-    return build_tiny("llama").eval().requires_grad_(False)
 
 
 @pytest.fixture(scope="module")
@@ -28,14 +21,6 @@ def windows(model):
 @pytest.fixture(scope="module")
 def clean(model, windows):
     return clean_baseline(model, windows)
-
-
-@pytest.fixture(scope="module")
-def nothing(model):
-    """The tiny random model's real detection: no super weight, a candidate."""
-    d = detect(model, tokenizer=byte_tokenizer(), name="tiny")
-    assert not d and d.candidate is not None
-    return d
 
 
 @pytest.fixture(scope="module")
