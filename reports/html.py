@@ -142,7 +142,8 @@ def claims_table(claims: pd.DataFrame, *, suite: bool = True) -> str:
             why.append(f"<p><b>{'why not applicable' if r['outcome'] == 'not_applicable' else 'reason'}:</b> "
                        f"{esc(str(r['reason']))}</p>")
         if r.get("kind") == "relation":
-            why.append("<p class='muted'>A relation: the value must exceed the other side shown as the bound (or reach it where the relation is inclusive, shown &gt;=).</p>")
+            why.append("<p class='muted'>A relation: the value must exceed the other side shown as the bound "
+                       "(or reach it where the relation is inclusive, shown &gt;=).</p>")
         tip = esc(" | ".join(str(x) for x in (r.get("statement"), r.get("reason")) if x))
         name = _breakable(r["claim"])
         cell = f"<details><summary>{name}</summary></details>" if why else name

@@ -78,7 +78,8 @@ def claims_table(records: pd.DataFrame) -> pd.DataFrame:
     for m, v, b, p, x, h in zip(c["metric"], c["value"], c["bound"], c["passed"], c["xtra"], c["higher_is_better"],
                                 strict=True):
         d = claim_direction(m, v, b, p, x, higher_is_better=h)
-        tie = bool(p == 1) and pd.notna(v) and pd.notna(b) and v == b  # an inclusive relation ("every", "at least") held
+        # an inclusive relation ("every", "at least") that held with equal sides
+        tie = bool(p == 1) and pd.notna(v) and pd.notna(b) and v == b
         ops.append(("vs" if d is None else (">=" if tie else ">") if d else ("<=" if tie else "<"))
                    if x.get("kind") == "relation" else {True: ">=", False: "<=", None: "vs"}[d])
     value = [math.inf if (pd.isna(v) and col) else v for v, col in zip(c["value"], c["collapsed"], strict=False)]
