@@ -53,6 +53,7 @@ from harness.metrics import evaluate
 from harness.metrics.perplexity import default_batch_size
 from harness.metrics.reduce import reduce_batch
 from harness.models.archmap import arch_map, select
+from harness.recipes import super_weight_sites
 from harness.stats import trial_seed
 
 from .timing import HostWork, fastest, measure_ratio, plain_forward, rounds_for, sync
@@ -363,14 +364,15 @@ def _campaign_cells(lm, esa) -> list[tuple[str, str, int]]:
 def test_bitflip_campaign_engine(benchmark, lm, eval_windows, esa):
     """The whole quick bitflip campaign (every target x campaign bit class, 1 flip, first 2 windows), per-trial
     path vs engine, cell by cell interleaved; both clean baselines included; records must be identical.
-    The ``list`` target uses its fallback pool (top-|w| mlp_down) here: no super-weight detection."""
+    The ``list`` target's sites are the session's super weights (the detector's candidate on a random model)."""
     model = lm.model
     windows = eval_windows[:QUICK.windows]
     benchmark.group = GROUP + "-campaign"
     cells = _campaign_cells(lm, esa)
     seconds = {"per_trial": 0.0, "engine": 0.0}
     records: dict[str, list] = {"per_trial": [], "engine": []}
-    pools = {t: site_pool(model, t) for t in dict.fromkeys(c[0] for c in cells)}
+    listed, _ = super_weight_sites(esa.detection(lm))
+    pools = {t: site_pool(model, t, listed) for t in dict.fromkeys(c[0] for c in cells)}
 
     def sample(target, bit_class, g):
         return sample_sites(model, target, bit_class, 1, generator=g, pool=pools[target][0])

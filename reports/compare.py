@@ -33,11 +33,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure as MplFigure
+from matplotlib.image import AxesImage
 
 from harness.errors import HarnessError
 from reports import detection, health, tables
+from reports.cli import run_cli
 from reports.figures import BIT_CLASS_ORDER, COMPONENT_ORDER, DPI, grouped_bars, suite_modules
 from reports.html import table
 from reports.load import SUPER_WEIGHTS_FILE, open_store, parse_records, pget
@@ -333,6 +336,22 @@ def _png(fig: MplFigure) -> bytes:
     return buf.getvalue()
 
 
+def _heatmap_row(name: str, title: str, caption: str, models: list[str], rows: pd.DataFrame,
+                 draw: Callable[[Axes, str], AxesImage], *, panel_width: float, height: float, label: str,
+                 ylabel: str | None = None) -> list[CompareFigure]:
+    """A row of one panel per model of ``models`` in ``rows`` (``draw(ax, model)``) sharing one colour bar."""
+    have = [m for m in models if m in set(rows["model"])]
+    fig = MplFigure(figsize=(0.9 + panel_width * len(have), height))
+    axes = np.atleast_1d(fig.subplots(1, len(have), squeeze=False)).ravel()
+    im = None
+    for ax, model in zip(axes, have, strict=True):
+        im = draw(ax, model)
+    if ylabel is not None:
+        axes[0].set_ylabel(ylabel, fontsize=8)
+    fig.colorbar(im, ax=list(axes), label=label, shrink=0.9)
+    return [CompareFigure(name, title, caption, _png(fig))]
+
+
 def collapse_by_bit_class(records: pd.DataFrame, models: list[str]) -> list[CompareFigure]:
     """Collapse rate per bit class, one bar per model, Wilson 95% intervals; a panel per target."""
     g = _measurements(records, "bitflip", "ppl_ratio")
@@ -418,7 +437,6 @@ def ablation_row(records: pd.DataFrame, models: list[str]) -> list[CompareFigure
         return []
     method = grid["method"].mode().iloc[0]
     grid = grid[grid["method"] == method]
-    have = [m for m in models if m in set(grid["model"])]
     vals = grid["value"].to_numpy(dtype=float)
     finite = vals[np.isfinite(vals)]
     if not finite.size:
@@ -429,10 +447,9 @@ def ablation_row(records: pd.DataFrame, models: list[str]) -> list[CompareFigure
     comps = sorted(grid["component"].unique(), key=lambda c: (COMPONENT_ORDER.index(c)
                                                                if c in COMPONENT_ORDER else 99, c))
     max_layers = int(grid.groupby("model")["layer"].nunique().max())
-    fig = MplFigure(figsize=(0.9 + (0.7 * len(comps) + 0.8) * len(have), 1.4 + 0.3 * max_layers))
-    axes = np.atleast_1d(fig.subplots(1, len(have), squeeze=False)).ravel()
-    im = None
-    for ax, model in zip(axes, have, strict=True):
+    metric = grid["metric"].iloc[0]
+
+    def draw(ax: Axes, model: str) -> AxesImage:
         piv = grid[grid["model"] == model].pivot_table(index="layer", columns="component", values="value",
                                                        aggfunc="mean").reindex(columns=comps).sort_index()
         shown = np.where(np.isposinf(piv.to_numpy(dtype=float)), top, piv.to_numpy(dtype=float))
@@ -441,13 +458,13 @@ def ablation_row(records: pd.DataFrame, models: list[str]) -> list[CompareFigure
         ax.set_yticks(range(len(piv)), [int(i) for i in piv.index], fontsize=7)
         ax.set_title(model, fontsize=9)
         ax.set_xlabel("component", fontsize=8)
-    axes[0].set_ylabel("layer", fontsize=8)
-    metric = grid["metric"].iloc[0]
-    fig.colorbar(im, ax=list(axes), label=metric, shrink=0.9)
-    return [CompareFigure("ablation_row", f"Ablation sensitivity ({method}), one colour scale",
-                          f"{metric} after ablating each (layer, component) with '{method}'; darker is more "
-                          f"sensitive; the same colour means the same value in every panel"
-                          f"{' (log scale)' if log_scale else ''}.", _png(fig))]
+        return im
+
+    return _heatmap_row("ablation_row", f"Ablation sensitivity ({method}), one colour scale",
+                        f"{metric} after ablating each (layer, component) with '{method}'; darker is more "
+                        f"sensitive; the same colour means the same value in every panel"
+                        f"{' (log scale)' if log_scale else ''}.", models, grid, draw,
+                        panel_width=0.7 * len(comps) + 0.8, height=1.4 + 0.3 * max_layers, label=metric, ylabel="layer")
 
 
 def similarity_row(records: pd.DataFrame, models: list[str]) -> list[CompareFigure]:
@@ -455,12 +472,9 @@ def similarity_row(records: pd.DataFrame, models: list[str]) -> list[CompareFigu
     pairs = tables.jaccard_pairs(records)
     if pairs.empty:
         return []
-    have = [m for m in models if m in set(pairs["model"])]
     methods = sorted(set(pairs["method_a"]) | set(pairs["method_b"]))
-    fig = MplFigure(figsize=(0.9 + (0.6 * len(methods) + 1.0) * len(have), 1.2 + 0.55 * len(methods)))
-    axes = np.atleast_1d(fig.subplots(1, len(have), squeeze=False)).ravel()
-    im = None
-    for ax, model in zip(axes, have, strict=True):
+
+    def draw(ax: Axes, model: str) -> AxesImage:
         m = pd.DataFrame(np.eye(len(methods)), index=methods, columns=methods)
         for r in pairs[pairs["model"] == model].itertuples():
             m.loc[r.method_a, r.method_b] = m.loc[r.method_b, r.method_a] = r.value
@@ -470,10 +484,12 @@ def similarity_row(records: pd.DataFrame, models: list[str]) -> list[CompareFigu
         for (i, j), v in np.ndenumerate(m.to_numpy()):
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v < 0.6 else "black")
         ax.set_title(model, fontsize=9)
-    fig.colorbar(im, ax=list(axes), label="Jaccard similarity", shrink=0.9)
-    return [CompareFigure("method_similarity", "Method similarity (Jaccard of top weights)",
-                          "Jaccard similarity of the weight sets each scoring method ranks highest, per model.",
-                          _png(fig))]
+        return im
+
+    return _heatmap_row("method_similarity", "Method similarity (Jaccard of top weights)",
+                        "Jaccard similarity of the weight sets each scoring method ranks highest, per model.",
+                        models, pairs, draw, panel_width=0.6 * len(methods) + 1.0, height=1.2 + 0.55 * len(methods),
+                        label="Jaccard similarity")
 
 
 COMPARE_FIGURES = (collapse_by_bit_class, noise_curves, ablation_row, similarity_row)
@@ -574,13 +590,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("results_dirs", nargs="+", help="results directories (each holds results.sqlite)")
     p.add_argument("-o", "--out", default=None,
                    help="directory to write (default: <first RESULTS_DIR>/report/compare-models)")
-    args = p.parse_args(argv)
-    try:
-        print(build_comparison(args.results_dirs, args.out))
-    except HarnessError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(p, argv, lambda args: build_comparison(args.results_dirs, args.out))
 
 
 if __name__ == "__main__":

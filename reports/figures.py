@@ -8,8 +8,10 @@ from __future__ import annotations
 import importlib
 import logging
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -57,17 +59,25 @@ def _save(fig: MplFigure, outdir: Path, name: str) -> str:
     return rel
 
 
+def _titled(fig: MplFigure, ax, outdir: Path, *, name: str, section: str, title: str, caption: str) -> Figure:
+    """Title ``ax``, save ``fig`` as ``figures/<name>.png`` under ``outdir`` and return it as a :class:`Figure`."""
+    ax.set_title(title, fontsize=10)
+    return Figure(name, section, title, caption, _save(fig, outdir, name))
+
+
+def _groups(table: pd.DataFrame, by: str | list[str]) -> Iterable[tuple[Any, pd.DataFrame]]:
+    """``(key, rows)`` of ``table`` grouped ``by``; nothing when it is empty (it may then lack the columns)."""
+    return () if table.empty else table.groupby(by)
+
+
 def _finite(values) -> np.ndarray:
     a = np.asarray(values, dtype=float)
     return a[np.isfinite(a)]
 
 
 def ablation_heatmaps(data: RunData, outdir: Path) -> list[Figure]:
-    grid = tables.ablation_grid(data.records)
     out = []
-    if grid.empty:
-        return out
-    for (model, method, metric), g in grid.groupby(["model", "method", "metric"]):
+    for (model, method, metric), g in _groups(tables.ablation_grid(data.records), ["model", "method", "metric"]):
         comps = sorted(g["component"].unique(), key=lambda c: (COMPONENT_ORDER.index(c)
                                                                if c in COMPONENT_ORDER else 99, c))
         piv = g.pivot_table(index="layer", columns="component", values="value", aggfunc="mean")
@@ -91,21 +101,16 @@ def ablation_heatmaps(data: RunData, outdir: Path) -> list[Figure]:
                     ax.text(j, i, "inf" if np.isinf(v) else f"{v:.3g}", ha="center", va="center", fontsize=7,
                             color="white" if norm(shown[i, j]) > 0.6 else "black")
         fig.colorbar(im, ax=ax, label=metric)
-        title = f"Ablation sensitivity, {model} ({method})"
-        ax.set_title(title, fontsize=10)
-        name = f"ablation_heatmap__{slug(model)}__{slug(method)}"
-        out.append(Figure(name, "ablation", title,
-                          f"{metric} after ablating each (layer, component) with '{method}'; darker is more "
-                          f"sensitive{', log colour scale' if pos else ''}.", _save(fig, outdir, name)))
+        out.append(_titled(fig, ax, outdir, name=f"ablation_heatmap__{slug(model)}__{slug(method)}",
+                           section="ablation", title=f"Ablation sensitivity, {model} ({method})",
+                           caption=f"{metric} after ablating each (layer, component) with '{method}'; darker is "
+                                   f"more sensitive{', log colour scale' if pos else ''}."))
     return out
 
 
 def ablation_bars(data: RunData, outdir: Path, top: int = 20) -> list[Figure]:
-    grid = tables.ablation_grid(data.records)
     out = []
-    if grid.empty:
-        return out
-    for (model, metric), group in grid.groupby(["model", "metric"]):
+    for (model, metric), group in _groups(tables.ablation_grid(data.records), ["model", "metric"]):
         d = direction_of(metric)
         g = group.sort_values("value", ascending=bool(d)).head(top).iloc[::-1]
         labels = [f"L{int(r.layer)} {r.component}" + (f" ({r.method})" if g["method"].nunique() > 1 else "")
@@ -122,11 +127,10 @@ def ablation_bars(data: RunData, outdir: Path, top: int = 20) -> list[Figure]:
         if metric == "ppl_ratio":
             ax.axvline(1.0, color="grey", lw=0.8, ls=":")
         ax.set_xlabel(metric + (" (lower is better)" if d is False else " (higher is better)" if d else ""))
-        title = f"Most damaging ablations, {model}"
-        ax.set_title(title, fontsize=10)
-        name = f"ablation_bars__{slug(model)}"
-        out.append(Figure(name, "ablation", title, f"The {len(g)} (layer, component) ablations with the worst "
-                          f"{metric}; red bars collapsed (inf).", _save(fig, outdir, name)))
+        out.append(_titled(fig, ax, outdir, name=f"ablation_bars__{slug(model)}", section="ablation",
+                           title=f"Most damaging ablations, {model}",
+                           caption=f"The {len(g)} (layer, component) ablations with the worst {metric}; red bars "
+                                   "collapsed (inf)."))
     return out
 
 
@@ -138,9 +142,7 @@ def sweep_curves(data: RunData, outdir: Path) -> list[Figure]:
     out = []
     for suite in tables.SWEEPS:
         df, metric, xlabel = tables.sweep(data.records, suite)
-        if df.empty:
-            continue
-        for model, g in df.groupby("model"):
+        for model, g in _groups(df, "model"):
             if g["x"].nunique() == 1:
                 out.append(_sweep_bars(suite, model, g, metric=metric, xlabel=xlabel, outdir=outdir))
             else:
@@ -221,15 +223,14 @@ def _sweep_bars(suite: str, model: str, g: pd.DataFrame, *, metric: str, xlabel:
     ax2.set_xlabel(first.replace("_", " "))
     ax2.grid(alpha=0.3, axis="y")
     x = float(g["x"].iloc[0])
-    title = f"{SWEEP_TITLES[suite]}, {model} ({xlabel}: {x:g})"
-    ax.set_title(title, fontsize=10)
-    name = f"{suite}_bars__{slug(model)}"
     trials = int(g["trials"].max())
-    return Figure(name, suite, title, f"Measured at one x only ({xlabel} = {x:g}): above, {metric} (median over "
-                  "all trials, a collapse counted as the worst value; a cell with collapses gets a red frame up to "
-                  "the top edge, where a red mark gives its collapse share; hatched: more than half of its trials "
-                  "collapsed, so its median is a collapse); below, the collapse rate with its Wilson 95% interval "
-                  f"(at most {trials} trials per bar).", _save(fig, outdir, name))
+    return _titled(fig, ax, outdir, name=f"{suite}_bars__{slug(model)}", section=suite,
+                   title=f"{SWEEP_TITLES[suite]}, {model} ({xlabel}: {x:g})",
+                   caption=f"Measured at one x only ({xlabel} = {x:g}): above, {metric} (median over all trials, a "
+                           "collapse counted as the worst value; a cell with collapses gets a red frame up to the top "
+                           "edge, where a red mark gives its collapse share; hatched: more than half of its trials "
+                           "collapsed, so its median is a collapse); below, the collapse rate with its Wilson 95% "
+                           f"interval (at most {trials} trials per bar).")
 
 
 def _sweep_figure(suite: str, model: str, g: pd.DataFrame, *, metric: str, xlabel: str, outdir: Path) -> Figure:
@@ -275,23 +276,18 @@ def _sweep_figure(suite: str, model: str, g: pd.DataFrame, *, metric: str, xlabe
         if logx:
             a.set_xscale("log")
     axes[-1].set_xlabel(xlabel)
-    title = f"{SWEEP_TITLES[suite]}, {model}"
-    ax.set_title(title, fontsize=10)
-    name = f"{suite}_curve__{slug(model)}"
     band = "interquartile range over trials (or the suite's own ci_low/ci_high)"
     caption = f"{metric} (median over non-collapsed trials, band: {band})"
     if with_collapse:
         caption += ("; below, collapse rate with Wilson 95% interval (band drawn for series with at least one "
                     "collapse)")
-    return Figure(name, suite, title, caption + ".", _save(fig, outdir, name))
+    return _titled(fig, ax, outdir, name=f"{suite}_curve__{slug(model)}", section=suite,
+                   title=f"{SWEEP_TITLES[suite]}, {model}", caption=caption + ".")
 
 
 def method_similarity(data: RunData, outdir: Path) -> list[Figure]:
-    pairs = tables.jaccard_pairs(data.records)
     out = []
-    if pairs.empty:
-        return out
-    for model, g in pairs.groupby("model"):
+    for model, g in _groups(tables.jaccard_pairs(data.records), "model"):
         methods = sorted(set(g["method_a"]) | set(g["method_b"]))
         m = pd.DataFrame(np.eye(len(methods)), index=methods, columns=methods)
         for r in g.itertuples():
@@ -304,20 +300,16 @@ def method_similarity(data: RunData, outdir: Path) -> list[Figure]:
         for (i, j), v in np.ndenumerate(m.to_numpy()):
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8, color="white" if v < 0.6 else "black")
         fig.colorbar(im, ax=ax, label="Jaccard similarity")
-        title = f"Method similarity (Jaccard of top weights), {model}"
-        ax.set_title(title, fontsize=10)
-        name = f"method_similarity__{slug(model)}"
-        out.append(Figure(name, "compare", title, "Jaccard similarity of the weight sets each method ranks "
-                          "highest; 1 = identical sets.", _save(fig, outdir, name)))
+        out.append(_titled(fig, ax, outdir, name=f"method_similarity__{slug(model)}", section="compare",
+                           title=f"Method similarity (Jaccard of top weights), {model}",
+                           caption="Jaccard similarity of the weight sets each method ranks highest; 1 = identical "
+                                   "sets."))
     return out
 
 
 def execution_times(data: RunData, outdir: Path) -> list[Figure]:
-    t = tables.timings(data.records)
     out = []
-    if t.empty:
-        return out
-    for model, group in t.groupby("model"):
+    for model, group in _groups(tables.timings(data.records), "model"):
         g = group.sort_values("seconds")
         labels = g["method"] if g["suite"].nunique() == 1 else g["suite"] + ": " + g["method"]
         fig = MplFigure(figsize=(6.5, 1.0 + 0.3 * len(g)))
@@ -327,20 +319,15 @@ def execution_times(data: RunData, outdir: Path) -> list[Figure]:
         for i, v in enumerate(g["seconds"]):
             ax.text(v, i, f" {v:.3g} s", va="center", fontsize=7)
         ax.set_xlabel("seconds (mean)")
-        title = f"Execution time by method, {model}"
-        ax.set_title(title, fontsize=10)
-        name = f"execution_time__{slug(model)}"
-        out.append(Figure(name, "compare", title, "Mean wall time of each method's measured work "
-                          "('seconds' records).", _save(fig, outdir, name)))
+        out.append(_titled(fig, ax, outdir, name=f"execution_time__{slug(model)}", section="compare",
+                           title=f"Execution time by method, {model}",
+                           caption="Mean wall time of each method's measured work ('seconds' records)."))
     return out
 
 
 def super_weight_layers(data: RunData, outdir: Path) -> list[Figure]:
-    sw = data.super_weights.dropna(subset=["layer"])
     out = []
-    if sw.empty:
-        return out
-    for model, g in sw.groupby("model"):
+    for model, g in _groups(data.super_weights.dropna(subset=["layer"]), "model"):
         counts = g.assign(method=g["method"].fillna("?")).pivot_table(
             index="layer", columns="method", values="score", aggfunc="size", fill_value=0)
         layers = range(int(counts.index.min()), int(counts.index.max()) + 1)
@@ -355,22 +342,18 @@ def super_weight_layers(data: RunData, outdir: Path) -> list[Figure]:
         ax.set_ylabel("super weights found")
         ax.legend(fontsize=7, title="method", title_fontsize=7)
         ax.grid(alpha=0.3, axis="y")
-        title = f"Super weights per layer, {model}"
-        ax.set_title(title, fontsize=10)
-        name = f"super_weights_per_layer__{slug(model)}"
-        out.append(Figure(name, "super_weights", title, f"Where the {len(g)} super weights found lie, by "
-                          "scoring method (records and super_weights.json).", _save(fig, outdir, name)))
+        out.append(_titled(fig, ax, outdir, name=f"super_weights_per_layer__{slug(model)}", section="super_weights",
+                           title=f"Super weights per layer, {model}",
+                           caption=f"Where the {len(g)} super weights found lie, by scoring method (records and "
+                                   "super_weights.json)."))
     return out
 
 
 def attack_flips(data: RunData, outdir: Path) -> list[Figure]:
     """Flips to collapse per attack cell (median over seeds); a cell that never collapsed within its
     budget is drawn hatched at the budget."""
-    cells = tables.attack_cells(data.records)
     out = []
-    if cells.empty:
-        return out
-    for model, unsorted in cells.groupby("model"):
+    for model, unsorted in _groups(tables.attack_cells(data.records), "model"):
         g = unsorted.sort_values(["dtype", "defense", "attack"])
         labels = [f"{r.attack}\n{r.dtype} {r.defense}" for r in g.itertuples()]
         ftc = g["flips_to_collapse"].to_numpy(dtype=float)
@@ -389,26 +372,22 @@ def attack_flips(data: RunData, outdir: Path) -> list[Figure]:
         ax.set_xticks(range(len(g)), labels, fontsize=7, rotation=45, ha="right")
         ax.set_ylabel("flips to collapse (median over seeds)")
         ax.grid(alpha=0.3, axis="y")
-        title = f"Bit-flip attacks: flips to collapse, {model}"
-        ax.set_title(title, fontsize=10)
-        name = f"attack_flips__{slug(model)}"
-        out.append(Figure(name, "attack", title, "Flips each attack needed to collapse the model (x10 perplexity "
-                          "or non-finite), per weight dtype and defense; grey: random flips; hatched: no collapse "
-                          "within the flip budget (bar height = budget); above each bar: seeds that collapsed / "
-                          "seeds run.", _save(fig, outdir, name)))
+        out.append(_titled(fig, ax, outdir, name=f"attack_flips__{slug(model)}", section="attack",
+                           title=f"Bit-flip attacks: flips to collapse, {model}",
+                           caption="Flips each attack needed to collapse the model (x10 perplexity or non-finite), "
+                                   "per weight dtype and defense; grey: random flips; hatched: no collapse within "
+                                   "the flip budget (bar height = budget); above each bar: seeds that collapsed / "
+                                   "seeds run."))
     return out
 
 
 def adversarial_bars(data: RunData, outdir: Path) -> list[Figure]:
     """Input attacks: change of the target continuation's log-probability per attack (mean, every prompt
     as a dot) and how often the greedy continuation changed (Wilson 95% interval)."""
-    cells = tables.adversarial_cells(data.records)
     out = []
-    if cells.empty:
-        return out
     recs = data.records[(data.records["suite"] == "adversarial") &
                         (data.records["metric"] == "target_logprob_delta") & ~data.records["is_claim"]]
-    for model, g in cells.groupby("model"):
+    for model, g in _groups(tables.adversarial_cells(data.records), "model"):
         attacks = list(g["attack"])
         fig = MplFigure(figsize=(max(6.0, 1.1 * len(attacks) + 2), 5.4))
         ax, ax2 = fig.subplots(2, 1, sharex=True)
@@ -428,13 +407,11 @@ def adversarial_bars(data: RunData, outdir: Path) -> list[Figure]:
         ax2.set_ylabel("greedy output changed")
         ax2.set_xticks(range(len(g)), attacks)
         ax2.grid(alpha=0.3, axis="y")
-        title = f"Input attacks, {model}"
-        ax.set_title(title, fontsize=10)
-        name = f"adversarial_bars__{slug(model)}"
-        out.append(Figure(name, "adversarial", title, "Above: how far each attack lowered the log-probability of "
-                          "the text that really follows the prompt (bar: mean, dots: prompts; below 0 = damage). "
-                          "Below: share of prompts whose greedy continuation changed, Wilson 95% interval.",
-                          _save(fig, outdir, name)))
+        out.append(_titled(fig, ax, outdir, name=f"adversarial_bars__{slug(model)}", section="adversarial",
+                           title=f"Input attacks, {model}",
+                           caption="Above: how far each attack lowered the log-probability of the text that really "
+                                   "follows the prompt (bar: mean, dots: prompts; below 0 = damage). Below: share of "
+                                   "prompts whose greedy continuation changed, Wilson 95% interval."))
     return out
 
 

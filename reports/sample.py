@@ -25,6 +25,7 @@ import pandas as pd
 
 from harness.errors import HarnessError
 from harness.records import ResultStore
+from reports.cli import run_cli
 from reports.comparable import settings
 
 log = logging.getLogger(__name__)
@@ -159,13 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                                 description="Run the sample suites on a tiny model into a results directory.")
     p.add_argument("results_dir")
     p.add_argument("--model", default="tiny-llama")
-    a = p.parse_args(argv)
-    try:
-        print(run_suites(a.results_dir, a.model))
-    except HarnessError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(p, argv, lambda a: run_suites(a.results_dir, a.model))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.campaign.ablation_cells import MODES, grid, measure
+from harness.campaign.ablation_cells import MODES, AblationCells, grid
 from harness.claims import ClaimSet, greater
 from harness.models.archmap import COMPONENTS
 from harness.session import Grid
@@ -64,11 +64,16 @@ for _m in MODES:
 GRIDS = (Grid("cell", lambda o: grid(o.preset)),)
 
 
-def test_ablation_sensitivity(lm, eval_windows, esa, recorder, timer, cell):
+@pytest.fixture
+def cells(esa, lm) -> AblationCells:
+    return AblationCells.of(esa, lm)
+
+
+def test_ablation_sensitivity(lm, cells, recorder, timer, cell):
     if reason := cell.skip_reason(lm):
         pytest.skip(reason)
     with timer() as t:
-        layers = measure(lm, cell, eval_windows, esa.clean, preset=esa.options.preset)
+        layers = cells.measure(cell)
     recorder.rows(layers.rows())
     ratios, worst = layers.ratios, layers.worst
     recorder.record("seconds", t.seconds, method=cell.mode, perturbation=cell.perturbation,

@@ -77,7 +77,7 @@ def cells(esa, lm) -> AttackCells:
 @pytest.fixture
 def guided(esa, lm, cells) -> GuidedStart:
     """Where the guided attack starts: the session's super-weight detection on the fp32 model (``esa.detection``),
-    made before any int8 swap; the largest down-projection weights (source ``magnitude``) where none is detected
+    made before any int8 swap; the detector's strongest candidate (source ``candidate``) where none is detected
     (tiny random models, gemma3-270m)."""
     return cells.guided(esa.detection(lm))
 

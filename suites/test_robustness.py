@@ -9,8 +9,8 @@ scale the same unit noise and the curve is smooth.
   full preset also each canonical component and ``norms`` (a component the family lacks is skipped).
 - levels: quick 6, full 9 (``harness.campaign.noise_cells.PRESETS``); both start at ``LOW`` and end at
   ``HIGH``.
-- trials per level: quick 1 (noise on millions of weights averages itself), full 3; ``--trials``
-  overrides both.
+- trials per level: quick 1 (noise on millions of weights averages itself), full 3; the session's
+  trial rule applies (``--trials`` overrides both; a random-weight model gets one).
 - evaluation: quick preset the first 2 eval windows (512 tokens at ``--window 256``), full all; ratio
   and KL against the clean model on the same windows (``esa.clean``, shared with the other suites).
 
@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.campaign.noise_cells import FLOOR, GROUPS, HIGH, KINDS, LOW, grid, measure
+from harness.campaign.noise_cells import FLOOR, GROUPS, HIGH, KINDS, LOW, NoiseCells, grid
 from harness.claims import ClaimSet, has_effect, paired_greater
 from harness.models.archmap import COMPONENTS
 from harness.session import Grid
@@ -57,12 +57,16 @@ for _kind in KINDS:
 GRIDS = (Grid("cell", lambda o: grid(o.preset)),)
 
 
-def test_noise_robustness(lm, eval_windows, esa, recorder, timer, cell):
+@pytest.fixture
+def cells(esa, lm) -> NoiseCells:
+    return NoiseCells.of(esa, lm)
+
+
+def test_noise_robustness(lm, cells, recorder, timer, cell):
     if reason := cell.skip_reason(lm):
         pytest.skip(reason)
-    o = esa.options
     with timer() as t:
-        curve = measure(lm, cell, eval_windows, esa.clean, preset=o.preset, seed=o.seed, trials=o.trials)
+        curve = cells.measure(cell)
     recorder.rows(curve.rows())
     key, pert, trials = (cell.kind, cell.component), cell.perturbation, {"trials": curve.n_trials}
     recorder.record("seconds", t.seconds, method=cell.kind, perturbation=pert,

@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 
+from harness.campaign import clean_baseline
 from harness.data import load_corpus
 from harness.finetune.options import FinetuneOptions
-from harness.metrics import evaluate, make_reference
 from harness.models import has_random_weights
 from harness.option_values import pick_preset
 from harness.pruning.options import PruningOptions
@@ -53,6 +53,8 @@ class FakeSession:
         return pick_preset(presets, self.options.preset)
 
     def trials(self, model: str, preset_count: int) -> int:
+        if self.options.trials is not None:
+            return self.options.trials
         return 1 if has_random_weights(model) else preset_count
 
     def corpus(self) -> Any:
@@ -67,8 +69,7 @@ class FakeSession:
         return self._windows
 
     def clean(self, name: str, model: torch.nn.Module, windows: torch.Tensor) -> SimpleNamespace:
-        def make() -> SimpleNamespace:
-            reference = make_reference(model, windows)
-            return SimpleNamespace(result=evaluate(model, windows, reference), reference=reference)
+        def make() -> Any:
+            return clean_baseline(model, windows, keep_blocks=True)  # as the session captures it
 
         return self.cached((name, "clean", tuple(windows.shape)), make)

@@ -33,7 +33,7 @@ def _run(method: str, curve: tuple[float, ...], **kw) -> AttackResult:
 
 def _measure(attack: str, dtype: str = "fp32", defense: str = "none", detected: bool = True) -> AttackMeasurement:
     collapsed, censored = _run(attack, (2.0, 4.0, 40.0)), _run(attack, (2.0, 4.0, 6.0))
-    guided = GuidedStart([SITE], "activation" if detected else "magnitude", _Detection([SITE] if detected else []))
+    guided = GuidedStart([SITE], "activation" if detected else "candidate", _Detection([SITE] if detected else []))
     runs = [(1, collapsed), (2, censored)] if attack == "random" else [(0, collapsed)]
     undefended = [r for _, r in runs] if defense != "none" else []
     replayed = censored if defense != "none" and attack != "random" else None
@@ -87,7 +87,7 @@ def test_an_undefended_search_claims_its_flips_and_on_int8_beating_random():
 def test_the_guided_claims_do_not_apply_from_stand_in_sites():
     checks = _measure("guided", "int8", detected=False).claims()
     assert [c.key for c in checks] == [("flips", "guided", "int8"), ("beats_random", "guided")]
-    assert all(c.evidence is None and c.not_applicable.endswith("started from the magnitude sites instead")
+    assert all(c.evidence is None and c.not_applicable.endswith("started from the candidate sites instead")
                for c in checks)
 
 

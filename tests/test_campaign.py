@@ -24,6 +24,7 @@ from harness.metrics.reduce import combine, finish, reduce_batch
 from harness.models.archmap import select
 from harness.models.tiny import build_tiny, byte_tokenizer
 from harness.stats import trial_seed
+from tests.fake_session import FakeSession
 
 pytest_plugins = ["pytester"]
 
@@ -372,20 +373,42 @@ def test_bitflip_cells_measure_once_record_nothing_and_restore(tiny_llama):
 def test_noise_and_ablation_cells_measure_a_curve_and_a_map(tiny_llama):
     from harness.campaign import ablation_cells, noise_cells
 
-    model, calls = tiny_llama.model, []
+    model = tiny_llama.model
     windows = token_windows(tiny_llama.tokenizer, load_corpus().eval_docs, LENGTH, COUNT)
-    clean = _clean_of(calls)
+    esa = FakeSession(windows=windows, trials=2)
     before = fingerprint(model)
-    curve = noise_cells.measure(tiny_llama, noise_cells.NoiseCell("gaussian", "mlp"), windows, clean,
-                                preset="quick", seed=0, trials=2)
+    noise = noise_cells.NoiseCells.of(esa, tiny_llama)
+    curve = noise.measure(noise_cells.NoiseCell("gaussian", "mlp"))
     levels = noise_cells.PRESETS["quick"].levels
     assert [(t.trial, t.level) for t in curve.trials] == [(i, lv) for i in range(2) for lv in levels]  # trial-major
-    assert len(curve.ratios(noise_cells.HIGH)) == 2
+    assert len(curve.ratios(noise_cells.HIGH)) == 2 and curve.n_trials == 2  # --trials over the random model's one
+    assert FakeSession(windows=windows).trials("tiny-llama", 3) == 1  # without --trials: one on random weights
     above, below = curve.growth()
     assert len(above) == len(below) == len(curve.above_floor) - 1
-    layers = ablation_cells.measure(tiny_llama, ablation_cells.AblationCell("zero", "all"), windows, clean,
-                                    preset="quick")
+    layers = ablation_cells.AblationCells.of(esa, tiny_llama).measure(ablation_cells.AblationCell("zero", "all"))
     assert [a.layer for a in layers.layers] == list(range(model.config.num_hidden_layers))
     assert layers.ratios[layers.worst] == max(layers.ratios) and layers.ratios[layers.mildest] == min(layers.ratios)
-    assert calls == [("tiny-llama", (2, LENGTH)), ("tiny-llama", (1, LENGTH))]
+    # the session's clean baselines: the noise preset's first 2 windows, the ablation preset's first one
+    assert sorted(k[2] for k in esa.memo if k[1] == "clean") == [(1, LENGTH), (2, LENGTH)]
+    assert noise.sweep.clean.result.perplexity == curve.clean_perplexity
     assert not changed(before, fingerprint(model))
+
+
+def test_the_list_target_falls_back_to_the_recipes_candidate(model, nothing):
+    """No super weight detected: the list target flips the detector's strongest candidate, the one fallback of
+    ``harness.recipes.super_weight_sites`` (as the recipes and the guided attack do); without sites it refuses."""
+    from types import SimpleNamespace
+
+    from harness.campaign.bitflip import site_pool
+    from harness.campaign.bitflip_cells import BitflipCells
+    from harness.recipes import super_weight_sites
+
+    cells = BitflipCells(preset="quick", seed=0, clean=None, trials=lambda name, count: 1)
+    loaded = SimpleNamespace(name="tiny", model=model, dtype=torch.float32)
+    pool, source = cells.pool(loaded, "list", nothing)
+    assert pool == [nothing.candidate.site] == super_weight_sites(nothing)[0]
+    assert source == f"candidate:{nothing.id}"
+    with pytest.raises(HarnessError, match="needs the model's super-weight detection"):
+        cells.pool(SimpleNamespace(name="other", model=model, dtype=torch.float32), "list")
+    with pytest.raises(HarnessError, match="list target needs its sites"):
+        site_pool(model, "list", [])

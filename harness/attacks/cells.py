@@ -35,6 +35,7 @@ from harness.attacks.options import ATTACK_DTYPES, SIZES, AttackSizes, defense_n
 from harness.attacks.result import AttackResult, flips_or_inf
 from harness.claims import Comparison, greater
 from harness.option_values import pick_preset
+from harness.recipes import super_weight_sites
 from harness.records.row import Row
 from harness.stats import trial_seed
 
@@ -79,8 +80,8 @@ class GuidedStart:
 
     Attributes:
         sites: FaultSites, strongest first.
-        source: ``activation`` (the detected super weights) or ``magnitude`` (where none was detected: the largest
-            down-projection weights).
+        source: ``activation`` (the detected super weights) or ``candidate`` (where none was detected: the
+            detector's strongest candidate, ``harness.recipes.super_weight_sites``).
         detection: the super-weight ``Detection`` the sites come from (falsy when it holds no site).
     """
 
@@ -90,7 +91,7 @@ class GuidedStart:
 
     @property
     def detected(self) -> bool:
-        """The sites are detected super weights (not the magnitude stand-ins)."""
+        """The sites are detected super weights (not the candidate standing in)."""
         return bool(self.detection)
 
     def stand_in_reason(self) -> str:
@@ -170,17 +171,12 @@ class AttackCell:
             budget=self.budget, defense=self.make_defense(), clean_perplexity=self.clean_perplexity(), sites=sites))
 
 
-def guided_start(model: torch.nn.Module, detection: Any, count: int = 4) -> GuidedStart:
-    """Where the guided attack starts on ``model``: the super weights of ``detection`` (source ``activation``),
-    or where none was detected (random-weight models) the ``count`` largest-magnitude down-projection
-    weights (source ``magnitude``), the usual super-weight candidates."""
-    from harness.faults import top_magnitude_sites
-    from harness.models.archmap import select
-
-    if detected := detection.fault_sites():
-        return GuidedStart(list(detected), "activation", detection)
-    refs = select(model, components="mlp_down")
-    return GuidedStart([s.with_bits(()) for s in top_magnitude_sites(model, refs, count)], "magnitude", detection)
+def guided_start(detection: Any) -> GuidedStart:
+    """Where the guided attack starts: the super weights of ``detection`` (source ``activation``), or where none was
+    detected the detector's strongest candidate (source ``candidate``; ``harness.recipes.super_weight_sites``, the
+    one no-super-weight fallback)."""
+    sites, found = super_weight_sites(detection)
+    return GuidedStart(sites, "activation" if found == "super_weights" else found, detection)
 
 
 @dataclass(frozen=True)
@@ -346,7 +342,7 @@ class AttackCells:
     def guided(self, detection: Any) -> GuidedStart:
         """:func:`guided_start` of a super-weight ``Detection`` on the session model (once per detection)."""
         if detection.id not in self._guided:
-            self._guided[detection.id] = guided_start(self.loaded.model, detection)
+            self._guided[detection.id] = guided_start(detection)
         return self._guided[detection.id]
 
     @contextmanager

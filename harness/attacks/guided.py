@@ -40,8 +40,7 @@ log = logging.getLogger(__name__)
 BIT_MODES = ("exp_msb", "shrink")
 
 
-def detect_super_weights(source: Any, count: int = 4, max_rounds: int | None = None, *,
-                         model: Any = None) -> tuple[list[FaultSite], str]:
+def detect_super_weights(source: Any, count: int = 4, max_rounds: int | None = None) -> tuple[list[FaultSite], str]:
     """Up to ``count`` super weights, strongest first, and where they come from.
 
     Args:
@@ -49,29 +48,21 @@ def detect_super_weights(source: Any, count: int = 4, max_rounds: int | None = N
             with the detector's defaults.
         count: most sites returned.
         max_rounds: detector rounds when scanning (default: the detector's).
-        model: the model for the magnitude fallback when ``source`` is a ``Detection``.
 
-    Where the detection holds no site (tiny random models), the ``count`` largest-magnitude weights
-    of the down projections stand in (the usual super-weight candidates).
+    Where the detection holds no site (tiny random models), the detector's strongest candidate stands in
+    (``harness.recipes.super_weight_sites``, the one no-super-weight fallback).
 
     Returns:
-        (sites, source): source is ``detection:<id>`` or ``magnitude`` (the fallback).
+        (sites, source): source is ``detection:<id>`` or ``candidate:<id>`` (the fallback).
     """
-    from harness.faults import top_magnitude_sites
-    from harness.models.archmap import select
+    from harness.recipes import super_weight_sites
     from harness.scoring.superweights import ROUNDS, Detection, detect
 
     detection = source if isinstance(source, Detection) else detect(source, rounds=max_rounds or ROUNDS)
-    if detection.sites:
-        return detection.fault_sites()[:count], f"detection:{detection.id}"
-    module = model if isinstance(source, Detection) else source
-    if module is None:
-        raise HarnessError(f"detection {detection.id} of {detection.model} holds no super weight; "
-                           "pass model= for the magnitude fallback, or give super weight sites")
-    module = module if isinstance(module, torch.nn.Module) else module.model
-    log.warning("guided: no super weight detected; using the %d largest-magnitude down-projection weights", count)
-    refs = select(module, components="mlp_down")
-    return [s.with_bits(()) for s in top_magnitude_sites(module, refs, count)], "magnitude"
+    sites, found = super_weight_sites(detection)
+    if found != "super_weights":
+        log.warning("guided: no super weight detected; starting from the detector's strongest candidate")
+    return sites[:count], f"{'detection' if found == 'super_weights' else found}:{detection.id}"
 
 
 def guided_bit(value_codes: torch.Tensor, dtype: torch.dtype, mode: str) -> int:
@@ -134,7 +125,7 @@ def guided(session: AttackSession, *, loaded: LoadedModel = None, super_weights:
     if super_weights is None or not isinstance(super_weights, (list, tuple)):
         super_weights, source = detect_super_weights(
             super_weights if super_weights is not None else (loaded if loaded is not None else model),
-            count=count, max_rounds=max_rounds, model=model)
+            count=count, max_rounds=max_rounds)
     supers = [s for s in super_weights if s.param in params and len(s.index) == 2][:count]
     if not supers:
         raise HarnessError("guided attack found no super weight among its target matrices; pass super_weights= "

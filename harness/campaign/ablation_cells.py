@@ -3,7 +3,7 @@
 
 For every layer (:func:`harness.faults.ablate_layer`): replace the cell's weights, evaluate, restore; each trial
 starts at the ablated block, on its kept clean input (:class:`harness.campaign.Campaign`). Component ``all`` is
-the whole block. The grid of each depth preset is :data:`PRESETS`; :func:`measure` returns a
+the whole block. The grid of each depth preset is :data:`PRESETS`; :meth:`AblationCells.measure` returns a
 :class:`LayerMap`. It records nothing: the suite does. The map does not depend on the seed.
 """
 
@@ -13,17 +13,15 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import torch
-
-from harness.campaign.cells import ComponentCell
+from harness.campaign.cells import ComponentCell, SessionSweep
 from harness.campaign.engine import Campaign
 from harness.faults import ablate_layer
 from harness.models.archmap import COMPONENTS, num_layers
-from harness.option_values import pick_preset
 from harness.records.row import Row
 
 if TYPE_CHECKING:
     from harness.models.loading import LoadedModel
+    from harness.session import Session
 
 MODES = ("zero", "mean")  # mean: each matrix replaced by its own mean (the control that tells components apart)
 # Zeroing any factor of a product silences the whole sublayer (value, attn_out and attention alike; mlp_up,
@@ -67,8 +65,7 @@ class AblationCell(ComponentCell):
 
 def grid(preset: str) -> list[AblationCell]:
     """Every cell of ``preset``: mode x component."""
-    p = pick_preset(PRESETS, preset)
-    return AblationCell.grid(p.modes, p.components)
+    return AblationCell.grid(PRESETS, preset, "modes")
 
 
 @dataclass(frozen=True)
@@ -124,22 +121,32 @@ class LayerMap:
                           "finite": all(math.isfinite(r) for r in ratios)}}
 
 
-def measure(loaded: LoadedModel, cell: AblationCell, windows: torch.Tensor, clean: Any, *, preset: str) -> LayerMap:
-    """Ablate ``cell``'s component of each layer of ``loaded`` in turn (restored after each), evaluate.
+class AblationCells:
+    """The ablation cells of a session's model (:meth:`of`): :meth:`measure` ablates one cell's component of each
+    layer in turn.
 
     Args:
-        loaded: a ``LoadedModel`` (check :meth:`AblationCell.skip_reason` first).
-        windows: the eval windows (count, length); the preset's first ones are used.
-        clean: ``clean(name, model, windows) -> Clean``, the session's shared clean baseline.
-        preset: ``quick`` or ``full``.
+        sweep: the model, the preset's first evaluation windows and their clean baseline (the map uses no seed and
+            no trials).
     """
-    p = pick_preset(PRESETS, preset)
-    model, windows = loaded.model, windows[: p.windows]
-    baseline = clean(loaded.name, model, windows)
-    components = None if cell.component == "all" else cell.component
-    campaign = Campaign(model, windows, baseline)  # a trial starts at the ablated block, on its kept clean input
-    rows = []
-    for layer in range(num_layers(model)):
-        t = campaign.trial(ablate_layer(model, layer, components, cell.mode))
-        rows.append(LayerAblation(layer, t.ratio, t.result.perplexity, t.collapsed))
-    return LayerMap(cell, tuple(rows), baseline.result.perplexity)
+
+    def __init__(self, sweep: SessionSweep) -> None:
+        self.sweep = sweep
+
+    @classmethod
+    def of(cls, esa: Session, loaded: LoadedModel) -> AblationCells:
+        """``loaded``'s cells in the session ``esa``, on the preset's windows."""
+        return cls(SessionSweep.of(esa, loaded, esa.preset(PRESETS).windows))
+
+    def measure(self, cell: AblationCell) -> LayerMap:
+        """Ablate ``cell``'s component of each layer in turn (restored after each), evaluate; check
+        :meth:`AblationCell.skip_reason` first."""
+        s = self.sweep
+        model = s.loaded.model
+        components = None if cell.component == "all" else cell.component
+        campaign = Campaign(model, s.windows, s.clean)  # a trial starts at the ablated block, on its kept clean input
+        rows = []
+        for layer in range(num_layers(model)):
+            t = campaign.trial(ablate_layer(model, layer, components, cell.mode))
+            rows.append(LayerAblation(layer, t.ratio, t.result.perplexity, t.collapsed))
+        return LayerMap(cell, tuple(rows), s.clean.result.perplexity)

@@ -1,9 +1,9 @@
 """Where a bit-flip campaign's trial puts its flips: the site sampler of each target.
 
 Targets: ``uniform`` (uniform over the decoder blocks' linear weights), ``largest`` (among the ``POOL``
-largest-|w| of those weights), ``list`` (a given list of sites, the detected super weights; without one,
-the ``POOL`` largest-|w| of the ``mlp_down`` matrices). Positions are drawn before bits, so trial t hits the
-same weights in every bit class of a target (a paired design).
+largest-|w| of those weights), ``list`` (a given list of sites: the detected super weights, or where none is
+detected the detector's strongest candidate, ``harness.recipes.super_weight_sites``). Positions are drawn before
+bits, so trial t hits the same weights in every bit class of a target (a paired design).
 
 The uniform target's sampler (its regions and their sizes) is made once per model (:func:`uniform_sampler`),
 not per trial: with smollm2-135m's 210 linear weights, finding them and their sizes again cost about 20 ms
@@ -23,7 +23,7 @@ from harness.faults.samplers import UniformSampler
 from harness.models.archmap import select
 
 TARGETS = ("uniform", "largest", "list")
-POOL = 64  # candidates of the largest / fallback list targets
+POOL = 64  # candidates of the largest target
 
 _UNIFORM: weakref.WeakKeyDictionary[torch.nn.Module, UniformSampler] = weakref.WeakKeyDictionary()
 
@@ -44,20 +44,21 @@ def site_pool(model: torch.nn.Module, target: str, listed: Sequence[FaultSite] |
     Args:
         model: the model.
         target: one of ``TARGETS``.
-        listed: the ``list`` target's sites (the detected super weights); None or empty: the fallback pool.
+        listed: the ``list`` target's sites (``harness.recipes.super_weight_sites``).
         listed_source: how ``listed`` is named in the records (``super_weights:<id>``).
 
     Raises:
-        HarnessError: an unknown target.
+        HarnessError: an unknown target, or the ``list`` target without sites.
     """
     if target == "uniform":
         return None, "uniform_linear"
     if target == "largest":
         return top_magnitude_sites(model, select(model, components="linear"), POOL), f"top{POOL}_abs_linear"
     if target == "list":
-        if listed:
-            return list(listed), listed_source
-        return top_magnitude_sites(model, select(model, components="mlp_down"), POOL), f"top{POOL}_abs_mlp_down"
+        if not listed:
+            raise HarnessError("the list target needs its sites (harness.recipes.super_weight_sites: the super "
+                               "weights, or the detector's candidate where none is detected)")
+        return list(listed), listed_source
     raise HarnessError(f"unknown bit-flip target {target!r}; allowed: {', '.join(TARGETS)}")
 
 

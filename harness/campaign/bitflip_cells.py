@@ -21,10 +21,12 @@ from harness.campaign.bitflip import TARGETS, sample_sites, site_pool
 from harness.campaign.engine import Campaign, trial_specs
 from harness.campaign.sizing import Precision, Sizing, sequential
 from harness.claims import trial_changed
+from harness.errors import HarnessError
 from harness.faults import BIT_CLASSES, FaultSite, flip_bits
 from harness.models.copies import DtypeCopy
 from harness.models.device import DTYPES, dtype_name
 from harness.option_values import pick_preset
+from harness.recipes import super_weight_sites
 
 if TYPE_CHECKING:
     from harness.models.loading import LoadedModel
@@ -189,8 +191,12 @@ class BitflipCells:
         ``detection`` (a ``harness.scoring.superweights.Detection``) gives the ``list`` target's sites."""
         key = (loaded.name, target, str(loaded.dtype))
         if key not in self._pools:
-            listed = [s.site for s in detection.sites] if detection is not None and detection.sites else None
-            source = f"super_weights:{detection.id}" if listed else "list"
+            listed, source = None, target
+            if target == "list":
+                if detection is None:
+                    raise HarnessError("the list target needs the model's super-weight detection")
+                listed, found = super_weight_sites(detection)  # the one no-super-weight fallback: the candidate
+                source = f"{found}:{detection.id}"
             self._pools[key] = site_pool(loaded.model, target, listed, source)
         return self._pools[key]
 

@@ -3,7 +3,7 @@
 Noise (:func:`harness.faults.add_noise`, scale ``std``): every weight of the targeted matrices gets
 ``level * std(matrix) * eps`` with eps ~ N(0, 1) (``gaussian``) or U(-1, 1) (``uniform``). Trial t draws from a
 generator seeded from (seed, t), so all levels of a trial scale the same unit noise and the curve is smooth.
-The grid of each depth preset is :data:`PRESETS`; :func:`measure` runs one cell's levels x trials through
+The grid of each depth preset is :data:`PRESETS`; :meth:`NoiseCells.measure` runs one cell's levels x trials through
 :class:`harness.campaign.Campaign` and returns a :class:`NoiseCurve`. It records nothing: the suite does.
 """
 
@@ -12,18 +12,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import torch
-
-from harness.campaign.cells import ComponentCell
+from harness.campaign.cells import ComponentCell, SessionSweep
 from harness.campaign.engine import Campaign, trial_specs
 from harness.claims import trial_changed
 from harness.faults import add_noise
 from harness.models.archmap import COMPONENTS, select
-from harness.option_values import pick_preset
 from harness.records.row import Row
 
 if TYPE_CHECKING:
     from harness.models.loading import LoadedModel
+    from harness.session import Session
 
 LOW, HIGH = 0.001, 0.5  # the first and last level of every preset (the bounds' levels)
 FLOOR = 0.1  # levels from here on are compared by the damage-grows relation; below it ratios scatter around 1
@@ -41,7 +39,7 @@ class NoisePreset:
         components: component groups or names (``harness.models.archmap``; one a family lacks is skipped).
         levels: noise levels, from ``LOW`` to ``HIGH``.
         windows: the first this many eval windows (None: all).
-        trials: trials per level (``--trials`` overrides).
+        trials: trials per level (the session's trial rule applies: ``--trials``, or one on a random-weight model).
     """
 
     kinds: tuple[str, ...]
@@ -73,8 +71,7 @@ class NoiseCell(ComponentCell):
 
 def grid(preset: str) -> list[NoiseCell]:
     """Every cell of ``preset``: noise kind x component."""
-    p = pick_preset(PRESETS, preset)
-    return NoiseCell.grid(p.kinds, p.components)
+    return NoiseCell.grid(PRESETS, preset, "kinds")
 
 
 @dataclass(frozen=True)
@@ -134,31 +131,39 @@ class NoiseCurve:
         return out
 
 
-def measure(loaded: LoadedModel, cell: NoiseCell, windows: torch.Tensor, clean: Any, *, preset: str, seed: int,
-            trials: int | None = None) -> NoiseCurve:
-    """Every level x trial of ``cell`` on ``loaded`` (noised in place and restored after each trial).
+class NoiseCells:
+    """The noise cells of a session's model (:meth:`of`): :meth:`measure` runs one cell's levels x trials.
 
     Args:
-        loaded: a ``LoadedModel`` (check :meth:`NoiseCell.skip_reason` first).
-        windows: the eval windows (count, length); the preset's first ones are used.
-        clean: ``clean(name, model, windows) -> Clean``, the session's shared clean baseline.
-        preset: ``quick`` or ``full`` (levels, windows, trials).
-        seed: the campaign seed.
-        trials: trials per level (``--trials``); None: the preset's.
+        sweep: the model, the preset's first evaluation windows, their clean baseline, the seed and the trials
+            per level.
+        preset: the noise preset (levels).
     """
-    p = pick_preset(PRESETS, preset)
-    model, windows = loaded.model, windows[: p.windows]
-    refs = select(model, components=cell.component)
-    baseline = clean(loaded.name, model, windows)
-    n = trials or p.trials
 
-    def perturb(spec, g):
-        return add_noise(model, refs, spec.values["level"], kind=cell.kind, scale=SCALE, generator=g)
+    def __init__(self, sweep: SessionSweep, preset: NoisePreset) -> None:
+        self.sweep, self.preset = sweep, preset
 
-    specs = trial_specs(seed, n, level=p.levels)  # trial-major: every level of trial 0 first
-    rows = []
-    for rec in Campaign(model, windows, baseline).run(specs, perturb, cell=f"{loaded.name} {cell.id}"):
-        t = rec.trial
-        rows.append(NoiseTrial(rec.spec.values["level"], rec.spec.trial, rec.spec.seed, t.ratio, t.result.perplexity,
-                               t.result.kl, t.collapsed, trial_changed(t.ratio, t.result.kl, t.masked)))
-    return NoiseCurve(cell, p.levels, n, tuple(rows), baseline.result.perplexity)
+    @classmethod
+    def of(cls, esa: Session, loaded: LoadedModel) -> NoiseCells:
+        """``loaded``'s cells in the session ``esa``: the preset's windows, ``esa.trials`` on its trials."""
+        p = esa.preset(PRESETS)
+        return cls(SessionSweep.of(esa, loaded, p.windows, p.trials), p)
+
+    def measure(self, cell: NoiseCell) -> NoiseCurve:
+        """Every level x trial of ``cell`` (the model noised in place and restored after each trial; check
+        :meth:`NoiseCell.skip_reason` first)."""
+        s, p = self.sweep, self.preset
+        model = s.loaded.model
+        refs = select(model, components=cell.component)
+
+        def perturb(spec, g):
+            return add_noise(model, refs, spec.values["level"], kind=cell.kind, scale=SCALE, generator=g)
+
+        specs = trial_specs(s.seed, s.trials, level=p.levels)  # trial-major: every level of trial 0 first
+        rows = []
+        for rec in Campaign(model, s.windows, s.clean).run(specs, perturb, cell=f"{s.loaded.name} {cell.id}"):
+            t = rec.trial
+            rows.append(NoiseTrial(rec.spec.values["level"], rec.spec.trial, rec.spec.seed, t.ratio,
+                                   t.result.perplexity, t.result.kl, t.collapsed,
+                                   trial_changed(t.ratio, t.result.kl, t.masked)))
+        return NoiseCurve(cell, p.levels, s.trials, tuple(rows), s.clean.result.perplexity)
