@@ -41,7 +41,7 @@ from harness.detection.outcomes import Sample
 from harness.session import Grid
 
 CLAIMS = ClaimSet("detection")
-DTYPES = ("fp32", "fp16", "bf16")
+DTYPES = ("fp32", "fp16", "bf16", "int8")
 AUDIT = CLAIMS.relation("audit_detects_every_collapse", "The test-vector audit fires on every flip that collapses "
                         "the model", statistic="collapsing flips detected", pretrained_only=False,
                         margin="every collapsing flip of the sample; one miss fails")
@@ -110,8 +110,10 @@ def test_detection_clean_model(lm, eval_windows, cells, recorder, dtype, detecto
     recorder.claim(SILENT[detector], checks.silent(), method=detector, dtype=checks.torch_dtype)
 
 
-def test_detection_recovery(lm, cells, recorder):
-    measured = cells.recovery(lm)
+def test_detection_recovery(lm, cells, recorder, dtype):
+    if reason := skip_reason(lm, dtype):
+        pytest.skip(reason)
+    measured = cells.recovery(lm, dtype)
     if isinstance(measured, str):
         recorder.not_applicable(RECOVERY, measured, method="checksum")
         return

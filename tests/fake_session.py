@@ -72,4 +72,5 @@ class FakeSession:
         def make() -> Any:
             return clean_baseline(model, windows, keep_blocks=True)  # as the session captures it
 
-        return self.cached((name, "clean", tuple(windows.shape)), make)
+        dtypes = ",".join(sorted({str(p.dtype) for p in model.parameters()}))
+        return self.cached((name, "clean", tuple(windows.shape), dtypes), make)

@@ -86,8 +86,9 @@ def test_range_check_fires_on_nan(tiny, calibrated):
 
 def test_costs(tiny, calibrated):
     audit, checksum, range_ = (calibrated[n].cost() for n in ("audit", "checksum", "range"))
-    vocab = tiny.model.get_input_embeddings().num_embeddings
-    assert (audit.forward_tokens, audit.weight_reads, audit.reference_bytes) == (16, 0, 16 * vocab * 4)
+    vocab, width = tiny.model.get_input_embeddings().weight.shape
+    # tiny-llama's embedding is untied: the logits' references and the embedding audit's one row
+    assert (audit.forward_tokens, audit.weight_reads, audit.reference_bytes) == (16, 0, 16 * vocab * 4 + width * 4)
     assert checksum.forward_tokens == 0 and checksum.weight_reads == 1 and 0 < checksum.reference_bytes < 10_000
     assert range_.weight_reads == 1 and range_.reference_bytes == 8 * len(list(tiny.model.parameters()))
 
@@ -103,7 +104,7 @@ def test_audit_on_chosen_blocks(tiny):
 @pytest.mark.parametrize(("options", "words"), [
     ({"tokens": 0}, "tokens must be an integer >= 1"),
     ({"tol": -1.0}, "tol must be a finite number > 0"),
-    ({"layers": ["last"]}, "layers must be block indices or 'logits'"),
+    ({"layers": ["last"]}, "layers must be block indices, 'logits' or 'embedding'"),
     ({"window": 3}, "allowed: tokens, layers, tol, seed"),
 ])
 def test_bad_audit_options_say_what_is_allowed(options, words):
@@ -138,6 +139,7 @@ def cell(pattern: str, *flips: FlipOutcome) -> CellResult:
 def test_grid_and_patterns():
     assert [c.id for c in grid("quick")] == [f"{p}-native" for p in PATTERNS]
     assert {c.dtype for c in grid("full")} == set(PRESETS["full"].dtypes)
+    assert {c.pattern for c in grid("full") if c.dtype == "int8"} == set(PATTERNS) - {"exp_msb", "exponent"}
     assert all(p.single_bit for p in SINGLE_BIT) and not any(p.single_bit for p in MULTI_BIT)
 
 
@@ -184,6 +186,40 @@ def test_cells_measure_on_a_tiny_model_and_restore_it(tiny):
     checks = cells.clean_checks(tiny, "native", windows)
     assert set(checks) == set(DETECTORS.names()) and all(c.checks == 2 and c.alarms == 0 for c in checks.values())
     assert all(c.overhead > 0 for c in checks.values())
+
+
+def test_int8_cells_flip_the_codes_of_the_quantized_model_and_swap_it_back(tiny):
+    from harness.campaign import clean_baseline
+    from harness.detection.cells import INT8, INT8_TARGET, DetectionCell, DetectionCells, DetectionPreset
+    from harness.models.copies import DtypeCopy
+
+    preset = DetectionPreset(("native", INT8), trials=3, multi_trials=1, windows=1, clean_repeats=1, other_batch=2)
+    cleans = []
+
+    def clean(name, model, windows):
+        cleans.append(sorted({str(p.dtype) for p in model.parameters()}))
+        return clean_baseline(model, windows, keep_blocks=True)
+
+    cells = DetectionCells(preset=preset, seed=0, trials=lambda name, count: count, copies=DtypeCopy(), clean=clean)
+    vocab = tiny.model.get_input_embeddings().num_embeddings
+    windows = torch.randint(0, vocab, (2, 32), generator=torch.Generator().manual_seed(0))
+    before = fingerprint(tiny.model)
+    assert "no exp_msb bits" in DetectionCell("exp_msb", INT8).skip_reason(tiny)
+    assert DetectionCell("exponent", INT8).skip_reason(tiny) and DetectionCell("sign", INT8).skip_reason(tiny) is None
+    sign = cells.measure(tiny, DetectionCell("sign", INT8), windows)
+    assert fingerprint(tiny.model) == before  # the float modules are back, bit for bit
+    assert cleans == [["torch.float32", "torch.int8"]]  # the int8 model's own clean baseline
+    assert (sign.dtype, sign.torch_dtype, sign.perturbation["target"]) == ("int8", "int8", INT8_TARGET)
+    codes = {n for n, m in tiny.model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert all(s.param.removesuffix(".weight") in codes and s.bits == (7,) for f in sign.flips for s in f.sites)
+    assert all(f.fired["checksum"] for f in sign.flips)
+    sample = cells.sample(tiny, INT8, windows)
+    assert {c.pattern for c in sample.cells} == set(PATTERNS) - {"exp_msb", "exponent"}
+    assert "no exp-MSB flips" in sample.range_vs_exp_msb()  # not applicable, never a pass with 0 >= 0
+    checks = cells.clean_checks(tiny, INT8, windows)
+    assert all(c.alarms == 0 and c.dtype == "int8" for c in checks.values())
+    assert cells.recovery(tiny, INT8).startswith("int8 codes are not in the weights files")
+    assert fingerprint(tiny.model) == before
 
 
 # -- recovery: restore the flagged tensors from the weights files --------------------------------------------------
@@ -251,3 +287,45 @@ def test_recovery_not_applicable_without_weights_files(tiny, calibrated, saved, 
     assert isinstance(why, str) and "random weights" in why and "no weights file" in why
     with pytest.raises(HarnessError, match=r"cannot restore 'model\.nothing'"):
         restore(saved.model, ["model.nothing"], tmp_path)
+
+
+def test_recovery_of_the_bf16_copy_restores_it_from_the_fp32_files(saved, tmp_path):
+    """The session's bf16 copy is restored from the same fp32 files, cast as the copy was loaded: bit for bit."""
+    from harness.detection.cells import DetectionCells, DetectionPreset
+    from harness.models.copies import DtypeCopy
+
+    preset = DetectionPreset(("native", "bf16"), trials=1, multi_trials=1, windows=1, clean_repeats=1, other_batch=2)
+    copies, reloads = DtypeCopy(), []
+
+    def reload(loaded):
+        reloads.append(loaded.dtype)
+        return load_model(tmp_path, dtype="bf16" if loaded.dtype == torch.bfloat16 else "fp32")
+
+    cells = DetectionCells(preset=preset, seed=0, clean=None, trials=lambda name, count: count, copies=copies,
+                           reload=reload)
+    got = cells.recovery(saved, "bf16")
+    assert got.dtype == "bf16" and got.exact().holds and got.detected and reloads == [torch.bfloat16]
+    assert cells.recovery(saved, "bf16") is got and cells.recovery(saved, "int8").startswith("int8 codes")
+
+
+def test_the_audit_sees_an_untied_embedding_row_its_test_vector_lacks():
+    """An exp-MSB flip in a row of gpt-neox's untied ``embed_in`` that the 16-token vector does not use: the logits
+    audit alone misses it (the flip collapses the model wherever that token occurs); the embedding audit fires."""
+    neox = load_model("tiny-gpt-neox").model
+    logits_only = make_detector("audit", layers=("logits",)).calibrate(neox)
+    audit = make_detector("audit").calibrate(neox)
+    row = next(r for r in range(neox.config.vocab_size) if r not in set(audit._ids.reshape(-1).tolist()))
+    site = FaultSite("gpt_neox.embed_in.weight", (row, 0), (30,))
+    with flip_bits(neox, [site]):
+        assert not logits_only.fired(neox) and audit.fired(neox)
+    assert not audit.fired(neox) and not audit.fired(neox, batch=2)
+    width = neox.config.hidden_size
+    assert audit.cost().reference_bytes == logits_only.cost().reference_bytes + 4 * width
+
+
+def test_the_embedding_audit_is_skipped_where_the_head_reads_every_row(tiny):
+    tied = tiny.model.get_output_embeddings().weight is tiny.model.get_input_embeddings().weight
+    audit = make_detector("audit").calibrate(tiny.model)
+    assert ("embedding" in audit._refs) is not tied
+    alone = make_detector("audit", layers=("embedding",)).calibrate(load_model("tiny-gpt-neox").model)
+    assert alone.cost().forward_tokens == 0 and set(alone._refs) == {"embedding"}

@@ -23,6 +23,8 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +36,8 @@ from harness.campaign.sizing import Precision, sequential
 from harness.detection.detectors import DETECTORS, Detector, make_detector
 from harness.detection.outcomes import CellResult, CleanChecks, FlipOutcome, Sample
 from harness.detection.recovery import Recovery, measure_recovery
-from harness.faults import BIT_CLASSES, flip_bits
+from harness.errors import HarnessError
+from harness.faults import BIT_CLASSES, bit_class, flip_bits
 from harness.faults.samplers import UniformSampler
 from harness.models.device import dtype_name, input_device
 from harness.option_values import pick_preset
@@ -63,6 +66,8 @@ class FlipPattern:
         return self.weights == 1 and self.bits_per_weight == 1
 
 
+INT8 = "int8"  # the session model with every untied linear stored as per-channel int8 codes (quantize_int8)
+INT8_TARGET = "int8_codes"  # where an int8 cell's flips land: the quantized linears' codes (the weights it stores)
 SINGLE_BIT = tuple(FlipPattern(b, b) for b in BIT_CLASSES.names(tag="campaign"))
 MULTI_BIT = (FlipPattern("two_bits_one_weight", "any", 1, 2), FlipPattern("one_bit_eight_weights", "any", 8, 1))
 PATTERNS = {p.name: p for p in SINGLE_BIT + MULTI_BIT}
@@ -73,7 +78,8 @@ class DetectionPreset:
     """The detection grid and sizes of one depth preset.
 
     Attributes:
-        dtypes: ``native`` (the model's own) and/or ``bf16`` (the session's second copy).
+        dtypes: ``native`` (the model's own), ``bf16`` (the session's second copy) and/or ``int8`` (the session
+            model with every untied linear as per-channel int8 codes, for the cell; its flips hit the codes).
         trials: flips per single-bit cell (before the session's trial rule).
         multi_trials: flips per multi-bit cell.
         windows: the first this many evaluation windows judge the harm (None: all).
@@ -91,7 +97,7 @@ class DetectionPreset:
 
 PRESETS = {
     "quick": DetectionPreset(dtypes=("native",), trials=4, multi_trials=2, windows=1, clean_repeats=2, other_batch=2),
-    "full": DetectionPreset(dtypes=("native", "bf16"), trials=40, multi_trials=20, windows=None, clean_repeats=10,
+    "full": DetectionPreset(dtypes=("native", "bf16", INT8), trials=40, multi_trials=20, windows=None, clean_repeats=10,
                             other_batch=4),
 }
 
@@ -108,20 +114,31 @@ class DetectionCell:
         return f"{self.pattern}-{self.dtype}"
 
     def skip_reason(self, loaded: LoadedModel) -> str | None:
-        """Why this cell does not apply to ``loaded`` (a bf16 cell of a bf16 model), else None."""
-        return skip_reason(loaded, self.dtype)
+        """Why this cell does not apply to ``loaded`` (a bf16 cell of a bf16 model; an exponent pattern of int8
+        codes), else None."""
+        return skip_reason(loaded, self.dtype) or self.undefined()
+
+    def undefined(self) -> str | None:
+        """Why the pattern's bits do not exist in the cell's dtype (exponent bits of int8 codes), else None."""
+        if self.dtype == INT8:
+            try:
+                bit_class(PATTERNS[self.pattern].bits, torch.int8)
+            except HarnessError:
+                bits = PATTERNS[self.pattern].bits
+                return f"int8 codes have no {bits} bits (two's complement: sign and 7 value bits)"
+        return None
 
 
 def skip_reason(loaded: LoadedModel, dtype: str) -> str | None:
     """Why ``dtype``'s cells do not apply to ``loaded`` (bf16 of a bf16 model: ``native`` covers it), else None."""
-    if dtype != "native" and loaded.dtype == torch.bfloat16:
+    if dtype == "bf16" and loaded.dtype == torch.bfloat16:
         return "the model already is bf16: the native cells cover it"
     return None
 
 
 def grid(preset: str) -> list[DetectionCell]:
-    """Every cell of ``preset``: dtype x pattern."""
-    return [DetectionCell(p, d) for d in dtypes(preset) for p in PATTERNS]
+    """Every cell of ``preset``: dtype x pattern, where the pattern's bits exist in the dtype."""
+    return [c for d in dtypes(preset) for p in PATTERNS if not (c := DetectionCell(p, d)).undefined()]
 
 
 def dtypes(preset: str) -> tuple[str, ...]:
@@ -165,9 +182,10 @@ class DetectionCells:
             preset=esa.preset(PRESETS), seed=o.seed, clean=esa.clean, trials=esa.trials, copies=esa.copies,
             precision=o.precision, reload=lambda lm: _load_again(lm, o)))
 
-    def detectors(self, loaded: LoadedModel) -> dict[str, Detector]:
-        """The detectors calibrated on ``loaded``'s clean model (once per model and dtype)."""
-        key = (loaded.name, str(loaded.dtype))
+    def detectors(self, loaded: LoadedModel, word: str | None = None) -> dict[str, Detector]:
+        """The detectors calibrated on ``loaded``'s clean model (once per model and dtype ``word``, by default the
+        model's own)."""
+        key = (loaded.name, word or short_dtype(loaded.dtype))
         if key not in self._detectors:
             self._detectors[key] = {n: make_detector(n).calibrate(loaded.model) for n in self.names}
         return self._detectors[key]
@@ -183,15 +201,30 @@ class DetectionCells:
         """
         key = (loaded.name, cell)
         if key not in self._done:
-            dtype = short_dtype(loaded.dtype) if cell.dtype == "native" else cell.dtype
-            with self.copies.use(loaded, dtype, what=f"detection cell {cell.id}") as used:
-                self._done[key] = self._run(loaded.name, used, PATTERNS[cell.pattern], windows[: self.preset.windows])
+            with self.model_in(loaded, cell.dtype, what=f"detection cell {cell.id}") as (used, word):
+                self._done[key] = self._run(used, word, PATTERNS[cell.pattern], windows[: self.preset.windows])
         return self._done[key]
 
-    def _run(self, name: str, loaded: LoadedModel, pattern: FlipPattern, windows: torch.Tensor) -> CellResult:
-        model, detectors = loaded.model, self.detectors(loaded)
+    @contextmanager
+    def model_in(self, loaded: LoadedModel, dtype: str, what: str) -> Iterator[tuple[LoadedModel, str]]:
+        """(the model in ``dtype``, its dtype word): ``native`` ``loaded`` itself; ``int8`` ``loaded`` with every
+        untied linear swapped for per-channel int8 codes for the body (``harness.faults.quantize_int8``, swapped
+        back after); another float dtype the session's second copy, checked unchanged after the body."""
+        if dtype == INT8:
+            from harness.faults import quantize_int8
+
+            with quantize_int8(loaded.model):
+                yield loaded, INT8
+            return
+        word = short_dtype(loaded.dtype) if dtype == "native" else dtype
+        with self.copies.use(loaded, word, what=what) as used:
+            yield used, word
+
+    def _run(self, loaded: LoadedModel, word: str, pattern: FlipPattern, windows: torch.Tensor) -> CellResult:
+        name, model, detectors = loaded.name, loaded.model, self.detectors(loaded, word)
         campaign = Campaign(model, windows, self.clean(loaded.name, model, windows))
-        sampler = UniformSampler(model)
+        codes = [n for n, p in model.named_parameters() if p.dtype == torch.int8] if word == INT8 else None
+        sampler = UniformSampler(model, codes)
 
         def run(first: int, count: int):
             for spec in trial_specs(self.seed, count, first=first):
@@ -210,44 +243,53 @@ class DetectionCells:
                 flips.append(rec)
             else:
                 sizing = rec
-        return CellResult(pattern.name, pattern.single_bit, short_dtype(loaded.dtype), dtype_name(loaded.dtype),
-                          tuple(flips), sizing, self.z)
+        stored = torch.int8 if word == INT8 else loaded.dtype
+        return CellResult(pattern.name, pattern.single_bit, word, dtype_name(stored), tuple(flips), sizing, self.z,
+                          INT8_TARGET if word == INT8 else "every_weight")
 
     def sample(self, loaded: LoadedModel, dtype: str, windows: torch.Tensor) -> Sample:
-        """Every cell of ``dtype`` measured (once), as one sample for the claims."""
-        return Sample(tuple(self.measure(loaded, DetectionCell(p, dtype), windows) for p in PATTERNS))
+        """Every cell of ``dtype`` that applies measured (once), as one sample for the claims."""
+        cells = [DetectionCell(p, dtype) for p in PATTERNS]
+        return Sample(tuple(self.measure(loaded, c, windows) for c in cells if not c.undefined()))
 
     def clean_checks(self, loaded: LoadedModel, dtype: str, windows: torch.Tensor) -> dict[str, CleanChecks]:
         """Each detector (by name) on the clean model: ``clean_repeats`` checks and one at ``other_batch``, timed
         against a plain forward of the first evaluation window (median of two)."""
         key = (loaded.name, dtype)
         if key not in self._clean:
-            word = short_dtype(loaded.dtype) if dtype == "native" else dtype
-            with self.copies.use(loaded, word, what=f"detection clean checks ({dtype})") as other:
-                self._clean[key] = self._checks(other, windows[:1])
+            with self.model_in(loaded, dtype, what=f"detection clean checks ({dtype})") as (used, word):
+                self._clean[key] = self._checks(used, word, windows[:1])
         return self._clean[key]
 
-    def recovery(self, loaded: LoadedModel) -> Recovery | str:
-        """One seeded single-bit flip (trial 0's seed, uniform over every weight) in ``loaded``'s own dtype, found
-        and restored from the weights files, against reloading the model (measured once per model); or why it does
-        not apply (no weights file on disk, no reload given)."""
-        if loaded.name not in self._recovery:
-            if self.reload is None:
-                self._recovery[loaded.name] = "no reload given: the recovery has no reference to be timed against"
-            else:
-                model = loaded.model
-                checksum = self.detectors(loaded).get("checksum") or make_detector("checksum").calibrate(model)
-                generator = torch.Generator().manual_seed(trial_seed(self.seed, 0))
-                sites = UniformSampler(model).draw(1, generator=generator)
-                self._recovery[loaded.name] = measure_recovery(loaded, checksum, sites, lambda: self.reload(loaded))
-        return self._recovery[loaded.name]
+    def recovery(self, loaded: LoadedModel, dtype: str = "native") -> Recovery | str:
+        """One seeded single-bit flip (trial 0's seed, uniform over every weight) in ``dtype`` (``native``: the
+        model's own; ``bf16``: the session's copy, restored from the same files cast as the copy was loaded), found
+        and restored from the weights files, against reloading the model in that dtype (measured once per model and
+        dtype); or why it does not apply (no weights file on disk, no reload given, int8 codes)."""
+        key = (loaded.name, dtype)
+        if key not in self._recovery:
+            self._recovery[key] = self._recover(loaded, dtype)
+        return self._recovery[key]
+
+    def _recover(self, loaded: LoadedModel, dtype: str) -> Recovery | str:
+        if dtype == INT8:
+            return ("int8 codes are not in the weights files: restoring them means quantizing the stored weights "
+                    "again (not measured)")
+        if self.reload is None:
+            return "no reload given: the recovery has no reference to be timed against"
+        with self.model_in(loaded, dtype, what=f"detection recovery ({dtype})") as (used, word):
+            model = used.model
+            checksum = self.detectors(used, word).get("checksum") or make_detector("checksum").calibrate(model)
+            generator = torch.Generator().manual_seed(trial_seed(self.seed, 0))
+            sites = UniformSampler(model).draw(1, generator=generator)
+            return measure_recovery(used, checksum, sites, lambda: self.reload(used))
 
     @torch.no_grad()
-    def _checks(self, loaded: LoadedModel, window: torch.Tensor) -> dict[str, CleanChecks]:
+    def _checks(self, loaded: LoadedModel, word: str, window: torch.Tensor) -> dict[str, CleanChecks]:
         model, p = loaded.model, self.preset
         forward = _median_seconds(lambda: model(input_ids=window.to(input_device(model)), use_cache=False), 2)
         out = {}
-        for name, detector in self.detectors(loaded).items():
+        for name, detector in self.detectors(loaded, word).items():
             seconds, alarms = [], 0
             for batch in (1,) * p.clean_repeats + (p.other_batch,):
                 start = time.perf_counter()
@@ -255,8 +297,8 @@ class DetectionCells:
                 if batch == 1:
                     seconds.append(time.perf_counter() - start)
             out[name] = CleanChecks(name, alarms, p.clean_repeats + 1, p.other_batch, statistics.median(seconds),
-                                    forward, detector.cost().to_dict(), short_dtype(loaded.dtype),
-                                    dtype_name(loaded.dtype), self.z)
+                                    forward, detector.cost().to_dict(), word,
+                                    dtype_name(torch.int8 if word == INT8 else loaded.dtype), self.z)
         return out
 
 

@@ -122,33 +122,43 @@ def _blocks(model: nn.Module) -> nn.ModuleList:
 class TestVectorAudit(Detector):
     """One fixed seeded input through the model; chosen layers' outputs against the clean ones.
 
+    A short test vector reaches only its own tokens' rows of the input embedding table. Where that table is also
+    the output head (tied) the logits read every row anyway; where it is not, a flip in the row of a token the
+    vector lacks changes nothing the audit sees, yet collapses the model wherever that token occurs (found on
+    tiny-gpt-neox: an exp-MSB flip in ``embed_in`` row 114). So ``embedding`` audits the table itself: its output
+    for a fixed seeded dense mix of every token (``r @ E``, r ~ N(0, 1) over the vocabulary), one read of the table.
+
     Args:
         tokens: length of the test vector (token ids drawn uniformly from the vocabulary with ``seed``).
-        layers: decoder block indices (negative from the end) and/or ``"logits"``.
+        layers: decoder block indices (negative from the end), ``"logits"`` and/or ``"embedding"`` (skipped where
+            the input embedding is tied to the output head: the logits cover its rows).
         tol: fire when ``max |out - ref| / rms(ref)`` exceeds it in a layer (or an output is not finite).
         seed: the test vector's seed (fixed: the same input at calibration and every check).
 
-    Cost: one forward of ``tokens`` tokens per check (stopped after the last chosen block unless ``logits``);
-    references ``tokens x hidden`` values per chosen block, ``tokens x vocab`` for ``logits``.
+    Cost: one forward of ``tokens`` tokens per check (stopped after the last chosen block unless ``logits``), plus
+    one read of an untied input embedding table for ``embedding``; references ``tokens x hidden`` values per chosen
+    block, ``tokens x vocab`` for ``logits``, ``hidden`` for ``embedding``.
     """
 
     name = "audit"
     OPTIONS = ("tokens", "layers", "tol", "seed")
     __test__ = False  # a pytest collection hint: not a test class
 
-    def __init__(self, *, tokens: int = 16, layers: Sequence[int | str] = ("logits",), tol: float = 1e-4,
+    def __init__(self, *, tokens: int = 16, layers: Sequence[int | str] = ("logits", "embedding"), tol: float = 1e-4,
                  seed: int = 0) -> None:
         if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
             raise HarnessError(f"audit detector: tokens must be an integer >= 1, got {tokens!r}")
         if not isinstance(tol, (int, float)) or not tol > 0 or not math.isfinite(tol):
             raise HarnessError(f"audit detector: tol must be a finite number > 0, got {tol!r}")
         layers = (layers,) if isinstance(layers, (int, str)) else tuple(layers)
-        bad = [x for x in layers if not (x == "logits" or (isinstance(x, int) and not isinstance(x, bool)))]
+        named = ("logits", "embedding")
+        bad = [x for x in layers if not (x in named or (isinstance(x, int) and not isinstance(x, bool)))]
         if not layers or bad:
-            raise HarnessError(f"audit detector: layers must be block indices or 'logits', got {layers!r}")
+            raise HarnessError(f"audit detector: layers must be block indices, 'logits' or 'embedding', got {layers!r}")
         self.tokens, self.layers, self.tol, self.seed = tokens, layers, float(tol), seed
         self._refs: dict[int | str, torch.Tensor] | None = None
         self._ids: torch.Tensor | None = None
+        self._mix: torch.Tensor | None = None  # (vocab,) the embedding audit's dense token mix; None: not audited
 
     def describe(self) -> dict[str, Any]:
         return {"detector": self.name, "tokens": self.tokens, "layers": list(self.layers), "tol": self.tol}
@@ -157,7 +167,7 @@ class TestVectorAudit(Detector):
         n = len(_blocks(model))
         out = []
         for x in self.layers:
-            if x == "logits":
+            if x in ("logits", "embedding"):
                 continue
             if not -n <= x < n:
                 raise HarnessError(f"audit detector: layer {x} out of range for a model of {n} blocks "
@@ -167,10 +177,14 @@ class TestVectorAudit(Detector):
 
     @torch.no_grad()
     def _outputs(self, model: nn.Module, ids: torch.Tensor) -> dict[int | str, torch.Tensor]:
-        """The chosen layers' outputs for ``ids`` (batch, tokens), float32."""
+        """The chosen layers' outputs for ``ids`` (batch, tokens), float32 (``embedding``: (1, 1, hidden))."""
         blocks, wanted = _blocks(model), self._indices(model)
         logits = "logits" in self.layers
         out: dict[int | str, torch.Tensor] = {}
+        if self._mix is not None:
+            out["embedding"] = _mixed_rows(model.get_input_embeddings().weight, self._mix)[None, None]
+        if not wanted and not logits:
+            return out
         handles = []
 
         def keep(index: int):
@@ -195,9 +209,13 @@ class TestVectorAudit(Detector):
         return out
 
     def calibrate(self, model: nn.Module) -> TestVectorAudit:
-        vocab = model.get_input_embeddings().num_embeddings
+        table = model.get_input_embeddings()
+        vocab = table.num_embeddings
         g = torch.Generator().manual_seed(self.seed)
         self._ids = torch.randint(0, vocab, (1, self.tokens), generator=g)  # (1, tokens)
+        self._mix = None
+        if "embedding" in self.layers and not _tied_to_head(model, table.weight):
+            self._mix = torch.randn(vocab, generator=torch.Generator().manual_seed(self.seed + 1))
         self._refs = {k: v[0] for k, v in self._outputs(model, self._ids).items()}  # (tokens, width)
         return self
 
@@ -219,7 +237,23 @@ class TestVectorAudit(Detector):
 
     def cost(self) -> DetectorCost:
         self._need(self._refs)
-        return DetectorCost(self.tokens, 0, sum(r.numel() * r.element_size() for r in self._refs.values()))
+        forward = self.tokens if any(k != "embedding" for k in self._refs) else 0  # the embedding audit runs none
+        return DetectorCost(forward, 0, sum(r.numel() * r.element_size() for r in self._refs.values()))
+
+
+def _tied_to_head(model: nn.Module, weight: torch.Tensor) -> bool:
+    """The input embedding table is also the output head (the logits read every row)."""
+    head = model.get_output_embeddings()
+    return head is not None and head.weight.data_ptr() == weight.data_ptr()
+
+
+def _mixed_rows(weight: torch.Tensor, mix: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    """``mix @ weight`` in float32, ``chunk`` rows at a time (no float32 copy of a low-precision table)."""
+    out = torch.zeros(weight.shape[1], dtype=torch.float32, device=weight.device)
+    mix = mix.to(weight.device)
+    for start in range(0, weight.shape[0], chunk):
+        out += mix[start:start + chunk] @ weight[start:start + chunk].float()
+    return out
 
 
 # -- checksums -----------------------------------------------------------------------------------

@@ -65,11 +65,12 @@ class CellResult:
 
     pattern: str
     single_bit: bool
-    dtype: str  # fp32, bf16 (records)
+    dtype: str  # fp32, bf16, int8 (records)
     torch_dtype: str
     flips: tuple[FlipOutcome, ...]
     sizing: Sizing
     z: float = Z95
+    target: str = "every_weight"  # where the flips land: every weight, or ``int8_codes`` (the quantized linears)
 
     def rate(self, detector: str, among: str) -> Rate:
         """``detector``'s detection rate among ``harmful`` flips or ``all`` flips."""
@@ -83,7 +84,7 @@ class CellResult:
 
     @property
     def perturbation(self) -> dict[str, Any]:
-        return {"kind": "bitflip", "target": "every_weight", "pattern": self.pattern, "dtype": self.dtype}
+        return {"kind": "bitflip", "target": self.target, "pattern": self.pattern, "dtype": self.dtype}
 
     def rows(self) -> list[Row]:
         """Per flip its ``ppl_ratio`` (fired detectors in extra); the harm rate; per detector its detection
@@ -169,6 +170,9 @@ class Sample:
 
     def range_vs_exp_msb(self) -> Comparison | str:
         """The range check's coverage of the harmful single-bit flips against the exp-MSB flips' share of them."""
+        if not any(c.pattern == EXP_MSB for c in self.cells):
+            return (f"the {self.cells[0].dtype} sample has no exp-MSB flips to compare with (integer codes have no "
+                    "exponent)")
         harmful = [(c.pattern, f) for c in self.cells if c.single_bit for f in c.flips if f.harmful]
         if not harmful:
             return f"no harmful single-bit flip in the sample of {len(self.flips(single_bit=True))}"
