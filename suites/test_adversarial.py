@@ -20,7 +20,9 @@ lower the target as much as HotFlip does, e.g. smollm2-135m at --seed 1, prompt 
 
 from __future__ import annotations
 
-from harness.attacks.input_cells import SUFFIX_ATTACKS, InputAttackCell
+import pytest
+
+from harness.attacks.input_cells import SUFFIX_ATTACKS, InputAttackCells
 from harness.attacks.options import input_attack_names
 from harness.claims import ClaimSet, greater
 from harness.session import Grid
@@ -52,25 +54,16 @@ LOWERS = {a: CLAIMS.relation(
 GRIDS = (Grid("input_attack", lambda o: list(o.attack.input_attacks or input_attack_names())),)
 
 
-def test_input_attack(esa, lm, recorder, input_attack):
-    cell = InputAttackCell.of(esa, input_attack)
-    assert cell.prompts, "the corpus gave no prompts"
-    perturbation = {"kind": "input_attack", "attack": input_attack, "options": cell.options}
-    m = cell.measure(lm)
-    for a in m.attacks:
-        r = a.result
-        extra = {"prompt_index": a.index, "prompt": r.prompt, "target": r.target, "adversarial": r.adversarial,
-                 "clean_logprob": r.clean_logprob, "attacked_logprob": r.attacked_logprob, "queries": r.queries}
-        common = {"method": input_attack, "seed": a.seed, "perturbation": perturbation, "extra": extra}
-        recorder.record("target_logprob_delta", r.logprob_delta, clean_value=r.clean_logprob, **common)
-        recorder.record("greedy_changed", float(r.greedy_changed), **common)
-        recorder.record("greedy_agreement", r.greedy_agreement, **common)
-        recorder.record("seconds", r.seconds, **common)
-        if a.control is not None:
-            lp, text = a.control
-            recorder.record("random_suffix_logprob_delta", a.control_delta, clean_value=r.clean_logprob,
-                            **{**common, "extra": {**extra, "adversarial": text, "attacked_logprob": lp}})
-    columns = {"method": input_attack, "perturbation": perturbation}
+@pytest.fixture
+def cells(esa, lm) -> InputAttackCells:
+    return InputAttackCells.of(esa, lm)
+
+
+def test_input_attack(cells, recorder, input_attack):
+    assert cells.prompts, "the corpus gave no prompts"
+    m = cells.measure(input_attack)
+    recorder.rows(m.rows())
+    columns = {"method": input_attack, "perturbation": m.perturbation}
     if input_attack in SUFFIX_ATTACKS:  # the search's own contribution: final vs starting suffix, per prompt
         recorder.claim(SEARCH_GAIN[input_attack], greater(min(m.search_gains), MIN_GAIN),
                        extra={"gains": m.search_gains, "start_logprobs": m.start_logprobs,

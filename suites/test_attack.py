@@ -90,10 +90,9 @@ def attacked(cells, guided, attack_dtype):
         yield model
 
 
-def test_attack(cells, guided, attacked, eval_windows, calib_windows, recorder, attack_name, attack_dtype,
-                defense_name):
+def test_attack(cells, guided, attacked, recorder, attack_name, attack_dtype, defense_name):
     """One cell: its runs and comparisons recorded, then the claims that apply to it."""
-    cell = cells.cell(attacked, attack_dtype, defense_name, eval_windows, calib_windows, guided)
+    cell = cells.cell(attacked, attack_dtype, defense_name, guided)
     measured = cells.measure(cell, attack_name)
     columns = {"method": attack_name, "perturbation": measured.perturbation}
     recorder.rows(measured.rows(), method=attack_name)

@@ -11,9 +11,10 @@ a target (a paired design).
 - target, where the flipped weights are:
   ``uniform``  uniform over the decoder blocks' linear weights (archmap group ``linear``);
   ``largest``  drawn among the ``POOL`` (``harness.campaign.bitflip``) largest-|w| of those weights;
-  ``list``     the detected super weights (one detector for every suite, ``super_weights``
-               fixture); where none is detected (tiny random models) the ``POOL`` largest-|w| of
-               the ``mlp_down`` matrices. The source is recorded as ``target_source``.
+  ``list``     the detected super weights (one detector for every suite, ``esa.detection``);
+               where none is detected (tiny random models, gemma3-270m) the detector's strongest
+               candidate (``harness.recipes.super_weight_sites``, the one fallback). The source is
+               recorded as ``target_source``.
 - dtype: the model's own (``native``); the full preset adds ``bf16`` (a second copy, loaded once
   per module; skipped when the model already is bf16). Flips per trial: 1; full adds 8.
 
@@ -77,20 +78,14 @@ def cells(esa, lm):
     return BitflipCells.of(esa, lm)
 
 
-def test_bitflip_campaign(lm, eval_windows, super_weights, cells, recorder, timer, cell):
+def test_bitflip_campaign(lm, cells, recorder, timer, cell):
     if reason := cell.skip_reason(lm):
         pytest.skip(reason)
     with timer() as t:
-        measured = cells.measure(lm, cell, eval_windows, super_weights)
-    for trial in measured.trials:
-        columns = dict(method=cell.target, perturbation=measured.trial_perturbation(trial),
-                       dtype=measured.torch_dtype, collapsed=trial.collapsed,
-                       extra={"trial": trial.trial, "trial_seed": trial.trial_seed})
-        recorder.record("ppl_ratio", trial.ratio, clean_value=measured.clean_perplexity, **columns)
-        recorder.record("kl", trial.kl, **columns)
+        measured = cells.measure(cell)
+    recorder.rows(measured.rows(), dtype=measured.torch_dtype)
     n, k = measured.n, measured.collapses
     columns = dict(method=cell.target, dtype=measured.torch_dtype, perturbation=measured.perturbation)
-    recorder.record("collapse_rate", k / n, extra=measured.sizing.to_dict(), **columns)
     recorder.record("seconds", t.seconds, extra={"trials": n}, **columns)
     key = (measured.dtype, cell.target, cell.bit_class, cell.n_flips)
     if cell.bit_class in ACTING_BITS:
@@ -98,9 +93,8 @@ def test_bitflip_campaign(lm, eval_windows, super_weights, cells, recorder, time
     recorder.claim(RATE[key], k / n, trials=n, extra={"trials": n, "collapses": k}, **columns)
 
 
-def test_exp_msb_damages_more_than_mantissa_lsb(lm, eval_windows, super_weights, cells, recorder):
-    exp, lsb = (cells.measure(lm, BitflipCell("uniform", b), eval_windows, super_weights)
-                for b in ("exp_msb", "mantissa_lsb"))
+def test_exp_msb_damages_more_than_mantissa_lsb(cells, recorder):
+    exp, lsb = (cells.measure(BitflipCell("uniform", b)) for b in ("exp_msb", "mantissa_lsb"))
     pairs = min(len(exp.kls), len(lsb.kls))  # sequential cells may differ in length: trial t pairs with t
     recorder.claim(EXP_VS_LSB, paired_majority(exp.kls[:pairs], lsb.kls[:pairs]), method="uniform",
                    dtype=exp.torch_dtype,

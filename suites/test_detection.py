@@ -87,10 +87,10 @@ def claim(recorder, declared, evidence, sample: Sample, **columns) -> None:
         recorder.claim(declared, evidence, **columns)
 
 
-def test_detection_cell(lm, eval_windows, cells, recorder, cell):
+def test_detection_cell(lm, cells, recorder, cell):
     if reason := cell.skip_reason(lm):
         pytest.skip(reason)
-    measured = cells.measure(lm, cell, eval_windows)
+    measured = cells.measure(cell)
     recorder.rows(measured.rows(), dtype=measured.torch_dtype)
     columns = dict(dtype=measured.torch_dtype, perturbation=measured.perturbation)
     harm = measured.harm
@@ -102,10 +102,10 @@ def test_detection_cell(lm, eval_windows, cells, recorder, cell):
                        extra={"trials": rate.n, "hits": rate.hits}, **columns)
 
 
-def test_detection_clean_model(lm, eval_windows, cells, recorder, dtype, detector):
+def test_detection_clean_model(lm, cells, recorder, dtype, detector):
     if reason := skip_reason(lm, dtype):
         pytest.skip(reason)
-    checks = cells.clean_checks(lm, dtype, eval_windows)[detector]
+    checks = cells.clean_checks(dtype)[detector]
     recorder.rows(checks.rows(), dtype=checks.torch_dtype)
     recorder.claim(SILENT[detector], checks.silent(), method=detector, dtype=checks.torch_dtype)
 
@@ -113,7 +113,7 @@ def test_detection_clean_model(lm, eval_windows, cells, recorder, dtype, detecto
 def test_detection_recovery(lm, cells, recorder, dtype):
     if reason := skip_reason(lm, dtype):
         pytest.skip(reason)
-    measured = cells.recovery(lm, dtype)
+    measured = cells.recovery(dtype)
     if isinstance(measured, str):
         recorder.not_applicable(RECOVERY, measured, method="checksum")
         return
@@ -122,23 +122,23 @@ def test_detection_recovery(lm, cells, recorder, dtype):
                    perturbation=measured.perturbation)
 
 
-def test_detection_claim_audit(lm, eval_windows, cells, recorder, dtype):
-    flips = sample(lm, eval_windows, cells, dtype)
+def test_detection_claim_audit(lm, cells, recorder, dtype):
+    flips = sample(lm, cells, dtype)
     claim(recorder, AUDIT, flips.every("audit", "collapsed"), flips, method="audit")
 
 
-def test_detection_claim_checksum(lm, eval_windows, cells, recorder, dtype):
-    flips = sample(lm, eval_windows, cells, dtype)
+def test_detection_claim_checksum(lm, cells, recorder, dtype):
+    flips = sample(lm, cells, dtype)
     claim(recorder, CHECKSUM, flips.every("checksum", "all"), flips, method="checksum")
 
 
-def test_detection_claim_range(lm, eval_windows, cells, recorder, dtype):
-    flips = sample(lm, eval_windows, cells, dtype)
+def test_detection_claim_range(lm, cells, recorder, dtype):
+    flips = sample(lm, cells, dtype)
     claim(recorder, RANGE, flips.range_vs_exp_msb(), flips, method="range")
 
 
-def sample(lm, eval_windows, cells: DetectionCells, dtype: str) -> Sample:
+def sample(lm, cells: DetectionCells, dtype: str) -> Sample:
     """Every cell of ``dtype`` measured, as one sample of flips (skips where ``dtype`` does not apply)."""
     if reason := skip_reason(lm, dtype):
         pytest.skip(reason)
-    return cells.sample(lm, dtype, eval_windows)
+    return cells.sample(dtype)

@@ -381,7 +381,8 @@ def test_ratio_to_random_counts_censored_runs_as_budget_plus_one():
 def test_model_in_forgets_a_copy_left_changed(tiny):
     from harness.attacks.cells import AttackCells
 
-    cells = AttackCells(tiny, _session_options())
+    windows = torch.zeros(1, 8, dtype=torch.long)
+    cells = AttackCells(tiny, _session_options(), windows, windows)
     with cells.model_in("fp32") as same:
         assert same is tiny.model
     with pytest.raises(HarnessError, match="attack left 1 tensor"), cells.model_in("bf16") as copy:

@@ -350,21 +350,25 @@ def test_bitflip_cells_measure_once_record_nothing_and_restore(tiny_llama):
 
     model, calls = tiny_llama.model, []
     windows = token_windows(tiny_llama.tokenizer, load_corpus().eval_docs, LENGTH, COUNT)
-    cells = BitflipCells(preset="quick", seed=3, clean=_clean_of(calls), trials=lambda name, count: 3)
+    cells = BitflipCells(tiny_llama, windows, preset="quick", seed=3, clean=_clean_of(calls),
+                         trials=lambda name, count: 3)
     before = fingerprint(model)
-    exp = cells.measure(tiny_llama, BitflipCell("largest", "exp_msb"), windows)
-    assert cells.measure(tiny_llama, BitflipCell("largest", "exp_msb"), windows) is exp
+    exp = cells.measure(BitflipCell("largest", "exp_msb"))
+    assert cells.measure(BitflipCell("largest", "exp_msb")) is exp
     assert not changed(before, fingerprint(model))
     assert calls == [("tiny-llama", (2, LENGTH))]  # the quick preset's first 2 windows, the session's baseline
     assert exp.n == len(exp.trials) == 3 and exp.sizing.rule == "fixed" and exp.dtype == "fp32"
     assert [t.trial_seed for t in exp.trials] == [trial_seed(3, t) for t in range(3)]
-    pool, source = cells.pool(tiny_llama, "largest")
+    pool, source = cells.pool("largest")
     assert source == exp.source and {(t.sites[0].param, t.sites[0].index) for t in exp.trials} <= {
         (s.param, s.index) for s in pool}
     assert exp.kls == [math.inf if t.collapsed else t.kl for t in exp.trials]
-    lsb = cells.measure(tiny_llama, BitflipCell("largest", "mantissa_lsb"), windows)
+    lsb = cells.measure(BitflipCell("largest", "mantissa_lsb"))
     # paired design: trial t hits the same weight in every bit class of a target
     assert [t.sites[0].index for t in lsb.trials] == [t.sites[0].index for t in exp.trials]
+    rows = exp.rows()
+    assert [r.metric for r in rows] == ["ppl_ratio", "kl"] * 3 + ["collapse_rate"]
+    assert rows[0].clean_value == exp.clean_perplexity and rows[-1].value == exp.collapse_rate
     row = exp.trial_perturbation(exp.trials[0])
     assert row["n_flips"] == 1 and row["sites"] == [exp.trials[0].sites[0].to_dict()]
     assert BitflipCell("uniform", "sign", "bf16").skip_reason(tiny_llama) is None
@@ -403,12 +407,15 @@ def test_the_list_target_falls_back_to_the_recipes_candidate(model, nothing):
     from harness.campaign.bitflip_cells import BitflipCells
     from harness.recipes import super_weight_sites
 
-    cells = BitflipCells(preset="quick", seed=0, clean=None, trials=lambda name, count: 1)
     loaded = SimpleNamespace(name="tiny", model=model, dtype=torch.float32)
-    pool, source = cells.pool(loaded, "list", nothing)
+    windows = torch.zeros(1, 8, dtype=torch.long)
+    cells = BitflipCells(loaded, windows, lambda: nothing, preset="quick", seed=0, clean=None,
+                         trials=lambda name, count: 1)
+    pool, source = cells.pool("list")
     assert pool == [nothing.candidate.site] == super_weight_sites(nothing)[0]
     assert source == f"candidate:{nothing.id}"
+    blind = BitflipCells(loaded, windows, preset="quick", seed=0, clean=None, trials=lambda name, count: 1)
     with pytest.raises(HarnessError, match="needs the model's super-weight detection"):
-        cells.pool(SimpleNamespace(name="other", model=model, dtype=torch.float32), "list")
+        blind.pool("list")
     with pytest.raises(HarnessError, match="list target needs its sites"):
         site_pool(model, "list", [])

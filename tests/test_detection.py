@@ -172,18 +172,19 @@ def test_cells_measure_on_a_tiny_model_and_restore_it(tiny):
     from harness.models.copies import DtypeCopy
 
     preset = DetectionPreset(("native",), trials=3, multi_trials=1, windows=1, clean_repeats=1, other_batch=2)
-    cells = DetectionCells(preset=preset, seed=0, trials=lambda name, count: count, copies=DtypeCopy(),
-                           clean=lambda name, model, windows: clean_baseline(model, windows, keep_blocks=True))
     vocab = tiny.model.get_input_embeddings().num_embeddings
     windows = torch.randint(0, vocab, (2, 32), generator=torch.Generator().manual_seed(0))
+    cells = DetectionCells(tiny, windows, preset=preset, seed=0, trials=lambda name, count: count,
+                           copies=DtypeCopy(),
+                           clean=lambda name, model, windows: clean_baseline(model, windows, keep_blocks=True))
     before = fingerprint(tiny.model)
-    exp_msb = cells.measure(tiny, DetectionCell("exp_msb"), windows)
-    multi = cells.measure(tiny, DetectionCell("one_bit_eight_weights"), windows)
+    exp_msb = cells.measure(DetectionCell("exp_msb"))
+    multi = cells.measure(DetectionCell("one_bit_eight_weights"))
     assert fingerprint(tiny.model) == before
     assert (exp_msb.sizing.trials, len(multi.flips), len(multi.flips[0].sites)) == (3, 1, 8)
     assert all(f.fired["checksum"] for f in exp_msb.flips + multi.flips)
-    assert cells.measure(tiny, DetectionCell("exp_msb"), windows) is exp_msb  # measured once
-    checks = cells.clean_checks(tiny, "native", windows)
+    assert cells.measure(DetectionCell("exp_msb")) is exp_msb  # measured once
+    checks = cells.clean_checks("native")
     assert set(checks) == set(DETECTORS.names()) and all(c.checks == 2 and c.alarms == 0 for c in checks.values())
     assert all(c.overhead > 0 for c in checks.values())
 
@@ -200,25 +201,26 @@ def test_int8_cells_flip_the_codes_of_the_quantized_model_and_swap_it_back(tiny)
         cleans.append(sorted({str(p.dtype) for p in model.parameters()}))
         return clean_baseline(model, windows, keep_blocks=True)
 
-    cells = DetectionCells(preset=preset, seed=0, trials=lambda name, count: count, copies=DtypeCopy(), clean=clean)
     vocab = tiny.model.get_input_embeddings().num_embeddings
     windows = torch.randint(0, vocab, (2, 32), generator=torch.Generator().manual_seed(0))
+    cells = DetectionCells(tiny, windows, preset=preset, seed=0, trials=lambda name, count: count,
+                           copies=DtypeCopy(), clean=clean)
     before = fingerprint(tiny.model)
     assert "no exp_msb bits" in DetectionCell("exp_msb", INT8).skip_reason(tiny)
     assert DetectionCell("exponent", INT8).skip_reason(tiny) and DetectionCell("sign", INT8).skip_reason(tiny) is None
-    sign = cells.measure(tiny, DetectionCell("sign", INT8), windows)
+    sign = cells.measure(DetectionCell("sign", INT8))
     assert fingerprint(tiny.model) == before  # the float modules are back, bit for bit
     assert cleans == [["torch.float32", "torch.int8"]]  # the int8 model's own clean baseline
     assert (sign.dtype, sign.torch_dtype, sign.perturbation["target"]) == ("int8", "int8", INT8_TARGET)
     codes = {n for n, m in tiny.model.named_modules() if isinstance(m, torch.nn.Linear)}
     assert all(s.param.removesuffix(".weight") in codes and s.bits == (7,) for f in sign.flips for s in f.sites)
     assert all(f.fired["checksum"] for f in sign.flips)
-    sample = cells.sample(tiny, INT8, windows)
+    sample = cells.sample(INT8)
     assert {c.pattern for c in sample.cells} == set(PATTERNS) - {"exp_msb", "exponent"}
     assert "no exp-MSB flips" in sample.range_vs_exp_msb()  # not applicable, never a pass with 0 >= 0
-    checks = cells.clean_checks(tiny, INT8, windows)
+    checks = cells.clean_checks(INT8)
     assert all(c.alarms == 0 and c.dtype == "int8" for c in checks.values())
-    assert cells.recovery(tiny, INT8).startswith("int8 codes are not in the weights files")
+    assert cells.recovery(INT8).startswith("int8 codes are not in the weights files")
     assert fingerprint(tiny.model) == before
 
 
@@ -301,11 +303,11 @@ def test_recovery_of_the_bf16_copy_restores_it_from_the_fp32_files(saved, tmp_pa
         reloads.append(loaded.dtype)
         return load_model(tmp_path, dtype="bf16" if loaded.dtype == torch.bfloat16 else "fp32")
 
-    cells = DetectionCells(preset=preset, seed=0, clean=None, trials=lambda name, count: count, copies=copies,
-                           reload=reload)
-    got = cells.recovery(saved, "bf16")
+    cells = DetectionCells(saved, torch.zeros(1, 8, dtype=torch.long), preset=preset, seed=0, clean=None,
+                           trials=lambda name, count: count, copies=copies, reload=reload)
+    got = cells.recovery("bf16")
     assert got.dtype == "bf16" and got.exact().holds and got.detected and reloads == [torch.bfloat16]
-    assert cells.recovery(saved, "bf16") is got and cells.recovery(saved, "int8").startswith("int8 codes")
+    assert cells.recovery("bf16") is got and cells.recovery("int8").startswith("int8 codes")
 
 
 def test_the_audit_sees_an_untied_embedding_row_its_test_vector_lacks():

@@ -315,12 +315,18 @@ class AttackCells:
     Args:
         loaded: the session's ``LoadedModel``.
         options: the session's options (``preset``, ``seed``, ``trials``, ``device``, ``attack``).
+        eval_windows: the evaluation windows; a cell measures the damage on the first ``sizes.eval_windows``.
+        calib_windows: the calibration windows; gradients and trial losses use the first ``sizes.attack_tokens``
+            tokens of the first.
         copies: the session's second copy of a model in another dtype (default: one of these cells' own).
     """
 
-    def __init__(self, loaded: LoadedModel, options: Any, copies: DtypeCopy | None = None) -> None:
+    def __init__(self, loaded: LoadedModel, options: Any, eval_windows: torch.Tensor, calib_windows: torch.Tensor,
+                 copies: DtypeCopy | None = None) -> None:
         self.loaded = loaded
-        self.sizes = attack_sizes(options)
+        self.sizes = s = attack_sizes(options)
+        self.eval_windows = eval_windows if s.eval_windows is None else eval_windows[: s.eval_windows]
+        self.attack_tokens = calib_windows[:1] if s.attack_tokens is None else calib_windows[:1, : s.attack_tokens]
         self.seed: int = options.seed
         self._memo: dict[tuple, Any] = {}  # the runs of every cell (AttackCell.memo)
         if copies is None:
@@ -332,8 +338,11 @@ class AttackCells:
 
     @classmethod
     def of(cls, session: Session, loaded: LoadedModel) -> AttackCells:
-        """The cells of ``loaded`` kept by ``session`` (forgotten with the model when the session drops it)."""
-        return session.cached((loaded.name, "attack-cells"), lambda: cls(loaded, session.options, session.copies))
+        """The cells of ``loaded`` kept by ``session`` (forgotten with the model when the session drops it), on the
+        session's evaluation and calibration windows."""
+        return session.cached((loaded.name, "attack-cells"), lambda: cls(
+            loaded, session.options, session.windows(loaded, "eval"), session.windows(loaded, "calib"),
+            session.copies))
 
     def seeds(self) -> list[int]:
         """The random baseline's seeds (``trial_seed(seed, i, stream="attack.random")``)."""
@@ -364,16 +373,11 @@ class AttackCells:
         with self.copies.use(self.loaded, dtype, what="attack") as other:
             yield other.model
 
-    def cell(self, model: torch.nn.Module, dtype: str, defense: str, eval_windows: torch.Tensor,
-             calib_windows: torch.Tensor, guided: GuidedStart) -> AttackCell:
-        """The cell of ``model`` (from :meth:`model_in`) in ``dtype`` under ``defense``: the damage measured on the
-        first ``sizes.eval_windows`` evaluation windows, gradients and trial losses on the first
-        ``sizes.attack_tokens`` tokens of the first calibration window."""
+    def cell(self, model: torch.nn.Module, dtype: str, defense: str, guided: GuidedStart) -> AttackCell:
+        """The cell of ``model`` (from :meth:`model_in`) in ``dtype`` under ``defense``, on the cells' windows."""
         s = self.sizes
-        ev = eval_windows if s.eval_windows is None else eval_windows[: s.eval_windows]
-        at = calib_windows[:1] if s.attack_tokens is None else calib_windows[:1, : s.attack_tokens]
-        return AttackCell(self.loaded.name, model, dtype, defense, ev, at, guided, s.budget,
-                          max_trials=s.max_trials, protected=s.protected, memo=self._memo)
+        return AttackCell(self.loaded.name, model, dtype, defense, self.eval_windows, self.attack_tokens, guided,
+                          s.budget, max_trials=s.max_trials, protected=s.protected, memo=self._memo)
 
     def measure(self, cell: AttackCell, attack: str) -> AttackMeasurement:
         """Run ``attack`` and the random baseline in ``cell`` and, under a defense, the same runs without it (each

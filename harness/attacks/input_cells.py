@@ -4,10 +4,11 @@ The grid is data: :data:`PRESETS` gives each preset's prompt count, greedy token
 (:class:`Preset`). Prompts (:func:`prompt_pairs`) are the opening words
 of the first evaluation documents (``harness.data.generation_prompts``): the first :data:`PROMPT_WORDS`
 words are the prompt and the next :data:`TARGET_WORDS` the target continuation whose log-probability
-the attack lowers. :meth:`InputAttackCell.measure` attacks every prompt (prompt ``i`` seeded with
+the attack lowers. :meth:`InputAttackCells.measure` attacks every prompt (prompt ``i`` seeded with
 ``trial_seed(seed, i, stream="adversarial.<attack>")``) and, for a suffix attack, appends as many
 uniformly random tokens with the same seed (:func:`~harness.attacks.random_suffix.random_suffix_logprob`:
-what mere extra tokens do). Weights are never touched.
+what mere extra tokens do). Weights are never touched. The measurement carries its records
+(:meth:`InputAttackMeasurement.rows`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from harness.attacks.input_attacks import InputAttackResult, run_input_attack
 from harness.attacks.random_suffix import random_suffix_logprob
 from harness.option_values import pick_preset
+from harness.records.row import Row
 from harness.stats import trial_seed
 
 if TYPE_CHECKING:
@@ -113,7 +115,33 @@ class PromptAttack:
 class InputAttackMeasurement:
     """Every prompt of one input-attack cell, and the suite's statistics over them."""
 
+    cell: InputAttackCell
     attacks: list[PromptAttack]
+
+    @property
+    def perturbation(self) -> dict[str, Any]:
+        """The records' perturbation column: the attack and its options."""
+        return {"kind": "input_attack", "attack": self.cell.method, "options": self.cell.options}
+
+    def rows(self) -> list[Row]:
+        """Per prompt (seed and the attack's texts and log-probabilities in extra): ``target_logprob_delta``
+        (against the clean log-probability), ``greedy_changed``, ``greedy_agreement``, ``seconds`` and, for a suffix
+        attack, ``random_suffix_logprob_delta`` (the control's text and log-probability in extra)."""
+        out, pert = [], self.perturbation
+        for a in self.attacks:
+            r = a.result
+            extra = {"prompt_index": a.index, "prompt": r.prompt, "target": r.target, "adversarial": r.adversarial,
+                     "clean_logprob": r.clean_logprob, "attacked_logprob": r.attacked_logprob, "queries": r.queries}
+            columns = {"method": self.cell.method, "seed": a.seed}
+            out += [Row("target_logprob_delta", r.logprob_delta, pert, extra, r.clean_logprob, columns),
+                    Row("greedy_changed", float(r.greedy_changed), pert, extra, columns=columns),
+                    Row("greedy_agreement", r.greedy_agreement, pert, extra, columns=columns),
+                    Row("seconds", r.seconds, pert, extra, columns=columns)]
+            if a.control is not None:
+                lp, text = a.control
+                out.append(Row("random_suffix_logprob_delta", a.control_delta, pert,
+                               {**extra, "adversarial": text, "attacked_logprob": lp}, r.clean_logprob, columns))
+        return out
 
     @property
     def deltas(self) -> list[float]:
@@ -144,39 +172,58 @@ class InputAttackMeasurement:
 
 @dataclass(frozen=True)
 class InputAttackCell:
-    """One input attack with its options on the session's prompts.
+    """One input attack with its options.
 
     Attributes:
         method: a name of ``harness.attacks.INPUT_ATTACKS``.
         options: the attack's options (:func:`preset_options`).
-        prompts: (prompt, target) pairs.
-        seed: the session's seed.
-        greedy: greedy tokens compared before and after.
     """
 
     method: str
     options: dict[str, int]
-    prompts: list[tuple[str, str]]
-    seed: int
-    greedy: int
+
+
+class InputAttackCells:
+    """The input-attack cells of a session's model: the preset's prompts, each attack measured once.
+
+    Args:
+        loaded: the session's ``LoadedModel`` (never changed).
+        preset: the depth preset (options per attack, greedy tokens compared).
+        prompts: (prompt, target) pairs.
+        seed: the session's seed.
+    """
+
+    def __init__(self, loaded: LoadedModel, preset: Preset, prompts: list[tuple[str, str]], seed: int) -> None:
+        self.loaded, self.preset, self.prompts, self.seed = loaded, preset, prompts, seed
+        self._done: dict[str, InputAttackMeasurement] = {}
 
     @classmethod
-    def of(cls, session: Session, method: str) -> InputAttackCell:
-        """The cell of ``method`` at the session's preset, on prompts of the session's corpus (loaded once)."""
+    def of(cls, session: Session, loaded: LoadedModel) -> InputAttackCells:
+        """``loaded``'s cells at the session's preset, on prompts of the session's corpus (kept by the session)."""
         p = session.preset(PRESETS)
-        return cls(method, p.options(method), prompt_pairs(session.corpus(), p.prompts), session.options.seed,
-                   p.greedy)
+        return session.cached((loaded.name, "input-attack-cells"), lambda: cls(
+            loaded, p, prompt_pairs(session.corpus(), p.prompts), session.options.seed))
 
-    def measure(self, loaded: LoadedModel) -> InputAttackMeasurement:
-        """Attack every prompt on ``loaded`` (a ``LoadedModel``), with the random-suffix control of a suffix attack."""
+    def cell(self, method: str) -> InputAttackCell:
+        """The cell of ``method`` with the preset's options."""
+        return InputAttackCell(method, self.preset.options(method))
+
+    def measure(self, method: str) -> InputAttackMeasurement:
+        """Attack every prompt with ``method`` (once), with the random-suffix control of a suffix attack."""
+        if method not in self._done:
+            self._done[method] = self._run(self.cell(method))
+        return self._done[method]
+
+    def _run(self, cell: InputAttackCell) -> InputAttackMeasurement:
         attacks = []
         for i, (prompt, target) in enumerate(self.prompts):
-            seed = trial_seed(self.seed, i, stream=f"adversarial.{self.method}")
-            r = run_input_attack(loaded, self.method, prompt, target, generator=torch.Generator().manual_seed(seed),
-                                 greedy=self.greedy, **self.options)
+            seed = trial_seed(self.seed, i, stream=f"adversarial.{cell.method}")
+            r = run_input_attack(self.loaded, cell.method, prompt, target,
+                                 generator=torch.Generator().manual_seed(seed), greedy=self.preset.greedy,
+                                 **cell.options)
             control = None
-            if self.method in SUFFIX_ATTACKS:
-                control = random_suffix_logprob(loaded, prompt, target, self.options["length"],
+            if cell.method in SUFFIX_ATTACKS:
+                control = random_suffix_logprob(self.loaded, prompt, target, cell.options["length"],
                                                 torch.Generator().manual_seed(seed))
             attacks.append(PromptAttack(i, seed, r, control))
-        return InputAttackMeasurement(attacks)
+        return InputAttackMeasurement(cell, attacks)

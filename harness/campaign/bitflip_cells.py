@@ -5,7 +5,8 @@ sites (:func:`harness.campaign.bitflip.sample_sites`) from a generator seeded fr
 evaluates against the clean model of the same dtype on the same windows and restores. Positions are drawn before
 bits, so trial t hits the same weights in every bit class of a target (a paired design). The grid of each depth
 preset is :data:`PRESETS`; :class:`BitflipCells` measures a cell once per model and dtype and returns a
-:class:`BitflipResult` (its trials as :class:`BitflipTrial` rows). It records nothing: the test that asks does.
+:class:`BitflipResult` (its trials as :class:`BitflipTrial`, its records as :meth:`BitflipResult.rows`). It records
+nothing: the test that asks does.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from harness.models.copies import DtypeCopy
 from harness.models.device import DTYPES, dtype_name
 from harness.option_values import pick_preset
 from harness.recipes import super_weight_sites
+from harness.records.row import Row
 
 if TYPE_CHECKING:
     from harness.models.loading import LoadedModel
@@ -154,11 +156,27 @@ class BitflipResult:
         """One trial's perturbation column: the cell's, with the sites flipped."""
         return {**self.perturbation, "n_flips": len(trial.sites), "sites": [s.to_dict() for s in trial.sites]}
 
+    def rows(self) -> list[Row]:
+        """Per trial its ``ppl_ratio`` (against the clean perplexity) and ``kl``, then the cell's ``collapse_rate``
+        (its sizing in extra); method: the target."""
+        out = []
+        for t in self.trials:
+            pert, extra = self.trial_perturbation(t), {"trial": t.trial, "trial_seed": t.trial_seed}
+            columns = {"method": self.cell.target, "collapsed": t.collapsed}
+            out += [Row("ppl_ratio", t.ratio, pert, extra, self.clean_perplexity, columns),
+                    Row("kl", t.kl, pert, extra, columns=columns)]
+        out.append(Row("collapse_rate", self.collapses / self.n, self.perturbation, self.sizing.to_dict(),
+                       columns={"method": self.cell.target}))
+        return out
+
 
 class BitflipCells:
     """The measured bit-flip cells of a session's model (a cell is measured once per dtype).
 
     Args:
+        loaded: the session's ``LoadedModel`` (flipped in place and restored; a bf16 cell flips its copy).
+        windows: the evaluation windows (count, length); the preset's first ones are used.
+        detection: ``detection() -> Detection``, the model's super weights (asked for by the ``list`` target only).
         preset: ``quick`` or ``full`` (windows per cell; the grid is :func:`grid`).
         seed: the campaign seed (trial t draws from ``trial_seed(seed, t)``).
         clean: ``clean(name, model, windows) -> Clean``, the session's shared clean baseline (prefix kept).
@@ -167,9 +185,12 @@ class BitflipCells:
         precision: size rate cells sequentially to this precision (None: the preset's trials only).
     """
 
-    def __init__(self, *, preset: str, seed: int, clean: Callable[..., Any], trials: Callable[..., int],
+    def __init__(self, loaded: LoadedModel, windows: torch.Tensor, detection: Callable[[], Any] | None = None, *,
+                 preset: str, seed: int, clean: Callable[..., Any], trials: Callable[..., int],
                  copies: DtypeCopy | None = None, precision: Precision | None = None) -> None:
+        self.loaded, self.detection = loaded, detection
         self.preset = pick_preset(PRESETS, preset)
+        self.windows = windows[: self.preset.windows]
         self.seed, self.clean, self.trials, self.precision = seed, clean, trials, precision
         self.copies = copies if copies is not None else DtypeCopy()
         self._done: dict[tuple, BitflipResult] = {}
@@ -177,51 +198,47 @@ class BitflipCells:
 
     @classmethod
     def of(cls, session: Session, loaded: LoadedModel) -> BitflipCells:
-        """``loaded``'s cells kept by the pytest ``session`` (forgotten with the model when the session drops it)."""
+        """``loaded``'s cells kept by the pytest ``session`` (forgotten with the model when the session drops it), on
+        the session's evaluation windows and super-weight detection."""
         o = session.options
 
         def make() -> BitflipCells:
-            return cls(preset=o.preset, seed=o.seed, clean=session.clean, trials=session.trials,
-                       copies=session.copies, precision=o.precision)
+            return cls(loaded, session.windows(loaded, "eval"), lambda: session.detection(loaded), preset=o.preset,
+                       seed=o.seed, clean=session.clean, trials=session.trials, copies=session.copies,
+                       precision=o.precision)
 
         return session.cached((loaded.name, "bitflip-cells"), make)
 
-    def pool(self, loaded: LoadedModel, target: str, detection: Any = None) -> tuple[list[FaultSite] | None, str]:
-        """(candidate sites, where they come from) of ``target`` on ``loaded``, once per model and dtype;
-        ``detection`` (a ``harness.scoring.superweights.Detection``) gives the ``list`` target's sites."""
+    def pool(self, target: str, loaded: LoadedModel | None = None) -> tuple[list[FaultSite] | None, str]:
+        """(candidate sites, where they come from) of ``target`` on ``loaded`` (default: the cells' model; a bf16
+        cell's copy), once per model and dtype; the ``list`` target's sites are the detected super weights."""
+        loaded = loaded or self.loaded
         key = (loaded.name, target, str(loaded.dtype))
         if key not in self._pools:
             listed, source = None, target
             if target == "list":
-                if detection is None:
+                if self.detection is None:
                     raise HarnessError("the list target needs the model's super-weight detection")
+                detection = self.detection()
                 listed, found = super_weight_sites(detection)  # the one no-super-weight fallback: the candidate
                 source = f"{found}:{detection.id}"
             self._pools[key] = site_pool(loaded.model, target, listed, source)
         return self._pools[key]
 
-    def measure(self, loaded: LoadedModel, cell: BitflipCell, windows: torch.Tensor,
-                detection: Any = None) -> BitflipResult:
-        """The cell's trials on ``loaded`` (or its bf16 copy), measured once.
-
-        Args:
-            loaded: the session's ``LoadedModel`` (flipped in place and restored).
-            cell: the cell; check :meth:`BitflipCell.skip_reason` first.
-            windows: the eval windows (count, length); the preset's first ones are used.
-            detection: the model's super-weight detection, for the ``list`` target.
-        """
-        dtype = short_dtype(loaded.dtype) if cell.dtype == "native" else cell.dtype
-        key = (loaded.name, dtype, cell)
+    def measure(self, cell: BitflipCell) -> BitflipResult:
+        """The cell's trials on the model (or its bf16 copy), measured once; check :meth:`BitflipCell.skip_reason`
+        first."""
+        dtype = short_dtype(self.loaded.dtype) if cell.dtype == "native" else cell.dtype
+        key = (dtype, cell)
         if key not in self._done:
-            with self.copies.use(loaded, dtype, what=f"bit-flip cell {cell.id}") as flipped:
-                self._done[key] = self._run(loaded.name, flipped, cell, windows[: self.preset.windows], detection)
+            with self.copies.use(self.loaded, dtype, what=f"bit-flip cell {cell.id}") as flipped:
+                self._done[key] = self._run(flipped, cell)
         return self._done[key]
 
-    def _run(self, name: str, loaded: LoadedModel, cell: BitflipCell, windows: torch.Tensor,
-             detection: Any) -> BitflipResult:
-        model, dtype = loaded.model, short_dtype(loaded.dtype)
+    def _run(self, loaded: LoadedModel, cell: BitflipCell) -> BitflipResult:
+        name, model, dtype, windows = self.loaded.name, loaded.model, short_dtype(loaded.dtype), self.windows
         clean = self.clean(loaded.name, model, windows)
-        pool, source = self.pool(loaded, cell.target, detection)
+        pool, source = self.pool(cell.target, loaded)
 
         def perturb(spec, g):
             return flip_bits(model, sample_sites(model, cell.target, cell.bit_class, cell.n_flips, generator=g,

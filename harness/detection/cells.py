@@ -150,6 +150,9 @@ class DetectionCells:
     """The detection cells of a session's model: detectors calibrated once per dtype, each cell measured once.
 
     Args:
+        loaded: the session's model (flipped in place and restored; a bf16 cell flips its copy, an int8 cell its
+            int8 swap).
+        windows: the evaluation windows (count, length); the preset's first ones judge the harm.
         preset: the depth preset's sizes.
         seed: the campaign seed (trial t draws from ``trial_seed(seed, t)``).
         clean: ``clean(name, model, windows) -> Clean``, the session's clean baseline.
@@ -161,24 +164,25 @@ class DetectionCells:
             recovery's reference); None: no recovery is measured.
     """
 
-    def __init__(self, *, preset: DetectionPreset, seed: int, clean: Callable[..., Clean],
-                 trials: Callable[[str, int], int], copies: DtypeCopy, precision: Precision | None = None,
-                 detectors: tuple[str, ...] | None = None,
+    def __init__(self, loaded: LoadedModel, windows: torch.Tensor, *, preset: DetectionPreset, seed: int,
+                 clean: Callable[..., Clean], trials: Callable[[str, int], int], copies: DtypeCopy,
+                 precision: Precision | None = None, detectors: tuple[str, ...] | None = None,
                  reload: Callable[[LoadedModel], LoadedModel] | None = None) -> None:
+        self.loaded, self.windows = loaded, windows[: preset.windows]
         self.preset, self.seed, self.clean, self.trials = preset, seed, clean, trials
         self.copies, self.precision, self.reload = copies, precision, reload
         self._recovery: dict[str, Recovery | str] = {}
         self.names = tuple(detectors or DETECTORS.names())
         self.z = precision.z if precision is not None else Z95
         self._detectors: dict[tuple[str, str], dict[str, Detector]] = {}
-        self._done: dict[tuple[str, DetectionCell], CellResult] = {}
-        self._clean: dict[tuple[str, str], dict[str, CleanChecks]] = {}
+        self._done: dict[DetectionCell, CellResult] = {}
+        self._clean: dict[str, dict[str, CleanChecks]] = {}
 
     @classmethod
     def of(cls, esa: Session, loaded: LoadedModel) -> DetectionCells:
-        """``loaded``'s cells, kept by the session (forgotten with the model)."""
+        """``loaded``'s cells on the session's evaluation windows, kept by the session (forgotten with the model)."""
         o = esa.options
-        return esa.cached((loaded.name, "detection-cells"), lambda: cls(
+        return esa.cached((loaded.name, "detection-cells"), lambda: cls(loaded, esa.windows(loaded, "eval"),
             preset=esa.preset(PRESETS), seed=o.seed, clean=esa.clean, trials=esa.trials, copies=esa.copies,
             precision=o.precision, reload=lambda lm: _load_again(lm, o)))
 
@@ -190,26 +194,20 @@ class DetectionCells:
             self._detectors[key] = {n: make_detector(n).calibrate(loaded.model) for n in self.names}
         return self._detectors[key]
 
-    def measure(self, loaded: LoadedModel, cell: DetectionCell, windows: torch.Tensor) -> CellResult:
-        """The cell's flips on ``loaded`` (or its copy in the cell's dtype), measured once; check
-        :meth:`DetectionCell.skip_reason` first.
-
-        Args:
-            loaded: the session's model (flipped in place and restored).
-            cell: the cell.
-            windows: the evaluation windows (count, length); the preset's first ones judge the harm.
-        """
-        key = (loaded.name, cell)
-        if key not in self._done:
-            with self.model_in(loaded, cell.dtype, what=f"detection cell {cell.id}") as (used, word):
-                self._done[key] = self._run(used, word, PATTERNS[cell.pattern], windows[: self.preset.windows])
-        return self._done[key]
+    def measure(self, cell: DetectionCell) -> CellResult:
+        """The cell's flips on the model (or its copy in the cell's dtype), measured once; check
+        :meth:`DetectionCell.skip_reason` first."""
+        if cell not in self._done:
+            with self.model_in(cell.dtype, what=f"detection cell {cell.id}") as (used, word):
+                self._done[cell] = self._run(used, word, PATTERNS[cell.pattern])
+        return self._done[cell]
 
     @contextmanager
-    def model_in(self, loaded: LoadedModel, dtype: str, what: str) -> Iterator[tuple[LoadedModel, str]]:
-        """(the model in ``dtype``, its dtype word): ``native`` ``loaded`` itself; ``int8`` ``loaded`` with every
+    def model_in(self, dtype: str, what: str) -> Iterator[tuple[LoadedModel, str]]:
+        """(the model in ``dtype``, its dtype word): ``native`` the model itself; ``int8`` the model with every
         untied linear swapped for per-channel int8 codes for the body (``harness.faults.quantize_int8``, swapped
         back after); another float dtype the session's second copy, checked unchanged after the body."""
+        loaded = self.loaded
         if dtype == INT8:
             from harness.faults import quantize_int8
 
@@ -220,8 +218,8 @@ class DetectionCells:
         with self.copies.use(loaded, word, what=what) as used:
             yield used, word
 
-    def _run(self, loaded: LoadedModel, word: str, pattern: FlipPattern, windows: torch.Tensor) -> CellResult:
-        name, model, detectors = loaded.name, loaded.model, self.detectors(loaded, word)
+    def _run(self, loaded: LoadedModel, word: str, pattern: FlipPattern) -> CellResult:
+        name, model, detectors, windows = loaded.name, loaded.model, self.detectors(loaded, word), self.windows
         campaign = Campaign(model, windows, self.clean(loaded.name, model, windows))
         codes = [n for n, p in model.named_parameters() if p.dtype == torch.int8] if word == INT8 else None
         sampler = UniformSampler(model, codes)
@@ -247,37 +245,35 @@ class DetectionCells:
         return CellResult(pattern.name, pattern.single_bit, word, dtype_name(stored), tuple(flips), sizing, self.z,
                           INT8_TARGET if word == INT8 else "every_weight")
 
-    def sample(self, loaded: LoadedModel, dtype: str, windows: torch.Tensor) -> Sample:
+    def sample(self, dtype: str) -> Sample:
         """Every cell of ``dtype`` that applies measured (once), as one sample for the claims."""
         cells = [DetectionCell(p, dtype) for p in PATTERNS]
-        return Sample(tuple(self.measure(loaded, c, windows) for c in cells if not c.undefined()))
+        return Sample(tuple(self.measure(c) for c in cells if not c.undefined()))
 
-    def clean_checks(self, loaded: LoadedModel, dtype: str, windows: torch.Tensor) -> dict[str, CleanChecks]:
+    def clean_checks(self, dtype: str) -> dict[str, CleanChecks]:
         """Each detector (by name) on the clean model: ``clean_repeats`` checks and one at ``other_batch``, timed
         against a plain forward of the first evaluation window (median of two)."""
-        key = (loaded.name, dtype)
-        if key not in self._clean:
-            with self.model_in(loaded, dtype, what=f"detection clean checks ({dtype})") as (used, word):
-                self._clean[key] = self._checks(used, word, windows[:1])
-        return self._clean[key]
+        if dtype not in self._clean:
+            with self.model_in(dtype, what=f"detection clean checks ({dtype})") as (used, word):
+                self._clean[dtype] = self._checks(used, word, self.windows[:1])
+        return self._clean[dtype]
 
-    def recovery(self, loaded: LoadedModel, dtype: str = "native") -> Recovery | str:
+    def recovery(self, dtype: str = "native") -> Recovery | str:
         """One seeded single-bit flip (trial 0's seed, uniform over every weight) in ``dtype`` (``native``: the
         model's own; ``bf16``: the session's copy, restored from the same files cast as the copy was loaded), found
         and restored from the weights files, against reloading the model in that dtype (measured once per model and
         dtype); or why it does not apply (no weights file on disk, no reload given, int8 codes)."""
-        key = (loaded.name, dtype)
-        if key not in self._recovery:
-            self._recovery[key] = self._recover(loaded, dtype)
-        return self._recovery[key]
+        if dtype not in self._recovery:
+            self._recovery[dtype] = self._recover(dtype)
+        return self._recovery[dtype]
 
-    def _recover(self, loaded: LoadedModel, dtype: str) -> Recovery | str:
+    def _recover(self, dtype: str) -> Recovery | str:
         if dtype == INT8:
             return ("int8 codes are not in the weights files: restoring them means quantizing the stored weights "
                     "again (not measured)")
         if self.reload is None:
             return "no reload given: the recovery has no reference to be timed against"
-        with self.model_in(loaded, dtype, what=f"detection recovery ({dtype})") as (used, word):
+        with self.model_in(dtype, what=f"detection recovery ({dtype})") as (used, word):
             model = used.model
             checksum = self.detectors(used, word).get("checksum") or make_detector("checksum").calibrate(model)
             generator = torch.Generator().manual_seed(trial_seed(self.seed, 0))
