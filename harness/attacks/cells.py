@@ -337,12 +337,12 @@ class AttackCells:
         self._guided: dict[str, GuidedStart] = {}  # by detection id
 
     @classmethod
-    def of(cls, session: Session, loaded: LoadedModel) -> AttackCells:
-        """The cells of ``loaded`` kept by ``session`` (forgotten with the model when the session drops it), on the
+    def of(cls, esa: Session, loaded: LoadedModel) -> AttackCells:
+        """The cells of ``loaded`` kept by ``esa`` (forgotten with the model when the session drops it), on the
         session's evaluation and calibration windows."""
-        return session.cached((loaded.name, "attack-cells"), lambda: cls(
-            loaded, session.options, session.windows(loaded, "eval"), session.windows(loaded, "calib"),
-            session.copies))
+        return esa.cached((loaded.name, "attack-cells"), lambda: cls(
+            loaded, esa.options, esa.windows(loaded, "eval"), esa.windows(loaded, "calib"),
+            esa.copies))
 
     def seeds(self) -> list[int]:
         """The random baseline's seeds (``trial_seed(seed, i, stream="attack.random")``)."""

@@ -198,11 +198,11 @@ class InputAttackCells:
         self._done: dict[str, InputAttackMeasurement] = {}
 
     @classmethod
-    def of(cls, session: Session, loaded: LoadedModel) -> InputAttackCells:
+    def of(cls, esa: Session, loaded: LoadedModel) -> InputAttackCells:
         """``loaded``'s cells at the session's preset, on prompts of the session's corpus (kept by the session)."""
-        p = session.preset(PRESETS)
-        return session.cached((loaded.name, "input-attack-cells"), lambda: cls(
-            loaded, p, prompt_pairs(session.corpus(), p.prompts), session.options.seed))
+        p = esa.preset(PRESETS)
+        return esa.cached((loaded.name, "input-attack-cells"), lambda: cls(
+            loaded, p, prompt_pairs(esa.corpus(), p.prompts), esa.options.seed))
 
     def cell(self, method: str) -> InputAttackCell:
         """The cell of ``method`` with the preset's options."""

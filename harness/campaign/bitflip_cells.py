@@ -197,17 +197,17 @@ class BitflipCells:
         self._pools: dict[tuple, tuple[list[FaultSite] | None, str]] = {}
 
     @classmethod
-    def of(cls, session: Session, loaded: LoadedModel) -> BitflipCells:
-        """``loaded``'s cells kept by the pytest ``session`` (forgotten with the model when the session drops it), on
-        the session's evaluation windows and super-weight detection."""
-        o = session.options
+    def of(cls, esa: Session, loaded: LoadedModel) -> BitflipCells:
+        """``loaded``'s cells kept by the pytest session ``esa`` (forgotten with the model when the session drops
+        it), on the session's evaluation windows and super-weight detection."""
+        o = esa.options
 
         def make() -> BitflipCells:
-            return cls(loaded, session.windows(loaded, "eval"), lambda: session.detection(loaded), preset=o.preset,
-                       seed=o.seed, clean=session.clean, trials=session.trials, copies=session.copies,
+            return cls(loaded, esa.windows(loaded, "eval"), lambda: esa.detection(loaded), preset=o.preset,
+                       seed=o.seed, clean=esa.clean, trials=esa.trials, copies=esa.copies,
                        precision=o.precision)
 
-        return session.cached((loaded.name, "bitflip-cells"), make)
+        return esa.cached((loaded.name, "bitflip-cells"), make)
 
     def pool(self, target: str, loaded: LoadedModel | None = None) -> tuple[list[FaultSite] | None, str]:
         """(candidate sites, where they come from) of ``target`` on ``loaded`` (default: the cells' model; a bf16
