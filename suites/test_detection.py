@@ -1,25 +1,29 @@
 """Fault detection: which detector catches the random bit flips that harm the model, at what cost.
 
 Detectors (``harness.detection.DETECTORS``, calibrated on the clean model, restoring nothing): ``audit`` (one
-fixed 16-token seeded test vector; the logits against the clean ones, max |diff| / rms above 1e-4 fires),
-``checksum`` (a checksum per tensor over every parameter and buffer), ``range`` (each parameter's clean
-[min, max]). Flips: seeded, uniform over every stored weight, one bit of each campaign bit class (sign, exp_msb,
-exponent, mantissa_msb, mantissa_lsb) and two multi-bit patterns; quick preset 4 flips per bit class and 2 per
-pattern on the model's own dtype, the harm judged on the first evaluation window; full 40 / 20 flips first, then
-more until ``--margin/--confidence`` (full's default +-5% at 95%) on the harm rate, every window, and bf16 (no
-int8 cells yet). A flip is harmful when it collapses the model (non-finite, perplexity x10) or raises
-perplexity by 1% or more. Grid and measuring: ``harness.detection.cells``.
+fixed 16-token seeded test vector; the logits against the clean ones, max |diff| / rms above 1e-4 fires; an
+untied input embedding table is audited too, by its output for a seeded dense mix of every token, since the
+vector reaches only its own rows), ``checksum`` (a checksum per tensor over every parameter and buffer),
+``range`` (each parameter's clean [min, max]). Flips: seeded, uniform over every stored weight, one bit of each
+campaign bit class (sign, exp_msb, exponent, mantissa_msb, mantissa_lsb) and two multi-bit patterns; quick preset
+4 flips per bit class and 2 per pattern on the model's own dtype, the harm judged on the first evaluation window;
+full 40 / 20 flips first, then more until ``--margin/--confidence`` (full's default +-5% at 95%) on the harm rate,
+every window, and two more dtypes: bf16 (the session's copy) and int8 (every untied linear swapped for
+per-channel int8 codes; the flips hit the codes; int8 has no exponent bits, so no exp_msb or exponent cell).
+A flip is harmful when it collapses the model (non-finite, perplexity x10) or raises perplexity by 1% or more.
+Grid and measuring: ``harness.detection.cells``.
 
 Records (suite ``detection``): per flip ``ppl_ratio`` (detectors fired, harmful in extra); per cell ``harm_rate``
 and, per detector, ``detection_rate`` among harmful flips and among all (Wilson intervals in extra; sized by
 ``--margin/--confidence`` on the harm rate); per detector ``false_alarm_rate`` on the clean model (repeated
 checks and one at another batch size) and ``overhead_ratio`` (a check's seconds / a plain forward of one
 window; recorded, never asserted), with its cost (forward tokens, weight reads, reference bytes); once per model
-``recovery_ratio``: after one seeded flip (trial 0's seed, any bit of any weight, the model's own dtype) the seconds
-to reload the model as the session does (``load_model``, same name, dtype, device) over the seconds to recover (find
-the changed tensors with the checksums, then restore only those from the weights files on disk with ``safe_open``;
-``harness.detection.recovery``); both seconds, tensors restored and bytes read in extra; recorded, never asserted.
-Not applicable to a random-weight tiny model (no weights file on disk).
+and float dtype ``recovery_ratio``: after one seeded flip (trial 0's seed, any bit of any weight) the seconds to
+reload the model in that dtype as the session does (``load_model``, same name, dtype, device) over the seconds to
+recover (find the changed tensors with the checksums, then restore only those from the weights files on disk with
+``safe_open``, cast as the load casts them; ``harness.detection.recovery``); both seconds, tensors restored and
+bytes read in extra; recorded, never asserted. Not applicable to a random-weight tiny model (no weights file on
+disk) nor to int8 codes (not in the files: restoring them means quantizing again).
 
 Claims (relations, any healthy model; not applicable where the sample holds no flip they are about):
 ``audit_detects_every_collapse``; ``checksum_detects_every_flip`` (exact: a miss is a bug);
