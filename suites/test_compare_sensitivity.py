@@ -65,14 +65,11 @@ def cells(esa, lm) -> CompareCells:
 
 
 def test_method_cost(cells, recorder, method):
-    out, k = cells.scored(method), cells.preset.k
-    assert len(out.top) <= k
+    out = cells.measure(method)
+    assert out.found <= out.k
     if method != "activation":
-        assert len(out.top) == k, f"{method} ranked fewer than {k} weights"
-    c = out.cost
-    recorder.record("seconds", out.seconds, method=method, perturbation={"kind": "score", "k": k},
-                    extra={"forward": c.forward, "backward": c.backward, "tokens": c.tokens, "found": len(out.top),
-                           **out.options})
+        assert out.found == out.k, f"{method} ranked fewer than {out.k} weights"
+    recorder.rows(out.rows())
 
 
 def test_method_agreement(cells, recorder, request):
@@ -80,13 +77,11 @@ def test_method_agreement(cells, recorder, request):
     if len(chosen) < 2:
         pytest.skip("--methods names a single method: nothing to compare")
     for found in cells.agreements(chosen):
-        columns = {"method": found.method, "perturbation": {"kind": "score", "k": found.k}}
-        recorder.record("jaccard", found.jaccard, extra=found.jaccard_extra(), **columns)
-        if found.rho is not None:
-            recorder.record("spearman", found.rho, extra=found.spearman_extra(), **columns)
+        recorder.rows(found.rows())
         pair = next((p for p in ((found.a, found.b), (found.b, found.a)) if p in RANKS_AGREE), None)
         if pair is None:
             continue
+        columns = {"method": found.method, "perturbation": found.perturbation}
         recorder.claim(TOP_K_OVERLAP[pair], top_k_overlap(found, P_RANDOM), **columns)
         if found.rho is not None:
             recorder.claim(RANKS_AGREE[pair], ranks_agree(found), **columns)

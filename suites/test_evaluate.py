@@ -66,9 +66,7 @@ def cells(esa, lm, task) -> EvalCells:
 
 def test_clean(task, recorder, cells):
     clean = cells.clean(task)
-    for row in clean.rows:
-        recorder.record(row.metric, row.value, **row.columns())
-    recorder.record("seconds", clean.seconds, method=task)
+    recorder.rows(clean.rows())
     assert clean.finite(), "the clean model gives finite metrics"
     if task == lmeval.CLOZE_TASK:
         recorder.claim(ABOVE_CHANCE, clean.above_chance(), method=task)
@@ -81,10 +79,7 @@ def test_perturbed(task, recorder, cells):
     if reason := cells.unperturbable():
         pytest.skip(reason)
     run = cells.perturbed(task)
-    for row in run.evaluation.rows:
-        recorder.record(row.metric, row.value, clean_value=run.clean_value(row), perturbation=run.description,
-                        **row.columns())
-    recorder.record("seconds", run.evaluation.seconds, method=task, perturbation=run.description)
+    recorder.rows(run.rows())
     if run.off_target:
         for claim in (SW_ZERO_RAISES_PPL, SW_ZERO_ACC_DROP, SW_ZERO_PPL_RATIO):
             recorder.not_applicable(claim, run.off_target, method=task)

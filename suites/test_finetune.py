@@ -102,9 +102,7 @@ def test_finetune_trains(cells, recorder, variant):
     recorder.rows(cells.train_rows(variant), method=variant)
     assert cells.trained(variant), f"training diverged or stopped: losses {cells.finetuned(variant).log.losses}"
     ppl = cells.training_perplexity(variant)
-    config = cells.configs[variant]
-    recorder.record("training_perplexity", ppl.after, method=variant, clean_value=ppl.before, perturbation=pert,
-                    extra={"windows": config.windows, "window": config.window, "corpus": config.corpus})
+    recorder.rows(ppl.rows(), method=variant)
     recorder.claim(LOWER_PPL, greater(ppl.before, ppl.after, factor=TRAIN_EFFECT), clean_value=ppl.before,
                    method=variant, perturbation=pert)
 

@@ -63,17 +63,12 @@ def cells(esa, lm) -> PruningCells:
     return PruningCells.of(esa, lm)
 
 
-def test_pruning_cell(lm, clean, cells, recorder, cell):
+def test_pruning_cell(lm, cells, recorder, cell):
     measured = cells.measure(cell)
     result, summary = measured.result, measured.summary
-    columns = {"method": cell.scorer, "perturbation": measured.perturbation, "extra": measured.extra}
-    recorder.record("perplexity", result.perplexity, clean_value=clean.result.perplexity, **columns)
-    recorder.record("ppl_ratio", result.ratio_to(clean.result), **columns)
-    recorder.record("kl", result.kl, **columns)
-    recorder.record("top1", result.top1, **columns)
-    recorder.record("seconds", measured.seconds, **columns)
-    recorder.claim(EFFECT, has_effect([trial_changed(result.ratio_to(clean.result), result.kl)]),
-                   method=cell.scorer, perturbation=measured.perturbation)
+    recorder.rows(measured.rows())
+    recorder.claim(EFFECT, has_effect([trial_changed(measured.ratio, result.kl)]), method=cell.scorer,
+                   perturbation=measured.perturbation)
     # the sparsity asked for is reached in every matrix, up to rounding to whole elements of each group
     if cell.granularity not in ("head", "neuron"):
         assert summary["sparsity"] == pytest.approx(cell.sparsity, abs=rounding(lm, cell.granularity))
@@ -85,14 +80,13 @@ def test_pruning_cell(lm, clean, cells, recorder, cell):
 
 
 @pytest.mark.parametrize("granularity", list(COMPARED))
-def test_wanda_beats_magnitude(clean, cells, recorder, granularity):
+def test_wanda_beats_magnitude(cells, recorder, granularity):
     wanda, magnitude = (cells.measure(PruneCell(s, 0.5, granularity)) for s in ("wanda", "magnitude"))
-    extra = {"wanda_ppl": wanda.perplexity, "magnitude_ppl": magnitude.perplexity,
-             "clean_ppl": clean.result.perplexity}
+    extra = {"wanda_ppl": wanda.perplexity, "magnitude_ppl": magnitude.perplexity, "clean_ppl": wanda.clean.perplexity}
     recorder.claim(WANDA_BEATS_MAGNITUDE[granularity],
                    greater(magnitude.perplexity, wanda.perplexity, factor=WANDA_FACTOR),
                    method="wanda", perturbation=wanda.perturbation, extra=extra)
-    recorder.claim(WANDA_PPL_RATIO[granularity], wanda.result.ratio_to(clean.result), method="wanda",
+    recorder.claim(WANDA_PPL_RATIO[granularity], wanda.ratio, method="wanda",
                    perturbation=wanda.perturbation, extra=extra)
 
 
@@ -130,12 +124,9 @@ def test_protecting_super_weights_the_mask_covers(lm, eval_windows, clean, cells
     recorder.claim(COVERED_HELPS, greater(covered.unprotected.perplexity, covered.protected.perplexity), **columns)
 
 
-def test_saved_pruned_model_reloads_with_the_same_perplexity(clean, cells, recorder, tmp_path):
+def test_saved_pruned_model_reloads_with_the_same_perplexity(cells, recorder, tmp_path):
     """Saved inside the pruning context (the shared model is restored after), reloaded twice."""
     saved = cells.save_and_reload(PruneCell("wanda", 0.5, "row"), tmp_path / "pruned")
     assert not [name for name in saved.files if name.endswith((".bin", ".pt", ".pth", ".pkl"))]
-    extra = {"reloaded": True, "measured_before_saving": saved.before_saving,
-             "via_from_pretrained": saved.via_from_pretrained}
-    recorder.record("perplexity", saved.via_zoo, clean_value=clean.result.perplexity, method="wanda",
-                    perturbation=saved.perturbation, extra=extra)
+    recorder.rows(saved.rows())
     assert saved.via_from_pretrained == saved.before_saving and saved.via_zoo == saved.before_saving

@@ -28,7 +28,6 @@ from harness.pruning.selective_cells import (
     SELECTIONS,
     SelectiveCells,
     claim_tag,
-    excess_perplexity,
     grid,
     missing_layers,
 )
@@ -59,7 +58,7 @@ def cells(esa, lm) -> SelectiveCells:
     return SelectiveCells.of(esa, lm)
 
 
-def test_selective_pruning(lm, clean, cells, recorder, scorer, selection):
+def test_selective_pruning(lm, cells, recorder, scorer, selection):
     missing = missing_layers(lm, selection)
     if missing:  # structural: the claim cannot apply to this model
         if (scorer, selection.id) in PPL_RATIO:
@@ -67,40 +66,24 @@ def test_selective_pruning(lm, clean, cells, recorder, scorer, selection):
             return
         pytest.skip(missing)
     measured = cells.measure(scorer, selection)
-    result, summary, extra = measured.result, measured.summary, measured.extra
-    columns = {"method": scorer, "perturbation": measured.perturbation}
-    ratio = result.ratio_to(clean.result)
-    recorder.record("perplexity", result.perplexity, clean_value=clean.result.perplexity, extra=extra, **columns)
-    recorder.record("ppl_ratio", ratio, clean_value=clean.result.perplexity,
-                    extra={**extra, **cells.example(measured)}, **columns)
-    recorder.record("kl", result.kl, extra=extra, **columns)
-    recorder.record("top1", result.top1, extra=extra, **columns)
-    for i, d in enumerate(measured.divergences()):  # one record per prompt (a trial); reports aggregate them
-        prompt = cells.prompts[i]
-        recorder.record("first_diff_token", d.length if d.first is None else d.first,
-                        extra={"trial": i, "prompt": prompt, "identical": d.identical}, **columns)
-        recorder.record("token_edit_distance", d.distance, extra={"trial": i, "prompt": prompt, "length": d.length},
-                        **columns)
-    recorder.record("identical_generations", measured.identical_share,
-                    extra={"prompts": len(cells.prompts), "tokens": cells.new_tokens}, **columns)
-    cells.write_comparison(measured, clean.result.perplexity)
+    recorder.rows(measured.rows())
+    cells.write_comparison(measured)
 
     if selection.percentile is not None and selection.threshold is None:
-        assert summary["sparsity"] == pytest.approx(selection.percentile / 100, abs=2e-3)
-    assert not math.isnan(result.perplexity)
+        assert measured.summary["sparsity"] == pytest.approx(selection.percentile / 100, abs=2e-3)
+    assert not math.isnan(measured.perplexity)
     bound = PPL_RATIO.get((scorer, selection.id))
     if bound is not None:
-        recorder.claim(bound, ratio, extra=extra, **columns)
+        recorder.claim(bound, measured.ratio, extra=measured.extra, method=scorer, perturbation=measured.perturbation)
 
 
-def test_wanda_beats_magnitude(lm, clean, cells, recorder):
+def test_wanda_beats_magnitude(lm, cells, recorder):
     missing = missing_layers(lm, COMPARED)
     if missing:
         recorder.not_applicable(WANDA_BEATS_MAGNITUDE, missing, method="wanda")
         return
     wanda, magnitude = (cells.measure(s, COMPARED) for s in ("wanda", "magnitude"))
-    recorder.claim(WANDA_BEATS_MAGNITUDE, greater(excess_perplexity(magnitude.result, clean.result),
-                                                  excess_perplexity(wanda.result, clean.result), factor=WANDA_FACTOR),
+    recorder.claim(WANDA_BEATS_MAGNITUDE, greater(magnitude.excess, wanda.excess, factor=WANDA_FACTOR),
                    method="wanda", perturbation=wanda.perturbation,
                    extra={"wanda_ppl": wanda.perplexity, "magnitude_ppl": magnitude.perplexity,
-                          "clean_ppl": clean.result.perplexity, "cell": COMPARED.id})
+                          "clean_ppl": wanda.clean.perplexity, "cell": COMPARED.id})

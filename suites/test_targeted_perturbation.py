@@ -70,15 +70,7 @@ def cells(esa, lm) -> TargetedCells:
 
 
 def test_targeted(cells, recorder, cell):
-    curve = cells.curve(cell)
-    for fraction, points in curve.points.items():
-        for p in points:
-            columns = dict(method=cell.method, collapsed=p.collapsed, perturbation=curve.description(fraction, p),
-                           extra={"trial": p.trial, "trial_seed": p.trial_seed})
-            recorder.record("ppl_ratio", p.ratio, clean_value=cells.clean.result.perplexity, **columns)
-            recorder.record("kl", p.kl, **columns)
-    if curve.seconds is not None and cell.action == ACTIONS[0]:  # one scoring per method
-        recorder.record("seconds", curve.seconds, method=cell.method, perturbation={"kind": "score"})
+    recorder.rows(cells.curve(cell).rows())
 
 
 def test_ranked_beats_random(cells, recorder, action):

@@ -13,6 +13,7 @@ import torch
 from harness.evaluate.cells import (
     EvalCells,
     Evaluation,
+    Perturbed,
     above_chance,
     first_block,
     grid,
@@ -78,13 +79,27 @@ def test_above_chance_is_the_wilson_lower_limit():
     assert not above_chance(0.5, 4, 0.25).holds  # 2 of 4: the interval reaches below chance
 
 
-def test_evaluation_reads_the_tasks_own_rows():
-    rows = (TaskMetric("group", "acc", 0.1, None, True, "t"), TaskMetric("t", "acc", 0.8, None, True, "t",
-                                                                       {"n_docs": 50}))
-    ev = Evaluation("t", rows, 1.0)
+def test_evaluation_reads_the_tasks_own_metrics():
+    metrics = (TaskMetric("group", "acc", 0.1, None, True, "t"), TaskMetric("t", "acc", 0.8, None, True, "t",
+                                                                          {"n_docs": 50}))
+    ev = Evaluation("t", metrics, 1.0)
     assert ev.value("acc") == 0.8 and ev.values()[("group", "acc")] == 0.1 and ev.finite()
     assert not Evaluation("t", (), 0.0).finite()
-    assert not dataclasses.replace(ev, rows=(*rows, TaskMetric("t", "x", math.inf, None, None, "t"))).finite()
+    assert not dataclasses.replace(ev, metrics=(*metrics, TaskMetric("t", "x", math.inf, None, None, "t"))).finite()
+
+
+def test_evaluation_rows_are_each_metrics_then_the_seconds():
+    clean = Evaluation("t", (TaskMetric("t", "acc", 0.8, None, True, "v"),
+                             TaskMetric("t", "word_perplexity", 5.0, None, False, "v")), 2.0)
+    rows = clean.rows()
+    assert [(r.metric, r.value, r.perturbation, r.clean_value) for r in rows] == [
+        ("acc", 0.8, None, None), ("word_perplexity", 5.0, None, None), ("seconds", 2.0, None, None)]
+    assert rows[0].columns["method"] == "t" and rows[-1].columns == {"method": "t"}
+    after = Evaluation("t", (TaskMetric("t", "acc", 0.5, None, True, "v"),
+                             TaskMetric("t", "token_perplexity", 9.0, None, False, "v")), 3.0)
+    rows = Perturbed(after, clean, {"kind": "zero"}).rows()
+    assert [(r.metric, r.clean_value) for r in rows] == [("acc", 0.8), ("token_perplexity", None), ("seconds", None)]
+    assert all(r.perturbation == {"kind": "zero"} for r in rows) and rows[-1].value == 3.0
 
 
 def test_first_block_and_replay_follow_the_touched_blocks(model):

@@ -80,6 +80,13 @@ def test_after_rows_and_the_noise_aware_comparison():
     assert diff["collapse_rate_difference"].value == pytest.approx(0.25)
 
 
+def test_training_perplexity_row_is_after_against_before():
+    budget = {"windows": 2, "window": WINDOW, "corpus": None}
+    [row] = F.TrainingPerplexity(9.0, 4.0, {"kind": "finetune", "variant": "plain"}, budget).rows()
+    assert (row.metric, row.value, row.clean_value, row.extra) == ("training_perplexity", 4.0, 9.0, budget)
+    assert row.perturbation == {"kind": "finetune", "variant": "plain"} and row.columns == {}
+
+
 def test_cells_measure_the_base_and_its_finetunes_once(tiny, windows, tmp_path):
     esa = _session(tmp_path, windows)
     assert F.FinetuneCells.refused(esa) is None
@@ -96,6 +103,7 @@ def test_cells_measure_the_base_and_its_finetunes_once(tiny, windows, tmp_path):
     assert cells.description("noise")["noise"] == F.TRAIN_NOISE and cells.description("plain")["key"]
     plain, noise = cells.training_perplexity("plain"), cells.training_perplexity("noise")
     assert plain.before == noise.before and math.isfinite(plain.after)
+    assert plain.perturbation == cells.description("plain") and plain.windows["window"] == WINDOW
     after = cells.after("plain")
     assert cells.after("plain") is after and after.measures.perplexity != base.perplexity
     assert after.shift.drift and len(cells.noise_aware_vs_plain().ratios(0.1)[0]) == 1

@@ -159,8 +159,11 @@ def test_rows_carry_direction_version_and_conventions(evaluator):
         assert row.higher_is_better is (row.metric in ("acc", "acc_norm"))
         assert math.isfinite(row.value) and row.extra["n_docs"] == LIMIT
         assert row.extra["conventions"]["rolling_prefix_token_id"] == evaluator.tokenizer.bos_token_id
-        cols = row.columns()
-        assert cols["method"] == row.task and cols["extra"]["lm_eval"] == row.lm_eval_version
+        record = row.row()
+        assert (record.metric, record.value, record.perturbation, record.clean_value) == (row.metric, row.value,
+                                                                                          None, None)
+        assert record.columns == {"method": row.task, "higher_is_better": row.higher_is_better, "collapsed": False}
+        assert record.extra["lm_eval"] == row.lm_eval_version and record.extra["task"] == row.task
         from harness.metrics import direction
 
         assert direction(row.metric) is row.higher_is_better, f"{row.metric} is registered with its direction"
@@ -169,6 +172,15 @@ def test_rows_carry_direction_version_and_conventions(evaluator):
     # lm-eval's per-token perplexity and ours differ only in the first token of each document
     ours, theirs = rolling["token_perplexity"].value, rolling["token_perplexity"].extra["lmeval_token_perplexity"]
     assert ours == pytest.approx(theirs, rel=0.05)
+
+
+def test_a_task_metrics_row_is_its_record_perturbed_or_collapsed():
+    metric = lmeval.TaskMetric("t", "word_perplexity", math.inf, None, False, "v", {"n_docs": 3})
+    row = metric.row({"kind": "zero"}, clean_value=12.0)
+    assert (row.metric, row.value, row.perturbation, row.clean_value) == ("word_perplexity", math.inf,
+                                                                          {"kind": "zero"}, 12.0)
+    assert row.columns == {"method": "t", "higher_is_better": False, "collapsed": True}
+    assert row.extra == {"n_docs": 3, "task": "t", "stderr": None, "lm_eval": "v"}
 
 
 def test_perturbed_model_is_evaluated_in_place(tiny, evaluator):

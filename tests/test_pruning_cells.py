@@ -12,7 +12,7 @@ import torch
 from harness.data import load_corpus, token_windows
 from harness.errors import HarnessError
 from harness.fingerprint import changed, fingerprint
-from harness.metrics import evaluate, make_reference
+from harness.metrics import EvalResult, evaluate, make_reference
 from harness.models import load_model, num_layers
 from harness.pruning import cells as P
 from harness.pruning import selective_cells as S
@@ -75,6 +75,25 @@ def test_a_pruning_cell_is_measured_once_restores_the_model_and_counts_super_wei
     assert cells.detected().none_reason()
 
 
+def _result(perplexity: float, kl: float | None = None, top1: float | None = None) -> EvalResult:
+    return EvalResult(perplexity, math.log(perplexity), 10, False, kl, top1)
+
+
+def test_a_pruning_cells_rows_are_its_metrics_against_the_clean_model():
+    summary = {k: 0.5 for k in P.SUMMARY}
+    cell = P.PruneCell("wanda+protect", 0.5, "row")
+    measured = P.CellResult(cell, _result(6.0, 0.2, 0.9), 1.5, summary, 0, {"kind": "prune"}, _result(4.0))
+    rows = measured.rows()
+    assert [(r.metric, r.value) for r in rows] == [("perplexity", 6.0), ("ppl_ratio", 1.5), ("kl", 0.2),
+                                                   ("top1", 0.9), ("seconds", 1.5)]
+    assert rows[0].clean_value == 4.0 and all(r.clean_value is None for r in rows[1:])
+    assert all(r.columns == {"method": "wanda+protect"} and r.perturbation == {"kind": "prune"} for r in rows)
+    assert all(r.extra == measured.extra for r in rows) and measured.extra["super_weights_pruned"] == 0
+    [row] = P.Reloaded(5.0, 5.0, 5.0, [], {"kind": "prune"}, "wanda", 4.0).rows()
+    assert (row.metric, row.value, row.clean_value, row.columns) == ("perplexity", 5.0, 4.0, {"method": "wanda"})
+    assert row.extra == {"reloaded": True, "measured_before_saving": 5.0, "via_from_pretrained": 5.0}
+
+
 def test_saved_pruned_model_reloads_with_the_same_perplexity(tiny, windows, clean, tmp_path):
     cells = P.PruningCells.of(FakeSession(tmp_path, windows=windows), tiny)
     before = fingerprint(tiny.model)
@@ -82,6 +101,7 @@ def test_saved_pruned_model_reloads_with_the_same_perplexity(tiny, windows, clea
     assert not changed(before, fingerprint(tiny.model))
     assert saved.via_from_pretrained == saved.before_saving == saved.via_zoo
     assert "config.json" in saved.files and saved.perturbation["scorer"] == "magnitude"
+    assert saved.method == "magnitude" and saved.clean_perplexity == cells.clean.perplexity
 
 
 # -- selective pruning --------------------------------------------------------------------------
@@ -104,15 +124,36 @@ def test_missing_layers_names_a_selection_beyond_the_model(tiny):
     assert S.missing_layers(tiny, S.Selection(S.CLI, "value", "99", 10.0, None)) == ""  # the options' own
 
 
+def _selective(clean_text: list[list[int]], pruned_text: list[list[int]]) -> S.SelectiveResult:
+    summary = {"sparsity": 0.3, "model_sparsity": 0.1, "pruned": 30, "matrices": 2}
+    example = {"prompt": "a", "clean_output": "x", "perturbed_output": "y"}
+    return S.SelectiveResult("magnitude", S.SELECTIONS[0], _result(6.0, 0.2, 0.9), summary, clean_text, pruned_text,
+                             {"kind": "selective_prune"}, _result(4.0), ["a", "b"], 2, example)
+
+
 def test_excess_perplexity_and_identical_share():
     ratio = SimpleNamespace(ratio_to=lambda clean: 3.0)
     assert S.excess_perplexity(ratio, None) == 2.0
-    result = S.SelectiveResult("magnitude", S.SELECTIONS[0], None, {}, [[1, 2], [3, 4]], [[1, 2], [3, 5]], {})
+    result = _selective([[1, 2], [3, 4]], [[1, 2], [3, 5]])
     assert [d.identical for d in result.divergences()] == [True, False]
-    assert result.identical_share == 0.5
+    assert result.identical_share == 0.5 and result.ratio == 1.5 and result.excess == 0.5
 
 
-def test_a_selective_cell_is_measured_once_and_written_beside_the_clean_generations(tiny, windows, clean, tmp_path):
+def test_a_selective_cells_rows_are_its_metrics_then_per_prompt_divergence():
+    result = _selective([[1, 2], [3, 4]], [[1, 2], [3, 5]])
+    rows = result.rows()
+    assert [r.metric for r in rows] == ["perplexity", "ppl_ratio", "kl", "top1", "first_diff_token",
+                                        "token_edit_distance", "first_diff_token", "token_edit_distance",
+                                        "identical_generations"]
+    assert [r.clean_value for r in rows[:3]] == [4.0, 4.0, None] and rows[1].value == 1.5
+    assert rows[1].extra == {**result.extra, **result.example} and rows[0].extra == result.extra
+    assert rows[4].value == 2 and rows[4].extra == {"trial": 0, "prompt": "a", "identical": True}
+    assert rows[6].value == 1 and rows[7].extra == {"trial": 1, "prompt": "b", "length": 2}
+    assert rows[-1].value == 0.5 and rows[-1].extra == {"prompts": 2, "tokens": 2}
+    assert all(r.columns == {"method": "magnitude"} and r.perturbation == {"kind": "selective_prune"} for r in rows)
+
+
+def test_a_selective_cell_is_measured_once_and_written_beside_the_clean_generations(tiny, windows, tmp_path):
     esa = FakeSession(tmp_path, windows=windows)
     cells = S.SelectiveCells.of(esa, tiny)
     assert S.SelectiveCells.of(esa, tiny) is cells
@@ -123,8 +164,9 @@ def test_a_selective_cell_is_measured_once_and_written_beside_the_clean_generati
     assert not changed(before, fingerprint(tiny.model))
     assert cells.measure("magnitude", S.Selection("mlp-0-p50", "mlp", "0", 50.0, None)) is measured
     assert measured.extra["cell"] == "mlp-0-p50" and 0 < measured.extra["model_sparsity"] < 0.5
-    assert set(cells.example(measured)) == {"prompt", "clean_output", "perturbed_output"}
-    path = cells.write_comparison(measured, clean.result.perplexity)
+    assert set(measured.example) == {"prompt", "clean_output", "perturbed_output"}
+    assert measured.clean is cells.clean and measured.prompts == cells.prompts and measured.new_tokens == 4
+    path = cells.write_comparison(measured)
     assert "magnitude mlp-0-p50" in path.read_text()
 
 
@@ -162,6 +204,26 @@ def test_agreement_statistics_and_the_relations_they_decide():
         C.ranks_agree(sparse)
 
 
+def test_a_scorings_and_an_agreements_rows():
+    cost = SimpleNamespace(forward=2, backward=1, tokens=64)
+    scored = Scored("hessian", 3.0, cost, {"probes": 2}, {("w", (0,)), ("w", (1,))}, None, 100)
+    measured = C.Scoring(scored, 5)
+    assert (measured.method, measured.found, measured.perturbation) == ("hessian", 2, {"kind": "score", "k": 5})
+    [row] = measured.rows()
+    assert (row.metric, row.value, row.perturbation, row.columns) == ("seconds", 3.0, {"kind": "score", "k": 5},
+                                                                     {"method": "hessian"})
+    assert row.extra == {"forward": 2, "backward": 1, "tokens": 64, "found": 2, "probes": 2}
+    same = torch.arange(200.0)
+    a = _scored("a", {("w", (i,)) for i in range(100)}, same)
+    found = C.agreement(a, _scored("b", {("w", (i,)) for i in range(50, 150)}, same), 100)
+    rows = found.rows()
+    assert [(r.metric, r.value) for r in rows] == [("jaccard", found.jaccard), ("spearman", found.rho)]
+    assert [r.extra for r in rows] == [found.jaccard_extra(), found.spearman_extra()]
+    assert all(r.columns == {"method": "a|b"} and r.perturbation == {"kind": "score", "k": 100} for r in rows)
+    sparse = C.agreement(_scored("activation", set(), None), a, 100)
+    assert [r.metric for r in sparse.rows()] == ["jaccard"]
+
+
 def test_compare_cells_score_each_method_once_and_compare_every_pair(tiny, windows, tmp_path):
     esa = FakeSession(tmp_path, windows=windows)
     cells = C.CompareCells.of(esa, tiny)
@@ -170,5 +232,6 @@ def test_compare_cells_score_each_method_once_and_compare_every_pair(tiny, windo
     assert cells.scored("magnitude") is cells.scored("magnitude")
     [pair] = found
     assert pair.method == "magnitude|wanda" and len(cells.scored("wanda").top) == C.PRESETS["quick"].k
+    assert cells.measure("wanda").scored is cells.scored("wanda") and cells.measure("wanda").k == C.PRESETS["quick"].k
     assert pair.sample == pytest.approx(C.PRESETS["quick"].sample, rel=0.01)
     assert -1 <= pair.rho <= 1 and not math.isnan(pair.jaccard)

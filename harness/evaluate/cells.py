@@ -17,7 +17,8 @@ and the perturbed evaluation starts there (``harness.campaign.prefix.CallPrefix`
 recompute: smollm2-135m's super weight is in block 11 of 30, so its perturbed forwards skip 11 blocks).
 
 Statistics: :meth:`Evaluation.above_chance` (Wilson 95% lower limit of acc above the chance level),
-:meth:`Perturbed.acc_drop`, :meth:`Perturbed.word_ppl_ratio` and :meth:`Perturbed.raises_word_ppl`.
+:meth:`Perturbed.acc_drop`, :meth:`Perturbed.word_ppl_ratio` and :meth:`Perturbed.raises_word_ppl`. Records:
+:meth:`Evaluation.rows` (clean) and :meth:`Perturbed.rows`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from harness.metrics import lmeval
 from harness.metrics.chance import chance_accuracy
 from harness.metrics.lmeval_options import PerturbSpec
 from harness.recipes import RECIPES, Prepared, Subject, prepare
+from harness.records.row import Row
 from harness.stats import wilson
 
 if TYPE_CHECKING:
@@ -74,31 +76,43 @@ class Evaluation:
 
     Attributes:
         task: the task evaluated.
-        rows: every metric row (a group task's subtasks included).
+        metrics: every task metric (a group task's subtasks included).
         seconds: of the evaluation.
     """
 
     task: str
-    rows: tuple[lmeval.TaskMetric, ...]
+    metrics: tuple[lmeval.TaskMetric, ...]
     seconds: float
 
     def value(self, metric: str) -> float:
         """The task's own ``metric``."""
-        return next(r.value for r in self.rows if r.task == self.task and r.metric == metric)
+        return next(m.value for m in self.metrics if m.task == self.task and m.metric == metric)
 
     def values(self) -> dict[tuple[str, str], float]:
-        """Every row's value by (task, metric)."""
-        return {(r.task, r.metric): r.value for r in self.rows}
+        """Every metric's value by (task, metric)."""
+        return {(m.task, m.metric): m.value for m in self.metrics}
 
     def finite(self) -> bool:
-        """Whether the evaluation gave rows and every one is finite."""
-        return bool(self.rows) and all(math.isfinite(r.value) for r in self.rows)
+        """Whether the evaluation gave metrics and every one is finite."""
+        return bool(self.metrics) and all(math.isfinite(m.value) for m in self.metrics)
 
     def above_chance(self) -> Comparison:
         """:func:`above_chance` of the task's ``acc`` over its documents, against the chance level of a
         multiple-choice task (:func:`harness.metrics.chance.chance_accuracy`)."""
-        acc = next(r for r in self.rows if r.task == self.task and r.metric == "acc")
+        acc = next(m for m in self.metrics if m.task == self.task and m.metric == "acc")
         return above_chance(acc.value, int(acc.extra["n_docs"]), chance_accuracy(self.task))
+
+    def rows(self) -> list[Row]:
+        """The clean evaluation's records: every metric's (:meth:`harness.metrics.lmeval.TaskMetric.row`), then the
+        ``seconds`` of the evaluation (method: the task)."""
+        return self.evaluated_rows(None, None)
+
+    def evaluated_rows(self, perturbation: dict[str, Any] | None, clean: Evaluation | None) -> list[Row]:
+        """Every metric's record under ``perturbation`` (None: clean), each against ``clean``'s value of the same
+        (task, metric) where it has one, then the ``seconds`` of the evaluation."""
+        before = {} if clean is None else clean.values()
+        return [*(m.row(perturbation, before.get((m.task, m.metric))) for m in self.metrics),
+                Row("seconds", self.seconds, perturbation, columns={"method": self.task})]
 
 
 @dataclass(frozen=True)
@@ -121,9 +135,11 @@ class Perturbed:
     off_target: str | None = None
     raise_not_claimed: str | None = None
 
-    def clean_value(self, row: lmeval.TaskMetric) -> float | None:
-        """The clean value of ``row``'s (task, metric), None where the clean evaluation has none."""
-        return self.clean.values().get((row.task, row.metric))
+    def rows(self) -> list[Row]:
+        """The perturbed evaluation's records: every metric's, against the clean value of the same (task, metric)
+        where the clean evaluation has one, then the ``seconds`` of the evaluation; perturbation: the
+        :attr:`description`."""
+        return self.evaluation.evaluated_rows(self.description, self.clean)
 
     def acc_drop(self) -> float:
         """Clean acc minus perturbed acc."""

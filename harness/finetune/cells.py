@@ -23,7 +23,8 @@ when the perplexity of the windows trained on fell (:class:`TrainingPerplexity`)
 
 :class:`FinetuneCells` memoizes one base model's measures, fine-tunes and their measures for the session;
 :meth:`FinetuneCells.noise_aware_vs_plain` is the statistic of the non-inferiority claim. The rows a suite
-records come from :func:`measure_rows`, :meth:`After.rows` and :meth:`FinetuneCells.train_rows` (:class:`Row`).
+records come from :func:`measure_rows`, :meth:`After.rows`, :meth:`FinetuneCells.train_rows` and
+:meth:`TrainingPerplexity.rows` (:class:`Row`).
 """
 
 from __future__ import annotations
@@ -133,10 +134,22 @@ def shift_rows(base: Measures, after: Measures, shift: SuperWeightShift) -> list
 
 @dataclass(frozen=True)
 class TrainingPerplexity:
-    """Perplexity on the windows a fine-tune trained on: the base model's and the fine-tuned model's."""
+    """Perplexity on the windows a fine-tune trained on: the base model's and the fine-tuned model's.
+
+    Attributes:
+        before, after: the base model's and the fine-tuned model's perplexity on those windows.
+        perturbation: the fine-tune, as its records describe it.
+        windows: the training budget the windows come from (``windows``, ``window``, ``corpus``).
+    """
 
     before: float
     after: float
+    perturbation: dict[str, Any]
+    windows: dict[str, Any]
+
+    def rows(self) -> list[Row]:
+        """``training_perplexity``: after, against before (the budget in extra)."""
+        return [Row("training_perplexity", self.after, self.perturbation, self.windows, self.before)]
 
 
 @dataclass(frozen=True)
@@ -286,7 +299,9 @@ class FinetuneCells:
             if budget not in self._training_before:
                 self._training_before[budget] = training_perplexity(self.loaded, c)
             after = training_perplexity(self._load(self.finetuned(variant)), c)
-            self._training[variant] = TrainingPerplexity(self._training_before[budget], after)
+            self._training[variant] = TrainingPerplexity(self._training_before[budget], after,
+                                                         self.description(variant),
+                                                         {"windows": c.windows, "window": c.window, "corpus": c.corpus})
         return self._training[variant]
 
     def after(self, variant: str) -> After:

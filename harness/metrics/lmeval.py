@@ -2,8 +2,8 @@
 
 The model object is handed to lm-eval's ``HFLM(pretrained=model, tokenizer=...)`` as is: no reload,
 no copy, so a model inside any perturbation context is evaluated with the perturbation in place.
-``simple_evaluate`` runs the tasks; every task metric becomes one :class:`TaskMetric` row, ready for
-the results store (``recorder.record(row.metric, row.value, **row.columns())``).
+``simple_evaluate`` runs the tasks; every task metric becomes one :class:`TaskMetric`, whose
+:meth:`TaskMetric.row` is its record for the results store (a :class:`harness.records.row.Row`).
 
 Tasks. The offline tasks shipped in ``harness/metrics/tasks/`` (``pydoc_rolling``,
 ``pydoc_cloze``; see :mod:`harness.metrics.taskbuild`) need no download; the ``TaskManager`` for
@@ -60,6 +60,7 @@ from harness.errors import HarnessError, OfflineError, UnknownNameError
 from harness.metrics.lmeval_quiet import no_env_probe, no_kv_cache, quiet_lmeval
 from harness.models.device import input_device
 from harness.option_values import comma_list
+from harness.records.row import Row
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +234,7 @@ def load_task(name: str):
 
 @dataclass(frozen=True)
 class TaskMetric:
-    """One task metric of one evaluation, ready for the results store.
+    """One task metric of one evaluation (its record: :meth:`row`).
 
     Attributes:
         task: the lm-eval task name (stored in the ``method`` column).
@@ -254,14 +255,18 @@ class TaskMetric:
     lm_eval_version: str
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def columns(self) -> dict[str, Any]:
-        """Keyword columns for ``recorder.record`` / ``ResultStore.record``."""
-        return {
-            "method": self.task,
-            "higher_is_better": self.higher_is_better,
-            "collapsed": not math.isfinite(self.value),
-            "extra": {**self.extra, "task": self.task, "stderr": self.stderr, "lm_eval": self.lm_eval_version},
-        }
+    def row(self, perturbation: dict[str, Any] | None = None, clean_value: float | None = None) -> Row:
+        """The metric's record: method = the task, lm-eval's direction, collapsed when not finite, ``extra`` with
+        the task, stderr and lm-eval version.
+
+        Args:
+            perturbation: the model's perturbation (None: the clean model).
+            clean_value: the clean model's value of the same (task, metric), for a perturbed evaluation.
+        """
+        extra = {**self.extra, "task": self.task, "stderr": self.stderr, "lm_eval": self.lm_eval_version}
+        return Row(self.metric, self.value, perturbation, extra, clean_value,
+                   {"method": self.task, "higher_is_better": self.higher_is_better,
+                    "collapsed": not math.isfinite(self.value)})
 
 
 def _number(x: Any) -> float | None:

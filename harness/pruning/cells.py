@@ -39,6 +39,7 @@ from harness.pruning.options import (
     QUICK_SPARSITIES,
     SUITE_SCORERS,
 )
+from harness.records.row import Row
 
 if TYPE_CHECKING:
     from harness.models.loading import LoadedModel
@@ -152,8 +153,23 @@ class ScoreSlot:
         return self._scores
 
 
+class AgainstClean:
+    """A pruned model's evaluation read against the clean model's: the dataclass that mixes it in holds both
+    ``EvalResult`` s, as ``result`` and ``clean``."""
+
+    @property
+    def perplexity(self) -> float:
+        """The pruned model's perplexity."""
+        return self.result.perplexity  # type: ignore[attr-defined]
+
+    @property
+    def ratio(self) -> float:
+        """Perplexity over the clean model's (inf on collapse)."""
+        return self.result.ratio_to(self.clean)  # type: ignore[attr-defined]
+
+
 @dataclass
-class CellResult:
+class CellResult(AgainstClean):
     """What one pruned cell measured."""
 
     cell: PruneCell
@@ -162,10 +178,7 @@ class CellResult:
     summary: dict[str, Any]  # SparsityReport.to_dict(per_matrix=False)
     super_weights_pruned: int  # how many of the model's super weights the cell pruned
     perturbation: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def perplexity(self) -> float:
-        return self.result.perplexity
+    clean: Any = None  # the clean model's EvalResult on the same windows
 
     @property
     def extra(self) -> dict[str, Any]:
@@ -173,6 +186,16 @@ class CellResult:
         matrix), weights pruned, protected sites, backup bytes, matrices and the super weights pruned."""
         kept = {k: self.summary[k] for k in SUMMARY}
         return {**kept, "super_weights_pruned": self.super_weights_pruned}
+
+    def rows(self) -> list[Row]:
+        """``perplexity`` (against the clean perplexity), ``ppl_ratio``, ``kl``, ``top1`` and the ``seconds`` of
+        pruning, each with the cell's perturbation and :attr:`extra`; method: the scorer as named in the cell."""
+        r, pert, extra, columns = self.result, self.perturbation, self.extra, {"method": self.cell.scorer}
+        return [Row("perplexity", r.perplexity, pert, extra, self.clean.perplexity, columns),
+                Row("ppl_ratio", self.ratio, pert, extra, columns=columns),
+                Row("kl", r.kl, pert, extra, columns=columns),
+                Row("top1", r.top1, pert, extra, columns=columns),
+                Row("seconds", self.seconds, pert, extra, columns=columns)]
 
 
 SUMMARY = ("sparsity", "model_sparsity", "min_matrix_sparsity", "max_matrix_sparsity", "pruned", "numel", "protected",
@@ -189,6 +212,8 @@ class Reloaded:
         via_zoo: the same, loaded back with ``harness.models.load_model``.
         files: names of the files written.
         perturbation: the pruning, as the cells' records describe it.
+        method: the scorer as named in the cell (the records' method).
+        clean_perplexity: the clean model's perplexity on the same windows.
     """
 
     before_saving: float
@@ -196,6 +221,15 @@ class Reloaded:
     via_zoo: float
     files: list[str]
     perturbation: dict[str, Any]
+    method: str
+    clean_perplexity: float
+
+    def rows(self) -> list[Row]:
+        """The reloaded model's ``perplexity`` (via the zoo; against the clean perplexity), the other two in extra."""
+        extra = {"reloaded": True, "measured_before_saving": self.before_saving,
+                 "via_from_pretrained": self.via_from_pretrained}
+        return [Row("perplexity", self.via_zoo, self.perturbation, extra, self.clean_perplexity,
+                    {"method": self.method})]
 
 
 @dataclass
@@ -206,6 +240,7 @@ class PruningCells:
         loaded: the ``LoadedModel`` pruned in place and restored after each cell.
         eval_windows, calib_windows: evaluation and calibration windows (count, length).
         reference: the clean model's KL / top-1 reference (``harness.metrics.make_reference``).
+        clean: the clean model's EvalResult on ``eval_windows`` (the cells' ratios and clean values).
         detection: called once, on first need: the model's super-weight ``Detection``; its sites are kept
             by ``+protect`` cells and counted in every cell.
         scores: the score slot (share one with other suites of the session).
@@ -217,6 +252,7 @@ class PruningCells:
     eval_windows: torch.Tensor
     calib_windows: torch.Tensor
     reference: Any
+    clean: Any
     detection: Callable[[], Any]
     scores: ScoreSlot = field(default_factory=ScoreSlot)
     method: str = "zero"
@@ -228,13 +264,13 @@ class PruningCells:
     def of(cls, esa: Session, loaded: LoadedModel) -> PruningCells:
         """``loaded``'s cells in the pytest session ``esa`` (made once per model, prune method, window sets and
         corpus), on the session's windows, pruning with the session's shared :class:`ScoreSlot` and keeping the
-        session's super weights and its clean baseline's ``reference``."""
+        session's super weights and its clean baseline (``reference`` and result)."""
         eval_windows, calib_windows = esa.windows(loaded, "eval"), esa.windows(loaded, "calib")
         clean = esa.clean(loaded.name, loaded.model, eval_windows)
         o = esa.options
         method = o.pruning.method or "zero"
         key = (loaded.name, "pruning-cells", method, tuple(eval_windows.shape), tuple(calib_windows.shape), o.corpus)
-        return esa.cached(key, lambda: cls(loaded, eval_windows, calib_windows, clean.reference,
+        return esa.cached(key, lambda: cls(loaded, eval_windows, calib_windows, clean.reference, clean.result,
                                            lambda: esa.detection(loaded), scores=ScoreSlot.of(esa, loaded),
                                            method=method, tag=o.corpus))
 
@@ -268,7 +304,7 @@ class PruningCells:
             result = evaluate(self.loaded.model, self.eval_windows, self.reference)
             pruned_sites = count_zero(self.loaded.model, sites)
         return CellResult(cell, result, seconds, report.to_dict(per_matrix=False), pruned_sites,
-                          self.perturbation(cell))
+                          self.perturbation(cell), self.clean)
 
     def perturbation(self, cell: PruneCell) -> dict[str, Any]:
         """``{kind: prune, scorer, sparsity, granularity, method, protected}`` of ``cell``."""
@@ -299,7 +335,8 @@ class PruningCells:
         heap.trim()
         zoo = load_model(str(path), dtype=lm.dtype)
         via_zoo = evaluate(zoo.model, self.eval_windows).perplexity
-        return Reloaded(before, via_hf, via_zoo, sorted(p.name for p in path.iterdir()), self.perturbation(cell))
+        return Reloaded(before, via_hf, via_zoo, sorted(p.name for p in path.iterdir()), self.perturbation(cell),
+                        cell.scorer, self.clean.perplexity)
 
 
 def count_zero(model: torch.nn.Module, sites: Iterable[Any]) -> int:

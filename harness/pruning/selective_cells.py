@@ -13,7 +13,8 @@ greedily from the corpus prompts (clean generations are made once per model), op
 pruned model (``--save-pruned``), and restores it. :class:`SelectiveCells` memoizes the cells of one
 model (:meth:`SelectiveCells.of`) so that the claim tests comparing cells reuse them, and writes the
 side-by-side generations (:meth:`SelectiveCells.write_comparison`). Statistics:
-:meth:`SelectiveResult.divergences`, :attr:`SelectiveResult.identical_share`, :func:`excess_perplexity`.
+:meth:`SelectiveResult.divergences`, :attr:`SelectiveResult.identical_share`, :func:`excess_perplexity`; a cell's
+records: :meth:`SelectiveResult.rows`.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from harness.option_values import pick_preset
-from harness.pruning.cells import ScoreSlot
+from harness.pruning.cells import AgainstClean, ScoreSlot
 from harness.pruning.compare import Divergence, divergence
+from harness.records.row import Row
 
 if TYPE_CHECKING:
     from harness.models.loading import LoadedModel
@@ -125,20 +127,39 @@ def claim_tag(scorer: str, selection_id: str) -> str:
 
 
 @dataclass
-class SelectiveResult:
-    """What one selective cell measured."""
+class SelectiveResult(AgainstClean):
+    """What one selective cell measured.
+
+    Attributes:
+        scorer: the scorer (the records' method).
+        selection: what was pruned.
+        result: the pruned model's ``harness.metrics.EvalResult``.
+        summary: ``SparsityReport.to_dict(per_matrix=False)``.
+        clean_text, pruned_text: greedy generations (token ids) per prompt, of the clean and the pruned model.
+        perturbation: the records' perturbation.
+        clean: the clean model's EvalResult on the same windows.
+        prompts: the prompts generated from.
+        new_tokens: greedy tokens generated per prompt.
+        example: the first prompt with its clean and pruned generations as text (``prompt``, ``clean_output``,
+            ``perturbed_output``).
+    """
 
     scorer: str
     selection: Selection
-    result: Any  # harness.metrics.EvalResult
-    summary: dict[str, Any]  # SparsityReport.to_dict(per_matrix=False)
-    clean_text: list[list[int]]  # greedy generations (token ids) of the clean model
+    result: Any
+    summary: dict[str, Any]
+    clean_text: list[list[int]]
     pruned_text: list[list[int]]
     perturbation: dict[str, Any]
+    clean: Any
+    prompts: list[str]
+    new_tokens: int
+    example: dict[str, str]
 
     @property
-    def perplexity(self) -> float:
-        return self.result.perplexity
+    def excess(self) -> float:
+        """Perplexity lost to pruning (:func:`excess_perplexity`)."""
+        return excess_perplexity(self.result, self.clean)
 
     @property
     def extra(self) -> dict[str, Any]:
@@ -158,6 +179,25 @@ class SelectiveResult:
         found = self.divergences()
         return sum(d.identical for d in found) / len(found)
 
+    def rows(self) -> list[Row]:
+        """``perplexity`` and ``ppl_ratio`` (against the clean perplexity; the ratio's extra has the
+        :attr:`example`), ``kl``, ``top1``; per prompt (a trial) ``first_diff_token`` (the generation length when
+        nothing differs) and ``token_edit_distance``; ``identical_generations``. Method: the scorer."""
+        r, pert, extra, columns = self.result, self.perturbation, self.extra, {"method": self.scorer}
+        clean = self.clean.perplexity
+        rows = [Row("perplexity", r.perplexity, pert, extra, clean, columns),
+                Row("ppl_ratio", self.ratio, pert, {**extra, **self.example}, clean, columns),
+                Row("kl", r.kl, pert, extra, columns=columns),
+                Row("top1", r.top1, pert, extra, columns=columns)]
+        for i, (prompt, d) in enumerate(zip(self.prompts, self.divergences(), strict=True)):
+            rows += [Row("first_diff_token", float(d.length if d.first is None else d.first), pert,
+                         {"trial": i, "prompt": prompt, "identical": d.identical}, columns=columns),
+                     Row("token_edit_distance", float(d.distance), pert, {"trial": i, "prompt": prompt,
+                                                                         "length": d.length}, columns=columns)]
+        rows.append(Row("identical_generations", self.identical_share, pert,
+                        {"prompts": len(self.prompts), "tokens": self.new_tokens}, columns=columns))
+        return rows
+
 
 @dataclass
 class SelectiveCells:
@@ -167,6 +207,7 @@ class SelectiveCells:
         loaded: the ``LoadedModel`` pruned in place and restored after each cell.
         eval_windows, calib_windows: evaluation and calibration windows (count, length).
         reference: the clean model's KL / top-1 reference.
+        clean: the clean model's EvalResult on ``eval_windows`` (the cells' ratios and clean values).
         prompts, new_tokens: greedy generation prompts and length.
         scores: the score slot (shared with the pruning suite).
         prune_method: what pruned weights become.
@@ -180,6 +221,7 @@ class SelectiveCells:
     eval_windows: torch.Tensor
     calib_windows: torch.Tensor
     reference: Any
+    clean: Any
     prompts: list[str]
     new_tokens: int
     scores: ScoreSlot = field(default_factory=ScoreSlot)
@@ -195,7 +237,8 @@ class SelectiveCells:
     def of(cls, esa: Session, loaded: LoadedModel) -> SelectiveCells:
         """``loaded``'s cells in the pytest session ``esa`` (made once per model, prune method, window sets and
         corpus), on the session's windows and the preset's prompts of the session's corpus, pruning with the
-        session's shared :class:`~harness.pruning.cells.ScoreSlot`; the clean baseline's ``reference`` is kept."""
+        session's shared :class:`~harness.pruning.cells.ScoreSlot`; the clean baseline's ``reference`` and result are
+        kept."""
         eval_windows, calib_windows = esa.windows(loaded, "eval"), esa.windows(loaded, "calib")
         clean = esa.clean(loaded.name, loaded.model, eval_windows)
         from harness.data import generation_prompts
@@ -205,7 +248,7 @@ class SelectiveCells:
         save, method = o.pruning.save_dir, o.pruning.method or "zero"
 
         def make() -> SelectiveCells:
-            return cls(loaded, eval_windows, calib_windows, clean.reference,
+            return cls(loaded, eval_windows, calib_windows, clean.reference, clean.result,
                        generation_prompts(esa.corpus(), p.prompts), p.new_tokens, scores=ScoreSlot.of(esa, loaded),
                        prune_method=method, save_dir=None if save is None else Path(save) / model_dir_name(loaded.name),
                        overwrite=o.pruning.overwrite, tag=o.corpus, results_dir=o.results_dir)
@@ -213,24 +256,24 @@ class SelectiveCells:
         key = (loaded.name, "selective-cells", method, tuple(eval_windows.shape), tuple(calib_windows.shape), o.corpus)
         return esa.cached(key, make)
 
-    def example(self, measured: SelectiveResult) -> dict[str, str]:
+    def _example(self, clean_text: list[list[int]], pruned_text: list[list[int]]) -> dict[str, str]:
         """The first prompt with its clean and pruned generations as text."""
         decode = self.loaded.tokenizer.decode
-        return {"prompt": self.prompts[0], "clean_output": decode(measured.clean_text[0], skip_special_tokens=True),
-                "perturbed_output": decode(measured.pruned_text[0], skip_special_tokens=True)}
+        return {"prompt": self.prompts[0], "clean_output": decode(clean_text[0], skip_special_tokens=True),
+                "perturbed_output": decode(pruned_text[0], skip_special_tokens=True)}
 
-    def write_comparison(self, measured: SelectiveResult, clean_perplexity: float) -> Path | None:
+    def write_comparison(self, measured: SelectiveResult) -> Path | None:
         """Write ``measured``'s generations beside the clean ones into ``<results_dir>/<model>/output_comparison.txt``
         (``harness.pruning.compare``); None when the cells have no ``results_dir``."""
         from harness.pruning.compare import format_section, write_comparison
 
         if self.results_dir is None:
             return None
-        s, summary = measured.selection, measured.summary
+        s, summary, before = measured.selection, measured.summary, measured.clean.perplexity
         notes = (f"scorer={measured.scorer} component={s.component} layers={s.layers} percentile={s.percentile} "
                  f"threshold={s.threshold} method={self.prune_method} target={s.target}: pruned "
                  f"{summary['pruned']:,} of {summary['numel']:,} weights ({100 * summary['sparsity']:.2f}%) in "
-                 f"{summary['matrices']} matrices; perplexity {clean_perplexity:.3f} -> {measured.perplexity:.3f}; "
+                 f"{summary['matrices']} matrices; perplexity {before:.3f} -> {measured.perplexity:.3f}; "
                  f"greedy, {self.new_tokens} new tokens")
         title = f"{self.loaded.name} {measured.scorer} {s.id}"
         section = format_section(title, self.loaded.tokenizer, self.prompts, measured.clean_text, measured.pruned_text,
@@ -271,4 +314,5 @@ class SelectiveCells:
         perturbation = {"kind": "selective_prune", "sparsity": round(summary["sparsity"], 4), "layers": s.layers,
                         "component": s.component, "percentile": s.percentile, "threshold": s.threshold,
                         "prune_method": self.prune_method, "target": s.target}
-        return SelectiveResult(scorer, s, result, summary, clean_text, pruned_text, perturbation)
+        return SelectiveResult(scorer, s, result, summary, clean_text, pruned_text, perturbation, self.clean,
+                               list(self.prompts), self.new_tokens, self._example(clean_text, pruned_text))

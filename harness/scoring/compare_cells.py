@@ -14,6 +14,9 @@ top-``k`` set is small (its Jaccard with dense methods is near 0 by construction
 Spearman sample (its scores are 0 almost everywhere). Signed methods (``integrated``, ``hessian``) are
 ranked by |score|, as ``ScoreSet.top_k`` ranks them.
 
+A method's cell is :class:`Scoring` (:meth:`CompareCells.measure`: its cost); a pair's, :class:`Agreement`. Each
+carries its records (``rows()``).
+
 The statistics: :class:`Agreement` (Jaccard of the top-k sets, Spearman on the common sample, the
 random-ranking references), and the relations a pair that should agree is held to,
 :func:`top_k_overlap` (a random overlap as large has probability below ``p_random``) and
@@ -35,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from harness.claims import Comparison
+from harness.records.row import Row
 from harness.scoring.agreement import Scored, overlap_pvalue, random_jaccard, random_spearman_limit
 from harness.stats import jaccard, spearman
 
@@ -69,6 +73,45 @@ class Preset:
 
 PRESETS = {"quick": Preset(k=100, sample=20_000, calib_windows=2, integrated_steps=2, hessian_probes=2),
            "full": Preset(k=1000, sample=200_000, calib_windows=None, integrated_steps=8, hessian_probes=16)}
+
+
+def score_perturbation(k: int) -> dict[str, Any]:
+    """The records' perturbation of a scoring kept to its top ``k``: ``{kind: score, k}``."""
+    return {"kind": "score", "k": k}
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """One method's scoring (its cost) and the top-``k`` it was asked for.
+
+    Attributes:
+        scored: the method's top-k, sampled scores, seconds and cost.
+        k: the top-``k`` asked for.
+    """
+
+    scored: Scored
+    k: int
+
+    @property
+    def method(self) -> str:
+        return self.scored.method
+
+    @property
+    def found(self) -> int:
+        """Weights in its top-k set (fewer than ``k`` for ``activation``)."""
+        return len(self.scored.top)
+
+    @property
+    def perturbation(self) -> dict[str, Any]:
+        return score_perturbation(self.k)
+
+    def rows(self) -> list[Row]:
+        """The ``seconds`` of scoring plus the top-k pass (forward / backward passes, tokens, weights found and the
+        scorer options in extra); method: the scorer."""
+        c = self.scored.cost
+        extra = {"forward": c.forward, "backward": c.backward, "tokens": c.tokens, "found": self.found,
+                 **self.scored.options}
+        return [Row("seconds", self.scored.seconds, self.perturbation, extra, columns={"method": self.method})]
 
 
 def methods(preset: str, chosen: tuple[str, ...] | None = None) -> tuple[str, ...]:
@@ -116,6 +159,10 @@ class Agreement:
         return f"{self.a}|{self.b}"
 
     @property
+    def perturbation(self) -> dict[str, Any]:
+        return score_perturbation(self.k)
+
+    @property
     def random_overlap(self) -> float:
         """Expected overlap of two random sets of the same sizes: ``size_a size_b / numel``."""
         return self.size_a * self.size_b / self.numel
@@ -140,6 +187,15 @@ class Agreement:
         """What the ``spearman`` record carries: methods, sample size and the random limit."""
         return {"method_a": self.a, "method_b": self.b, "sample": self.sample, "over": "common_sample",
                 "random_limit": self.random_limit}
+
+    def rows(self) -> list[Row]:
+        """``jaccard`` (:meth:`jaccard_extra`) and, where both have a sample, ``spearman`` (:meth:`spearman_extra`);
+        method: the pair (``a|b``)."""
+        columns = {"method": self.method}
+        out = [Row("jaccard", self.jaccard, self.perturbation, self.jaccard_extra(), columns=columns)]
+        if self.rho is not None:
+            out.append(Row("spearman", self.rho, self.perturbation, self.spearman_extra(), columns=columns))
+        return out
 
 
 def agreement(a: Scored, b: Scored, k: int) -> Agreement:
@@ -214,6 +270,10 @@ class CompareCells:
             self._scored[method] = scored(self.loaded, method, self.calib_windows, self.preset.k, positions,
                                           **self.preset.options(method))
         return self._scored[method]
+
+    def measure(self, method: str) -> Scoring:
+        """``method``'s scoring (:meth:`scored`) with the top-``k`` asked for."""
+        return Scoring(self.scored(method), self.preset.k)
 
     def agreements(self, methods: tuple[str, ...]) -> list[Agreement]:
         """Every pair of ``methods`` (sorted), scoring each method not yet scored in the given order first."""

@@ -5,8 +5,9 @@ A cell is (method, action) (:class:`TargetedCell`): ``method`` a scorer of ``har
 control, drawn uniformly over the same matrices), ``action`` an ``action`` recipe of :mod:`harness.recipes`
 (``zero``, ``noise``, ``exponent_lsb``). Its :class:`Curve` holds, per fraction ``x``, the trials perturbing
 ``n = max(1, round(x * N))`` weights (N: the linear weights' count): one for a ranked method (its sites are fixed,
-noise is seeded), the preset's seeded trials for ``random``. :class:`TargetedCells` memoizes one model's curves
-and scorings; :meth:`TargetedCells.ranked_vs_random` is the statistic of the claim.
+noise is seeded), the preset's seeded trials for ``random``; its records are :meth:`Curve.rows`.
+:class:`TargetedCells` memoizes one model's curves and scorings; :meth:`TargetedCells.ranked_vs_random` is the
+statistic of the claim.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 
 from harness.option_values import pick_preset
 from harness.recipes import RECIPES, Subject, prepare
+from harness.records.row import Row
 from harness.scoring.options import FULL_FRACTIONS, FULL_TARGETED, QUICK_FRACTIONS, QUICK_TARGETED
 from harness.stats import trial_seed
 
@@ -92,15 +94,33 @@ class TrialPoint:
 
 @dataclass(frozen=True)
 class Curve:
-    """A cell's trials per fraction (ascending), and the scoring seconds of a ranked method (None for random)."""
+    """A cell's trials per fraction (ascending), the scoring seconds of a ranked method (None for random) and the
+    clean perplexity the ratios are against."""
 
     cell: TargetedCell
     points: dict[float, list[TrialPoint]]
     seconds: float | None = None
+    clean_perplexity: float | None = None
 
     def description(self, fraction: float, point: TrialPoint) -> dict[str, Any]:
         """The record's perturbation of one trial."""
         return {"kind": "targeted", "fraction": fraction, "action": self.cell.action, "count": point.count}
+
+    def rows(self) -> list[Row]:
+        """Per trial its ``ppl_ratio`` (against the clean perplexity) and ``kl`` (trial and seed in extra); a ranked
+        method's ``seconds`` of scoring on its first action's curve only (one scoring per method). Method: the
+        cell's."""
+        method = {"method": self.cell.method}
+        out = []
+        for fraction, points in self.points.items():
+            for p in points:
+                pert, extra = self.description(fraction, p), {"trial": p.trial, "trial_seed": p.trial_seed}
+                columns = {**method, "collapsed": p.collapsed}
+                out += [Row("ppl_ratio", p.ratio, pert, extra, self.clean_perplexity, columns),
+                        Row("kl", p.kl, pert, extra, columns=columns)]
+        if self.seconds is not None and self.cell.action == ACTIONS[0]:
+            out.append(Row("seconds", self.seconds, {"kind": "score"}, columns=method))
+        return out
 
 
 @dataclass(frozen=True)
@@ -211,7 +231,7 @@ class TargetedCells:
                          if cell.method == RANDOM else sites[:n])
                 t = campaign.trial(prepare(cell.action, Subject(model, sites=picks, generator=g)).perturbation)
                 points[fraction].append(TrialPoint(t.ratio, t.result.kl, t.collapsed, len(picks), trial, seed))
-        return Curve(cell, points, seconds)
+        return Curve(cell, points, seconds, self.clean.result.perplexity)
 
     def ranked_vs_random(self, method: str, action: str) -> RankedVsRandom:
         """``method``'s ratio (its one trial) and the largest ratio of the random control's trials, per fraction."""
