@@ -79,7 +79,6 @@ def test_ablation_sensitivity(lm, cells, recorder, timer, cell):
     recorder.record("seconds", t.seconds, method=cell.mode, perturbation=cell.perturbation,
                     extra={"layers": len(ratios)})
     columns = layers.summary()
-    recorder.record("worst_layer", worst, **columns)
     recorder.claim(WORST[cell.mode, cell.component], ratios[worst], **columns)
     recorder.claim(MILDEST[cell.mode, cell.component], min(ratios), **columns)
     if cell.component == "all":

@@ -392,6 +392,9 @@ def test_noise_and_ablation_cells_measure_a_curve_and_a_map(tiny_llama):
     layers = ablation_cells.AblationCells.of(esa, tiny_llama).measure(ablation_cells.AblationCell("zero", "all"))
     assert [a.layer for a in layers.layers] == list(range(model.config.num_hidden_layers))
     assert layers.ratios[layers.worst] == max(layers.ratios) and layers.ratios[layers.mildest] == min(layers.ratios)
+    rows = layers.rows()
+    assert [r.metric for r in rows] == ["ppl_ratio", "perplexity"] * len(layers.layers) + ["worst_layer"]
+    assert rows[-1].value == layers.worst and rows[-1].extra["layers"] == len(layers.layers)
     # the session's clean baselines: the noise preset's first 2 windows, the ablation preset's first one
     assert sorted(k[2] for k in esa.memo if k[1] == "clean") == [(1, LENGTH), (2, LENGTH)]
     assert noise.sweep.clean.result.perplexity == curve.clean_perplexity

@@ -111,6 +111,9 @@ class LayerMap:
             pert = {"kind": "ablation", **where}
             out += [Row("ppl_ratio", a.ratio, pert, where, self.clean_perplexity, columns),
                     Row("perplexity", a.perplexity, pert, where, self.clean_perplexity, columns)]
+        summary = self.summary()
+        out.append(Row("worst_layer", self.worst, summary["perturbation"], summary["extra"],
+                       columns={"method": summary["method"]}))
         return out
 
     def summary(self) -> dict[str, Any]:
