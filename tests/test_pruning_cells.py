@@ -235,3 +235,19 @@ def test_compare_cells_score_each_method_once_and_compare_every_pair(tiny, windo
     assert cells.measure("wanda").scored is cells.scored("wanda") and cells.measure("wanda").k == C.PRESETS["quick"].k
     assert pair.sample == pytest.approx(C.PRESETS["quick"].sample, rel=0.01)
     assert -1 <= pair.rho <= 1 and not math.isnan(pair.jaccard)
+
+
+def test_a_cell_that_prunes_nothing_has_no_effect_claim():
+    """10% of a tiny model's 4 heads rounds to none: the effect claim does not apply (never a pass, never a fail)."""
+    from types import SimpleNamespace
+
+    from harness.pruning.cells import CellResult, PruneCell
+
+    clean = SimpleNamespace(perplexity=10.0, kl=0.0, ratio_to=lambda other: 1.0)
+    same = SimpleNamespace(perplexity=10.0, kl=0.0, ratio_to=lambda other: 1.0)
+    moved = SimpleNamespace(perplexity=11.0, kl=0.01, ratio_to=lambda other: 1.1)
+    cell = PruneCell("magnitude", 0.1, "head")
+    nothing = CellResult(cell, same, 0.0, {"pruned": 0}, 0, clean=clean)
+    assert "rounds to none" in nothing.effect()
+    assert CellResult(cell, moved, 0.0, {"pruned": 64}, 0, clean=clean).effect().holds
+    assert not CellResult(cell, same, 0.0, {"pruned": 64}, 0, clean=clean).effect().holds

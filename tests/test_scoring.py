@@ -552,3 +552,14 @@ def test_known_super_weights_are_data_keyed_by_hub_id():
     assert len(known_super_weights("huggyllama/llama-13b")) == 2
     assert {k.layer for k in known_super_weights("allenai/OLMo-7B-0724-hf")} == {1, 2, 7, 24}
     assert known_super_weights("tiny-llama") == [] and known_super_weights("nobody/nothing") == []
+
+
+def test_overlap_pvalue_with_overlaps_beyond_a_float_factorial():
+    """The full preset's k = 1000: overlaps above 170 once raised OverflowError (170! is the last float factorial)."""
+    from harness.scoring.agreement import overlap_pvalue
+
+    assert overlap_pvalue(0, 10, 10, 100) == 1.0
+    assert 0.0 < overlap_pvalue(2, 10, 10, 100) < 1.0
+    assert overlap_pvalue(400, 1000, 1000, 4000) < overlap_pvalue(300, 1000, 1000, 4000) < 0.01  # mean 250
+    assert overlap_pvalue(200, 1000, 1000, 10**9) == 0.0
+    assert overlap_pvalue(180, 1000, 1000, 4000) > 0.99  # mean overlap 250: at least 180 is near certain

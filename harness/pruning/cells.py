@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from harness import heap
+from harness.claims import Comparison, has_effect, trial_changed
 from harness.option_values import pick_preset
 from harness.pruning.options import (
     FULL_GRANULARITIES,
@@ -179,6 +180,14 @@ class CellResult(AgainstClean):
     super_weights_pruned: int  # how many of the model's super weights the cell pruned
     perturbation: dict[str, Any] = field(default_factory=dict)
     clean: Any = None  # the clean model's EvalResult on the same windows
+
+    def effect(self) -> Comparison | str:
+        """The effect claim's evidence: did the pruned model's output move; or why it does not apply (the cell
+        pruned no weight: its fraction of a few whole groups, heads or neurons of a tiny model, rounds to none)."""
+        if self.summary["pruned"] == 0:
+            return (f"{self.cell.sparsity:g} of the {self.cell.granularity} groups rounds to none: the cell prunes no "
+                    "weight")
+        return has_effect([trial_changed(self.ratio, self.result.kl)])
 
     @property
     def extra(self) -> dict[str, Any]:

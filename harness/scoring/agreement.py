@@ -89,5 +89,14 @@ def overlap_pvalue(common: int, k_a: int, k_b: int, n: int) -> float:
     """P(two uniformly random subsets of sizes ``k_a``, ``k_b`` of ``n`` items share >= ``common`` items),
     Poisson approximation with mean k_a k_b / n (close for k_a k_b << n)."""
     lam = k_a * k_b / n
-    below = sum(math.exp(-lam) * lam**i / math.factorial(i) for i in range(common))
+    below = sum(_poisson_pmf(i, lam) for i in range(common))
     return max(0.0, 1.0 - below)
+
+
+def _poisson_pmf(i: int, lam: float) -> float:
+    """P(X = i), X ~ Poisson(lam); in log space where ``lam**i`` or ``i!`` exceed a float (i > 170: the full
+    preset's k = 1000 overlaps)."""
+    try:
+        return math.exp(-lam) * lam**i / math.factorial(i)
+    except OverflowError:
+        return 0.0 if lam == 0 else math.exp(i * math.log(lam) - lam - math.lgamma(i + 1))
