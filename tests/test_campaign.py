@@ -422,3 +422,21 @@ def test_the_list_target_falls_back_to_the_recipes_candidate(model, nothing):
         blind.pool("list")
     with pytest.raises(HarnessError, match="list target needs its sites"):
         site_pool(model, "list", [])
+
+
+def test_the_candidate_standing_in_is_measured_once_per_distinct_flip(model, nothing):
+    """A one-site pool has one distinct sign flip and 8 exponent flips: no more trials than that (a repeat of the
+    same flip is no new trial), and the rate claim is told why the sites stand in."""
+    from types import SimpleNamespace
+
+    from harness.campaign import clean_baseline
+    from harness.campaign.bitflip_cells import BitflipCell, BitflipCells
+
+    loaded = SimpleNamespace(name="tiny", model=model, dtype=torch.float32)
+    windows = torch.randint(0, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    cells = BitflipCells(loaded, windows, lambda: nothing, preset="quick", seed=0, trials=lambda name, count: 3,
+                         clean=lambda name, m, w: clean_baseline(m, w, keep_blocks=True))
+    sign, exponent = (cells.measure(BitflipCell("list", b)) for b in ("sign", "exponent"))
+    assert (sign.n, exponent.n) == (1, 3)
+    assert sign.stand_in.startswith("no super weight detected") and "strongest candidate" in sign.stand_in
+    assert cells.measure(BitflipCell("largest", "sign")).stand_in == ""

@@ -23,7 +23,7 @@ from harness.campaign.engine import Campaign, trial_specs
 from harness.campaign.sizing import Precision, Sizing, sequential
 from harness.claims import trial_changed
 from harness.errors import HarnessError
-from harness.faults import BIT_CLASSES, FaultSite, flip_bits
+from harness.faults import BIT_CLASSES, FaultSite, bit_class, flip_bits
 from harness.models.copies import DtypeCopy
 from harness.models.device import DTYPES, dtype_name
 from harness.option_values import pick_preset
@@ -124,6 +124,7 @@ class BitflipResult:
     dtype: str  # fp32, fp16, bf16 (claim names)
     torch_dtype: str  # float32, ... (the records' dtype column)
     clean_perplexity: float
+    stand_in: str = ""  # why the list target's sites stand in for super weights ("": they are the super weights)
 
     @property
     def n(self) -> int:
@@ -250,14 +251,21 @@ class BitflipCells:
         def run(first: int, count: int):
             return campaign.run(trial_specs(self.seed, count, first=first), perturb, cell=label)
 
+        # a pool's distinct single flips (site x bit of the class) bound the trials: beyond them a trial repeats one
+        distinct = len(pool) * len(bit_class(cell.bit_class, loaded.dtype)) if pool and cell.n_flips == 1 else None
+        start = self.trials(name, cell.trials_in(self.preset))
         rows, sizing = [], None
-        for rec in sequential(run, lambda r: r.trial.collapsed, start=self.trials(name, cell.trials_in(self.preset)),
-                              precision=self.precision, population=len(pool) if pool else math.inf):
+        for rec in sequential(run, lambda r: r.trial.collapsed, start=min(start, distinct or start),
+                              precision=self.precision, population=distinct or (len(pool) if pool else math.inf)):
             if isinstance(rec, Sizing):
                 sizing = rec
                 continue
             t = rec.trial
             rows.append(BitflipTrial(rec.spec.trial, rec.spec.seed, t.ratio, t.result.kl, t.collapsed,
                                      trial_changed(t.ratio, t.result.kl, t.masked), tuple(rec.perturbation.sites)))
+        stand_in = ""
+        if source.startswith("candidate:"):
+            stand_in = (f"{self.detection().none_reason()}: the list target flipped the detector's strongest "
+                        "candidate instead")
         return BitflipResult(cell, tuple(rows), sizing, source, dtype, dtype_name(loaded.dtype),
-                             clean.result.perplexity)
+                             clean.result.perplexity, stand_in)
