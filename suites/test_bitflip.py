@@ -14,7 +14,7 @@ a target (a paired design).
   ``list``     the detected super weights (one detector for every suite, ``esa.detection``);
                where none is detected (tiny random models, gemma3-270m) the detector's strongest
                candidate (``harness.recipes.super_weight_sites``, the one fallback), its rate claims
-               then not applicable and its trials at most its distinct flips. The source is
+               then not applicable. The source is
                recorded as ``target_source``.
 - dtype: the model's own (``native``); the full preset adds ``bf16`` (a second copy, loaded once
   per module; skipped when the model already is bf16). Flips per trial: 1; full adds 8.

@@ -424,9 +424,9 @@ def test_the_list_target_falls_back_to_the_recipes_candidate(model, nothing):
         site_pool(model, "list", [])
 
 
-def test_the_candidate_standing_in_is_measured_once_per_distinct_flip(model, nothing):
-    """A one-site pool has one distinct sign flip and 8 exponent flips: no more trials than that (a repeat of the
-    same flip is no new trial), and the rate claim is told why the sites stand in."""
+def test_the_candidate_standing_in_tells_the_rate_claim_why(model, nothing):
+    """The list target's sites are the detector's candidate on a model without super weights: the result says why
+    (its rate claims are not applicable); a pool of one site is drawn with replacement, trial after trial."""
     from types import SimpleNamespace
 
     from harness.campaign import clean_baseline
@@ -437,6 +437,6 @@ def test_the_candidate_standing_in_is_measured_once_per_distinct_flip(model, not
     cells = BitflipCells(loaded, windows, lambda: nothing, preset="quick", seed=0, trials=lambda name, count: 3,
                          clean=lambda name, m, w: clean_baseline(m, w, keep_blocks=True))
     sign, exponent = (cells.measure(BitflipCell("list", b)) for b in ("sign", "exponent"))
-    assert (sign.n, exponent.n) == (1, 3)
+    assert (sign.n, exponent.n) == (3, 3) and len({t.sites for t in sign.trials}) == 1
     assert sign.stand_in.startswith("no super weight detected") and "strongest candidate" in sign.stand_in
     assert cells.measure(BitflipCell("largest", "sign")).stand_in == ""

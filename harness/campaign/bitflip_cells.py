@@ -23,7 +23,7 @@ from harness.campaign.engine import Campaign, trial_specs
 from harness.campaign.sizing import Precision, Sizing, sequential
 from harness.claims import trial_changed
 from harness.errors import HarnessError
-from harness.faults import BIT_CLASSES, FaultSite, bit_class, flip_bits
+from harness.faults import BIT_CLASSES, FaultSite, flip_bits
 from harness.models.copies import DtypeCopy
 from harness.models.device import DTYPES, dtype_name
 from harness.option_values import pick_preset
@@ -251,12 +251,9 @@ class BitflipCells:
         def run(first: int, count: int):
             return campaign.run(trial_specs(self.seed, count, first=first), perturb, cell=label)
 
-        # a pool's distinct single flips (site x bit of the class) bound the trials: beyond them a trial repeats one
-        distinct = len(pool) * len(bit_class(cell.bit_class, loaded.dtype)) if pool and cell.n_flips == 1 else None
-        start = self.trials(name, cell.trials_in(self.preset))
         rows, sizing = [], None
-        for rec in sequential(run, lambda r: r.trial.collapsed, start=min(start, distinct or start),
-                              precision=self.precision, population=distinct or (len(pool) if pool else math.inf)):
+        for rec in sequential(run, lambda r: r.trial.collapsed, start=self.trials(name, cell.trials_in(self.preset)),
+                              precision=self.precision, population=len(pool) if pool else math.inf):
             if isinstance(rec, Sizing):
                 sizing = rec
                 continue
