@@ -28,7 +28,7 @@ from harness.models.copies import DtypeCopy
 from harness.models.device import DTYPES, dtype_name
 from harness.option_values import pick_preset
 from harness.recipes import super_weight_sites
-from harness.records.row import Row
+from harness.records.row import Row, trial_rows
 
 if TYPE_CHECKING:
     from harness.models.loading import LoadedModel
@@ -164,8 +164,7 @@ class BitflipResult:
         for t in self.trials:
             pert, extra = self.trial_perturbation(t), {"trial": t.trial, "trial_seed": t.trial_seed}
             columns = {"method": self.cell.target, "collapsed": t.collapsed}
-            out += [Row("ppl_ratio", t.ratio, pert, extra, self.clean_perplexity, columns),
-                    Row("kl", t.kl, pert, extra, columns=columns)]
+            out += trial_rows(t.ratio, t.kl, pert, extra, self.clean_perplexity, columns)
         out.append(Row("collapse_rate", self.collapses / self.n, self.perturbation, self.sizing.to_dict(),
                        columns={"method": self.cell.target}))
         return out

@@ -35,3 +35,10 @@ class Row:
         if self.clean_value is not None:
             out["clean_value"] = self.clean_value
         return out
+
+
+def trial_rows(ratio: float, kl: float, perturbation: dict[str, Any], extra: dict[str, Any],
+               clean_perplexity: float | None, columns: dict[str, Any]) -> list[Row]:
+    """One fault trial's records: its ``ppl_ratio`` (against the clean perplexity) and its ``kl``."""
+    return [Row("ppl_ratio", ratio, perturbation, extra, clean_perplexity, columns),
+            Row("kl", kl, perturbation, extra, columns=columns)]

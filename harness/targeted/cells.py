@@ -20,7 +20,7 @@ import torch
 
 from harness.option_values import pick_preset
 from harness.recipes import RECIPES, Subject, prepare
-from harness.records.row import Row
+from harness.records.row import Row, trial_rows
 from harness.scoring.options import FULL_FRACTIONS, FULL_TARGETED, QUICK_FRACTIONS, QUICK_TARGETED
 from harness.stats import trial_seed
 
@@ -116,8 +116,7 @@ class Curve:
             for p in points:
                 pert, extra = self.description(fraction, p), {"trial": p.trial, "trial_seed": p.trial_seed}
                 columns = {**method, "collapsed": p.collapsed}
-                out += [Row("ppl_ratio", p.ratio, pert, extra, self.clean_perplexity, columns),
-                        Row("kl", p.kl, pert, extra, columns=columns)]
+                out += trial_rows(p.ratio, p.kl, pert, extra, self.clean_perplexity, columns)
         if self.seconds is not None and self.cell.action == ACTIONS[0]:
             out.append(Row("seconds", self.seconds, {"kind": "score"}, columns=method))
         return out
