@@ -11,8 +11,9 @@ BASELINE ?=
 # included); every suite on two tiny random families (llama: separate q/k/v; gpt-neox: fused qkv) with one trial
 # (relations not applicable, bounds unverified); every suite on the real pretrained smollm2-135m at the quick preset
 # and at SEED, a seed none of its bounds was derived from (they come from seeds 0-4: the run checks out of sample;
-# every relation asserted; the fine-tuning and attribution suites, ~6 and ~8 CPU minutes, run there on the tiny
-# families only: `make suites` runs them on the real model); and each benchmark once on tiny-llama with timing
+# every relation asserted; the fine-tuning, attribution and lm-eval suites, ~6, ~8 and ~3.5 CPU minutes, run there on
+# the tiny families only: `make suites` runs them on the real model, and tests/test_lmeval.py checks lm-eval's rolling
+# log-likelihood on smollm2-135m against a direct computation); and each benchmark once on tiny-llama with timing
 # disabled.
 TINY    ?= tiny-llama,tiny-gpt-neox
 SEED    ?= 5
@@ -23,16 +24,17 @@ STRICT  ?= --strict-claims
 SEEDS   ?= 0 1 2 3 4
 # make test runs each pytest call on JOBS pytest-xdist workers (one per core; a test file stays on one worker, so
 # its cached baselines are built once), one thread each: 1.8 of 2 cores busy instead of 1.4. `--dist loadfile`
-# hands the files out in the order given, so the longest go first (smollm2-135m quick, one thread: pruning 218 s,
-# evaluate 217 s, attack 164 s, bitflip 174 s; the rest 4-83 s) and none of them starts last, alone; the mutation
+# hands the files out in the order given, so the longest go first (smollm2-135m quick, one thread: pruning 190 s,
+# bitflip 174 s, attack 139 s; the rest 4-83 s) and none of them starts last, alone; the mutation
 # tests (eight suite runs, one at a time inside a worker) lead the unit tests for the same reason. JOBS=1: serial.
 JOBS    ?= 2
 NPROC   := $(if $(filter-out 1,$(JOBS)),-n $(JOBS),)
 # keep the order given (xdist otherwise hands out the files with the most tests first)
 ORDER   := $(if $(filter-out 1,$(JOBS)),--no-loadscope-reorder,)
 XDIST   := $(if $(filter-out 1,$(JOBS)),OMP_NUM_THREADS=1,)
-LONGEST := suites/test_pruning.py suites/test_evaluate.py suites/test_attack.py suites/test_bitflip.py
-ONREAL  := $(filter-out suites/test_finetune.py suites/test_attribution.py,$(wildcard suites/test_*.py))
+LONGEST := suites/test_pruning.py suites/test_bitflip.py suites/test_attack.py
+NOTREAL := suites/test_finetune.py suites/test_attribution.py suites/test_evaluate.py
+ONREAL  := $(filter-out $(NOTREAL),$(wildcard suites/test_*.py))
 SUITES  := $(LONGEST) $(filter-out $(LONGEST),$(sort $(ONREAL)))
 # make test's real-model suites that run in the other branch, after its unit tests, tiny families and benchmarks
 # (in a fresh clone on 2026-12-07 that branch ended first: 817 s against 971 s; with detection moved, 791 s against
@@ -87,7 +89,7 @@ test-rest:
 # (`JOBS=2`: that many xdist workers, one thread each, the longest files first).
 SUITES_SEED := $(if $(filter command line environment,$(origin SEED)),$(SEED),0)
 SUITES_JOBS := $(if $(filter command line environment,$(origin JOBS)),$(JOBS),1)
-ALL_SUITES  := suites/test_finetune.py suites/test_attribution.py $(SUITES)
+ALL_SUITES  := $(NOTREAL) $(SUITES)
 suites:
 	$(if $(filter-out 1,$(SUITES_JOBS)),OMP_NUM_THREADS=1 $(PYTEST) $(ALL_SUITES) -n $(SUITES_JOBS) --dist loadfile \
 	  --no-loadscope-reorder,$(PYTEST) suites) --model $(MODEL) --preset $(DEPTH) --device $(DEVICE) $(STRICT) \

@@ -3,7 +3,8 @@
 A fingerprint holds, per tensor, a position-sensitive checksum of its stored bytes, so that two
 opposite leaks (``+d`` at one element, ``-d`` at another, which a plain sum cannot see) never cancel:
 
-- CPU tensors: CRC-32 of the bytes (zlib; one pass, no copy). CRC-32 sees every change of one or
+- CPU tensors: CRC-32 of the bytes (one pass, no copy; zlib-ng's kernel where the ``zlib-ng`` package is installed,
+  else zlib's: the same polynomial, so the same values, :data:`CRC32`). CRC-32 sees every change of one or
   two bits anywhere in a tensor of up to 512 MB, every burst of up to 32 bits, and misses any other
   change (two opposite multi-bit leaks included) only with probability 2^-32; unlike a sum, it
   depends on where each byte is.
@@ -27,6 +28,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+try:  # zlib-ng's CRC-32 (PCLMUL / AVX-512 folding): zlib's values at 8.2 GB/s against zlib's 2.2 GB/s on this machine
+    from zlib_ng.zlib_ng import crc32 as CRC32
+except ImportError:  # pragma: no cover - zlib-ng is a dependency; a bare install still gets the same checksums
+    CRC32 = zlib.crc32
+
 _COLS = 4096  # words per row of the (R, C) view of the device path
 
 
@@ -45,7 +51,7 @@ def word_sums(t: torch.Tensor) -> tuple[int, ...]:
 
 
 def _crc(data: torch.Tensor) -> tuple[int, ...]:
-    return (zlib.crc32(memoryview(data.numpy())), data.numel())
+    return (CRC32(memoryview(data.numpy())), data.numel())
 
 
 def _device_sums(data: torch.Tensor) -> tuple[int, ...]:

@@ -1,9 +1,9 @@
 """Sabotages for the claim-power tests (``tests/test_claim_power.py``): a pytest plugin that breaks one
-thing in the harness or the model before the suites run, chosen by ``ESA_SABOTAGE``.
+thing in the harness or the model before the suites run, chosen by ``ESA_SABOTAGE`` (a comma list breaks each).
 
 Load it with ``-p tests.sabotage``. Each sabotage is a small patch of the one place that does the work
 (the bit flip, the noise draw, the pruning mask, the defense's repair, the learning rate, the input
-attack, the model's super weight, the bounds lookup), so that everything around it runs as usual and
+attack, the model's super weight, the detectors' check), so that everything around it runs as usual and
 only the claims can notice.
 """
 
@@ -152,16 +152,6 @@ def _protection(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(module, "protect_map", lambda protect: {})
 
 
-@sabotage("no_bounds")
-def _no_bounds(mp: pytest.MonkeyPatch) -> None:
-    """The model as a new user's: no regression bound has a number for it (relations alone), and its flips
-    do nothing."""
-    import fixtures.recorder
-
-    mp.setattr(fixtures.recorder, "bound_for", lambda *args, **kwargs: None)
-    _flips(mp)
-
-
 def _detectors_fire(mp: pytest.MonkeyPatch, fires: bool) -> None:
     """Every registered detector's check answers ``fires`` whatever the model holds."""
     from harness.detection import DETECTORS
@@ -183,9 +173,12 @@ def _always_fires(mp: pytest.MonkeyPatch) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    name = os.environ.get("ESA_SABOTAGE", "")
-    if name not in SABOTAGES:
-        raise pytest.UsageError(f"ESA_SABOTAGE={name!r}: choose one of {', '.join(SABOTAGES)}")
+    names = os.environ.get("ESA_SABOTAGE", "").split(",")
+    unknown = [n for n in names if n not in SABOTAGES]
+    if unknown:
+        raise pytest.UsageError(f"ESA_SABOTAGE={','.join(names)!r}: {', '.join(map(repr, unknown))} unknown; choose "
+                                f"from {', '.join(SABOTAGES)} (a comma list applies each)")
     mp = pytest.MonkeyPatch()
-    SABOTAGES[name](mp)
+    for name in names:
+        SABOTAGES[name](mp)
     config.add_cleanup(mp.undo)

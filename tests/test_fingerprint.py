@@ -33,3 +33,16 @@ def test_fingerprint_names_tied_parameters_once_and_sees_a_leak():
     with torch.no_grad():
         model.lm_head.weight[3, 5] += 1.0
     assert changed(before, fingerprint(model)) == ["model.embed_tokens.weight"]
+
+
+def test_crc32_is_zlibs_whichever_kernel_computes_it():
+    """zlib-ng's CRC-32 (the fast kernel) gives zlib's values: fingerprints and the checksum detector's references
+    are the same numbers with or without it, at every length and alignment."""
+    import zlib
+
+    from harness.fingerprint import CRC32
+
+    data = torch.randint(0, 256, (3 * 2**20 + 7,), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    for lo, hi in [(0, 0), (0, 1), (3, 64), (1, 2**20 + 5), (0, data.numel())]:
+        view = memoryview(data[lo:hi].numpy())
+        assert CRC32(view) == zlib.crc32(view)
