@@ -11,9 +11,10 @@ BASELINE ?=
 # included); every suite on two tiny random families (llama: separate q/k/v; gpt-neox: fused qkv) with one trial
 # (relations not applicable, bounds unverified); every suite on the real pretrained smollm2-135m at the quick preset
 # and at SEED, a seed none of its bounds was derived from (they come from seeds 0-4: the run checks out of sample;
-# every relation asserted; the fine-tuning, attribution and lm-eval suites, ~6, ~8 and ~3.5 CPU minutes, run there on
-# the tiny families only: `make suites` runs them on the real model, and tests/test_lmeval.py checks lm-eval's rolling
-# log-likelihood on smollm2-135m against a direct computation); and each benchmark once on tiny-llama with timing
+# every relation asserted; the fine-tuning, attribution, lm-eval, ablation and method-comparison suites, ~6, ~8, ~3.5,
+# ~1 and ~1 CPU minutes, run there on the tiny families only: `make suites` runs them on the real model, and
+# tests/test_lmeval.py checks lm-eval's rolling log-likelihood on smollm2-135m against a direct computation; the
+# suites whose cells the mutation tests sabotage all stay); and each benchmark once on tiny-llama with timing
 # disabled.
 TINY    ?= tiny-llama,tiny-gpt-neox
 SEED    ?= 5
@@ -33,7 +34,8 @@ NPROC   := $(if $(filter-out 1,$(JOBS)),-n $(JOBS),)
 ORDER   := $(if $(filter-out 1,$(JOBS)),--no-loadscope-reorder,)
 XDIST   := $(if $(filter-out 1,$(JOBS)),OMP_NUM_THREADS=1,)
 LONGEST := suites/test_pruning.py suites/test_bitflip.py suites/test_attack.py
-NOTREAL := suites/test_finetune.py suites/test_attribution.py suites/test_evaluate.py
+NOTREAL := suites/test_finetune.py suites/test_attribution.py suites/test_evaluate.py suites/test_ablation.py \
+	suites/test_compare_sensitivity.py
 ONREAL  := $(filter-out $(NOTREAL),$(wildcard suites/test_*.py))
 SUITES  := $(LONGEST) $(filter-out $(LONGEST),$(sort $(ONREAL)))
 # make test's real-model suites that run in the other branch, after its unit tests, tiny families and benchmarks
