@@ -73,10 +73,11 @@ setup:
 # With JOBS > 1 two branches run side by side (make -j2; each pytest call's output is printed whole when the call
 # ends): the real model's suites, and the unit tests, then the tiny families, then the benchmarks. One after the
 # other, each call ended on one busy core while its last file ran (the mutation tests ~250 s on one worker); side by
-# side, the other branch keeps the second core busy: 777-863 s in a fresh clone instead of 913 s (797 s on 2026-12-07; 877 s with the detection suite, 2026-12-07 second session; 1108-1119 s
-# with #37/#38's work on a slower day, 831 s after the claim-power runs were shared, fingerprints took zlib-ng's CRC-32
-# and the lm-eval suite left this real-model run, 920 s for that on a slow hour, 860 s on the same hour with ablation
-# and method comparison out too). Either branch failing fails make test.
+# side, the other branch keeps the second core busy: 777-863 s in a fresh clone instead of 913 s (797 s on
+# 2026-12-07; 877 s with the detection suite, 2026-12-07 second session; 1108-1119 s with #37/#38's work on a slower
+# day; 831 s after the claim-power runs were shared, fingerprints took zlib-ng's CRC-32 and the lm-eval suite left
+# this real-model run; 920 s for that on a slow hour, 860 s on the same hour with ablation and method comparison out
+# too). Either branch failing fails make test.
 test:
 	@$(MAKE) --no-print-directory $(if $(filter-out 1,$(JOBS)),-j2 --output-sync=line,-j1) test-real test-rest
 

@@ -15,10 +15,10 @@ opposite leaks (``+d`` at one element, ``-d`` at another, which a plain sum cann
   only upper bits changed. Computed on the device, without an index tensor.
 
 Tensors are checksummed in parallel (``torch.get_num_threads()`` threads, at most 8). Measured on
-smollm2-135m (134.5M fp32 weights, 538 MB) on this project's 2-core CPU machine: idle (load
-average 0.01), 0.102-0.128 s per fingerprint, median 0.104 s over 7 (a forward pass over 1024
-tokens took 2.9 s in the same minute); under load 19 (2 cores shared with ~18 busy processes),
-0.72-0.83 s, where the former int64 sums took 2.5-11 s.
+smollm2-135m (134.5M fp32 weights, 538 MB) on this project's 2-core CPU machine, idle: with zlib-ng
+(2026-12-07) 0.048-0.053 s per fingerprint on 2 threads, 0.064-0.067 s on one (7 calls each; one slow
+call of 0.095 s); with zlib (2026-12-02) 0.102-0.128 s on 2 threads, and 0.72-0.83 s under load 19
+(2 cores shared with ~18 busy processes), where the former int64 sums took 2.5-11 s.
 """
 
 from __future__ import annotations

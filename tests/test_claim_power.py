@@ -1,9 +1,11 @@
 """Claim power, measured: each sabotage of the harness or the model turns a strict run of a few cells of
 smollm2-135m red, and the test names the claim that catches it (docs/MEASUREMENTS.md, "Claim power").
 
-Each case runs ``pytest suites/... --model smollm2-135m --strict-claims -p tests.sabotage`` in a subprocess
-with ``ESA_SABOTAGE`` set (``tests/sabotage.py`` holds the patches) and reads the run's claim rows back
-from its store. The same cells pass in ``make test``'s unsabotaged strict run of smollm2-135m.
+Each case's cells run as ``pytest suites/... --model smollm2-135m --strict-claims -p tests.sabotage`` in a
+subprocess with ``ESA_SABOTAGE`` set (``tests/sabotage.py`` holds the patches); cases whose patches and suites are
+disjoint share one subprocess (:data:`RUNS`). Each case reads its run's claim rows back from the store. The same
+cells pass in ``make test``'s unsabotaged strict run of smollm2-135m (the fine-tuning case's, which that run does not
+hold, pass unsabotaged at the case's budget).
 """
 
 from __future__ import annotations
